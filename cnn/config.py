@@ -1,0 +1,71 @@
+"""Typed, validated settings for each stage: bad values fail before any work starts."""
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+SplitStrategy = Literal["patient", "random"]
+
+
+class IngestConfig(BaseModel):
+    """How to turn a source into a Parquet dataset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(
+        "tfds",
+        description="tfds, synthetic, or folder:PATH (NIH layout: Parasitized/, Uninfected/)",
+    )
+    image_size: int = Field(100, ge=16, le=512, description="Side of the square images, pixels")
+    limit: int | None = Field(
+        None, ge=20, description="Class-balanced, seeded subset of this many images (all if unset)"
+    )
+    split: SplitStrategy = Field(
+        "patient", description="patient: no patient in two splits; random: the lecture's split"
+    )
+    seed: int = Field(42, ge=0, description="Seed of the subset and the split")
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of images held out")
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the non-test images used for validation"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_known(cls, value: str) -> str:
+        from cnn.sources import check_source_spec
+
+        check_source_spec(value)
+        return value
+
+
+def check_variant(name: str) -> str:
+    """Accept only the name of a registered CNN variant."""
+    from cnn.models import VARIANTS
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    return name
+
+
+VariantName = Annotated[
+    str, AfterValidator(check_variant), Field(description="A registered CNN variant")
+]
+
+VariantNames = Annotated[
+    list[VariantName], Field(min_length=1, description="CNN variants to train, one run each")
+]
+DEFAULT_VARIANTS = ("simple",)
+
+
+class TrainConfig(BaseModel):
+    """How to train a CNN variant (defaults: the lecture's recipe)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(50, ge=1, le=1000, description="Most epochs; early stopping may end sooner")
+    batch_size: int = Field(100, ge=1, le=4096, description="Images per training step")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
+    patience: int = Field(
+        5, ge=0, description="Epochs without val_loss improvement before stopping"
+    )
+    seed: int = Field(42, ge=0, description="Seed of weights, shuffling and dropout")

@@ -1,0 +1,42 @@
+"""Decode and resize cell images to square uint8 RGB arrays."""
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_SOURCE_PIXELS = 50_000_000
+"""Refuse to decode larger images: a real cell crop is about 150×150; this guards memory."""
+
+
+class UnreadableImageError(ValueError):
+    """The payload is not a decodable image (truncated, corrupt, or not an image at all)."""
+
+
+def decode_and_resize(payload: bytes | np.ndarray, image_size: int) -> np.ndarray:
+    """Return the image as uint8 (image_size × image_size × 3) RGB.
+
+    `payload` is encoded image bytes (PNG, JPEG, …) or an already decoded uint8 array.
+    Pillow's bilinear resize filters over the whole source footprint when shrinking (it
+    antialiases like scikit-image's `resize(anti_aliasing=True)`), at a fraction of the cost.
+    """
+    image = _to_pil(payload)
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _to_pil(payload: bytes | np.ndarray) -> Image.Image:
+    if isinstance(payload, np.ndarray):
+        return Image.fromarray(payload).convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(payload))
+        width, height = image.size
+        if width * height > MAX_SOURCE_PIXELS:
+            raise UnreadableImageError(f"image too large ({width}×{height} pixels)")
+        image.load()
+    except UnreadableImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"cannot decode image: {exc}") from exc
+    return image.convert("RGB")

@@ -1,0 +1,100 @@
+"""Test metrics with parasitized as the positive class and the lecture's confusion layout."""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from cnn.labels import PARASITIZED
+
+CONFUSION_ROWS = ("true:yes", "true:no")
+CONFUSION_COLUMNS = ("pred:yes", "pred:no")
+"""The lecture's layout: yes = parasitized."""
+
+
+@dataclass(frozen=True)
+class BinaryEvaluation:
+    """Confusion counts and the scores derived from them."""
+
+    true_positive: int
+    false_negative: int
+    false_positive: int
+    true_negative: int
+    roc_auc: float | None = None
+
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """[[TP, FN], [FP, TN]]: rows true:yes / true:no, columns pred:yes / pred:no."""
+        return [
+            [self.true_positive, self.false_negative],
+            [self.false_positive, self.true_negative],
+        ]
+
+    @property
+    def count(self) -> int:
+        return self.true_positive + self.false_negative + self.false_positive + self.true_negative
+
+    @property
+    def accuracy(self) -> float:
+        return (self.true_positive + self.true_negative) / self.count
+
+    @property
+    def sensitivity(self) -> float:
+        return _ratio(self.true_positive, self.true_positive + self.false_negative)
+
+    @property
+    def specificity(self) -> float:
+        return _ratio(self.true_negative, self.true_negative + self.false_positive)
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.true_positive, self.true_positive + self.false_positive)
+
+    @property
+    def f1(self) -> float:
+        return _ratio(
+            2 * self.true_positive,
+            2 * self.true_positive + self.false_positive + self.false_negative,
+        )
+
+    def scores(self) -> dict[str, float]:
+        """The named scores, for logging (ROC-AUC only when defined)."""
+        scores = {
+            "accuracy": self.accuracy,
+            "sensitivity": self.sensitivity,
+            "specificity": self.specificity,
+            "precision": self.precision,
+            "f1": self.f1,
+        }
+        if self.roc_auc is not None:
+            scores["roc_auc"] = self.roc_auc
+        return scores
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), **self.scores(), "confusion_matrix": self.confusion_matrix}
+
+
+def evaluate_predictions(
+    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float = 0.5
+) -> BinaryEvaluation:
+    """Score sigmoid outputs (probability of label 1, uninfected) against true labels."""
+    labels = np.asarray(labels).ravel()
+    parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    if labels.shape != parasitized_score.shape or labels.size == 0:
+        raise ValueError("labels and probabilities must be non-empty and of equal length")
+    truly_parasitized = labels == PARASITIZED
+    predicted_parasitized = parasitized_score > threshold
+    both_classes = 0 < truly_parasitized.sum() < labels.size
+    return BinaryEvaluation(
+        true_positive=int(np.sum(truly_parasitized & predicted_parasitized)),
+        false_negative=int(np.sum(truly_parasitized & ~predicted_parasitized)),
+        false_positive=int(np.sum(~truly_parasitized & predicted_parasitized)),
+        true_negative=int(np.sum(~truly_parasitized & ~predicted_parasitized)),
+        roc_auc=float(roc_auc_score(truly_parasitized, parasitized_score))
+        if both_classes
+        else None,
+    )
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 0.0

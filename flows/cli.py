@@ -1,0 +1,273 @@
+"""The `malaria` command: a thin layer over the flows.
+
+Every command exits 0 on success, and otherwise prints one line naming the bad parameter or
+file and exits non-zero. With `--json`, the last line of standard output is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+_OPTION_OF_FIELD = {
+    "source": "--source",
+    "image_size": "--image-size",
+    "limit": "--limit",
+    "split": "--split",
+    "seed": "--seed",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "learning_rate": "--learning-rate",
+    "patience": "--patience",
+    "variants": "--variants",
+    "experiment": "--experiment",
+    "registered_model": "--registered-model",
+}
+
+
+class CommandError(Exception):
+    """A failure to report as one line and a non-zero exit."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_environment()
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        result = args.handler(args)
+    except CommandError as error:
+        print(f"malaria: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("malaria: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a failed stage: one line, no traceback wall
+        print(f"malaria: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_human(args.command, result)
+    return 0
+
+
+def _quiet_environment() -> None:
+    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="malaria", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pipeline = commands.add_parser("pipeline", help="ingest, train and evaluate, end to end")
+    _add_ingest_options(pipeline, source_required=False)
+    _add_train_options(pipeline)
+    pipeline.set_defaults(handler=_run_pipeline)
+
+    ingest = commands.add_parser("ingest", help="turn a source into a Parquet dataset")
+    _add_ingest_options(ingest, source_required=True)
+    _add_json(ingest)
+    ingest.set_defaults(handler=_run_ingest)
+
+    train = commands.add_parser("train", help="train variants on an ingested dataset")
+    train.add_argument("--dataset", required=True, help="path of an ingested dataset")
+    _add_train_options(train)
+    train.set_defaults(handler=_run_train)
+
+    variants = commands.add_parser("variants", help="list the CNN variants")
+    variants.add_argument("--image-size", type=int, default=100, help="side in pixels")
+    _add_json(variants)
+    variants.set_defaults(handler=_run_variants)
+    return parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+
+
+def _add_ingest_options(parser: argparse.ArgumentParser, source_required: bool) -> None:
+    parser.add_argument(
+        "--source",
+        required=source_required,
+        default="tfds",
+        help="tfds (default; needs internet), synthetic, or folder:PATH (NIH layout)",
+    )
+    parser.add_argument("--image-size", type=int, default=100, help="side in pixels (16..512)")
+    parser.add_argument("--limit", type=int, help="class-balanced subset of N images")
+    parser.add_argument("--split", default="patient", help="patient (default) or random")
+    parser.add_argument("--seed", type=int, default=42, help="seed of subset, split, training")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", default="simple", help="comma-separated, e.g. simple,lenet5")
+    parser.add_argument("--epochs", type=int, default=50, help="most epochs (early stopping)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience")
+    parser.add_argument("--experiment", default="malaria-cnn", help="MLflow experiment")
+    parser.add_argument("--registered-model", default="malaria-cnn", help="MLflow model name")
+    if not any(action.dest == "seed" for action in parser._actions):
+        parser.add_argument("--seed", type=int, default=42, help="seed of training")
+    _add_json(parser)
+
+
+def _validated(build: Callable[[], Any]) -> Any:
+    """Build a config, turning a validation error into one line that names the option."""
+    try:
+        return build()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = _OPTION_OF_FIELD.get(field, field)
+        message = f"{option}: {first['msg']} (got {first.get('input')!r})"
+        raise CommandError(message, EXIT_USAGE) from error
+    except ValueError as error:  # a validator raised before pydantic wrapped it
+        raise CommandError(str(error), EXIT_USAGE) from error
+
+
+def _ingest_config(args: argparse.Namespace):
+    """The validated ingest settings; a folder source must exist in the NIH layout."""
+    from cnn.config import IngestConfig
+    from cnn.sources import SourceError, open_source
+
+    config = _validated(
+        lambda: IngestConfig(
+            source=args.source,
+            image_size=args.image_size,
+            limit=args.limit,
+            split=args.split,
+            seed=args.seed,
+        )
+    )
+    try:
+        open_source(config.source, limit=config.limit)
+    except SourceError as error:
+        raise CommandError(f"--source: {error}", EXIT_USAGE) from error
+    return config
+
+
+def _train_settings(args: argparse.Namespace):
+    from pydantic import TypeAdapter
+
+    from cnn.config import TrainConfig, VariantNames
+    from tasks.tracking import TrackingConfig
+
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    variants = _validated(lambda: _named("variants", TypeAdapter(VariantNames), variants))
+    training = _validated(
+        lambda: TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            patience=args.patience,
+            seed=args.seed,
+        )
+    )
+    tracking = _validated(
+        lambda: TrackingConfig(experiment=args.experiment, registered_model=args.registered_model)
+    )
+    return variants, training, tracking
+
+
+def _named(field: str, adapter, value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        detail = error.errors()[0]
+        raise CommandError(
+            f"{_OPTION_OF_FIELD[field]}: {detail['msg']} (got {value!r})", EXIT_USAGE
+        ) from error
+
+
+def _dump(model: BaseModel | list[BaseModel]) -> Any:
+    if isinstance(model, list):
+        return [item.model_dump(mode="json") for item in model]
+    return model.model_dump(mode="json")
+
+
+def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    config = _ingest_config(args)
+    variants, training, tracking = _train_settings(args)
+    from flows.pipeline import pipeline
+
+    return _dump(pipeline(config, variants, training, tracking))
+
+
+def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    config = _ingest_config(args)
+    from flows.ingest import ingest
+
+    return _dump(ingest(config))
+
+
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    variants, training, tracking = _train_settings(args)
+    from cnn.dataset import open_dataset
+
+    try:
+        dataset = open_dataset(args.dataset)
+    except ValueError as error:
+        raise CommandError(f"--dataset: {error}", EXIT_USAGE) from error
+    from flows.train import train
+
+    return {"runs": _dump(train(str(dataset.path), variants, training, tracking))}
+
+
+def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    if not 16 <= args.image_size <= 512:
+        raise CommandError(f"--image-size: must be within 16..512 (got {args.image_size})")
+    from cnn.models import VARIANTS, build_model
+
+    shape = (args.image_size, args.image_size, 3)
+    return {
+        "image_size": args.image_size,
+        "variants": [
+            {
+                "name": name,
+                "parameters": build_model(name, shape).count_params(),
+                "description": variant.description,
+            }
+            for name, variant in VARIANTS.items()
+        ],
+    }
+
+
+def _print_human(command: str, result: dict[str, Any]) -> None:
+    if command == "variants":
+        for variant in result["variants"]:
+            print(f"{variant['name']:<10} {variant['parameters']:>12,}  {variant['description']}")
+        return
+    dataset = result.get("dataset") if command == "pipeline" else result
+    if dataset and "rows" in dataset:
+        state = "reused" if dataset["cache_hit"] else "written"
+        print(f"dataset  {dataset['path']} ({dataset['rows']} images, {state})")
+    for run in result.get("runs", []):
+        print(
+            f"{run['variant']:<10} test accuracy {run['test_accuracy']:.3f}  "
+            f"run {run['run_id']}  model {run['model_uri']}"
+        )
+    if command == "pipeline":
+        print(f"best     {result['best']['variant']} ({result['best']['test_accuracy']:.3f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

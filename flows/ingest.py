@@ -1,0 +1,12 @@
+"""Ingest flow: a source becomes a Parquet dataset (a cache hit when nothing changed)."""
+
+from prefect import flow
+
+from cnn.config import IngestConfig
+from tasks.ingest import DatasetRef, ingest_dataset
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(config: IngestConfig = IngestConfig()) -> DatasetRef:
+    """Decode, resize and split the source's images into a dataset under MALARIA_DATA_DIR."""
+    return ingest_dataset(config)

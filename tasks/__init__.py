@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `cnn` that add retries, artifacts and MLflow logging."""

@@ -1,0 +1,102 @@
+"""Train task: fit one variant, log params, per-epoch metrics and the model to its MLflow run."""
+
+import time
+import warnings
+
+import mlflow.keras
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+import mlflow
+from cnn.config import TrainConfig
+from cnn.dataset import Dataset, load_split, open_dataset
+from cnn.training import predict_uninfected_probability, train_on_dataset
+from tasks.tracking import configure_tracking
+
+
+class TrainedModel(BaseModel):
+    """A logged model and how its training went."""
+
+    model_uri: str
+    registered_version: int | None
+    parameters: int
+    epochs_run: int
+    best_epoch: int
+    train_seconds: float
+
+
+@task(name="train-model")
+def train_model(
+    dataset_path: str, variant: str, config: TrainConfig, run_id: str, registered_model: str
+) -> TrainedModel:
+    """Train `variant` on the dataset and log everything to the MLflow run `run_id`."""
+    logger = get_run_logger()
+    configure_tracking()
+    dataset = open_dataset(dataset_path)
+    client = mlflow.MlflowClient()
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        timestamp = int(time.time() * 1000)
+        for name, value in metrics.items():
+            client.log_metric(run_id, name, value, timestamp=timestamp, step=epoch)
+        logger.info(
+            "%s epoch %d/%d: %s",
+            variant,
+            epoch,
+            config.epochs,
+            ", ".join(f"{name}={value:.4f}" for name, value in metrics.items()),
+        )
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(
+            {"variant": variant, **config.model_dump(), "image_shape": dataset.image_shape}
+        )
+        mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
+        result = train_on_dataset(dataset, variant, config, on_epoch_end=report_epoch)
+        parameters = result.model.count_params()
+        mlflow.log_params({"parameters": parameters})
+        mlflow.log_metrics(
+            {
+                "train_seconds": result.seconds,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+            }
+        )
+        sample, _ = load_split(dataset, "validation")
+        sample = sample[:8]
+        signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
+        info = mlflow.keras.log_model(
+            result.model, name="model", signature=signature, registered_model_name=registered_model
+        )
+    logger.info(
+        "%s: %d parameters, %d epochs (best %d) in %.1f s → %s",
+        variant,
+        parameters,
+        result.epochs_run,
+        result.best_epoch,
+        result.seconds,
+        info.model_uri,
+    )
+    return TrainedModel(
+        model_uri=info.model_uri,
+        registered_version=info.registered_model_version,
+        parameters=parameters,
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        train_seconds=round(result.seconds, 3),
+    )
+
+
+def _as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
+    """The dataset as an MLflow input: its location and content fingerprint as digest."""
+    with warnings.catch_warnings():  # MLflow registers its local source class twice
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(dataset.path.absolute().as_uri())
+    return MetaDataset(
+        source=source,
+        name=dataset.name,
+        digest=dataset.manifest["fingerprint"],
+    )
