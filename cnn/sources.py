@@ -22,7 +22,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH")
 SYNTHETIC_DEFAULT_COUNT = 2_500
 """The lecture's dataset size; `--limit` draws a balanced subset of it."""
-SYNTHETIC_CELLS_PER_PATIENT = 25
+SYNTHETIC_CELLS_PER_PATIENT = 10
+"""About the NIH average (the sample: 2,500 cells of 144 patients)."""
 TFDS_DOWNLOAD_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
 
 

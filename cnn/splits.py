@@ -47,13 +47,14 @@ def _hold_out(
     if strategy == "random":
         _, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
         return np.sort(held)
-    n_folds = max(2, round(1 / fraction))
     n_groups = len(np.unique(groups))
-    if n_groups < n_folds:
+    if n_groups < 2:
         raise SplitError(
-            f"a patient split needs at least {n_folds} patients for a {fraction:.0%} hold-out, "
+            f"a patient split needs at least 2 patients to hold {fraction:.0%} out, "
             f"found {n_groups}; use split='random' or more images"
         )
+    # One fold of k holds out about 1/k; with few patients the fold is one patient, larger.
+    n_folds = min(max(2, round(1 / fraction)), n_groups)
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, held = next(folds.split(indices, labels, groups))
     return held

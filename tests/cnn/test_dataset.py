@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cnn.config import IngestConfig
+from cnn.dataset import (
+    MANIFEST_NAME,
+    DatasetError,
+    build_dataset,
+    load_split,
+    open_dataset,
+    select_subset,
+)
+from cnn.sources import CellRecord, FolderSource, SyntheticSource
+
+
+def _ingest(source, tmp_path, **settings):
+    config = IngestConfig(source="synthetic", image_size=32, **settings)
+    return build_dataset(source, config, tmp_path / "datasets", workers=2)
+
+
+def test_dataset_has_the_design_columns_and_consistent_counts(tmp_path):
+    dataset, cache_hit = _ingest(SyntheticSource(count=200), tmp_path)
+    assert not cache_hit and dataset.rows == 200
+    table = pq.read_table(dataset.shard_paths)
+    assert table.column_names == ["image", "label", "label_name", "source_id", "group", "split"]
+    assert set(table["label_name"].to_pylist()) == {"parasitized", "uninfected"}
+    counts = dataset.manifest["counts"]
+    assert sum(sum(per_label.values()) for per_label in counts.values()) == 200
+    for split, per_label in counts.items():
+        images, labels = load_split(dataset, split)
+        assert images.shape == (sum(per_label.values()), 32, 32, 3) and images.dtype == np.uint8
+        assert int(np.sum(labels == 0)) == per_label["parasitized"]
+
+
+def test_stored_pixels_are_the_decoded_images(tmp_path):
+    source = SyntheticSource(count=40)
+    dataset, _ = _ingest(source, tmp_path)
+    table = pq.read_table(dataset.shard_paths, columns=["source_id", "image"])
+    first_id = table["source_id"][0].as_py()
+    record = next(r for r in source.list_records() if r.source_id == first_id)
+    ((_, pixels),) = source.iter_payloads([record])
+    from cnn.images import decode_and_resize
+
+    expected = decode_and_resize(pixels, 32)
+    stored = np.frombuffer(table["image"][0].as_py(), dtype=np.uint8).reshape(32, 32, 3)
+    np.testing.assert_array_equal(stored, expected)
+
+
+def test_unchanged_rerun_is_a_cache_hit_that_reads_no_image(tmp_path, monkeypatch):
+    first, _ = _ingest(SyntheticSource(count=60), tmp_path)
+
+    def no_reads(self, records):
+        raise AssertionError("a cache hit must not read images")
+
+    monkeypatch.setattr(SyntheticSource, "iter_payloads", no_reads)
+    again, cache_hit = _ingest(SyntheticSource(count=60), tmp_path)
+    assert cache_hit and again.path == first.path
+
+
+def test_other_settings_make_another_dataset(tmp_path):
+    first, _ = _ingest(SyntheticSource(count=60), tmp_path)
+    other, cache_hit = _ingest(SyntheticSource(count=60), tmp_path, seed=1)
+    assert not cache_hit and other.path != first.path
+
+
+def test_patients_never_share_splits_in_the_dataset(nih_folder, tmp_path):
+    config = IngestConfig(source=f"folder:{nih_folder}", image_size=32)
+    dataset, _ = build_dataset(FolderSource(nih_folder), config, tmp_path / "datasets")
+    table = pq.read_table(dataset.shard_paths, columns=["group", "split"]).to_pandas()
+    assert (table.groupby("group")["split"].nunique() == 1).all()
+    assert set(table["split"]) == {"train", "validation", "test"}
+
+
+def test_unreadable_files_are_skipped_and_named(nih_folder, tmp_path):
+    broken = nih_folder / "Parasitized" / "C100P61ThinF_IMG_broken_cell_1.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    config = IngestConfig(source=f"folder:{nih_folder}", image_size=32, split="random")
+    dataset, _ = build_dataset(FolderSource(nih_folder), config, tmp_path / "datasets")
+    assert dataset.rows == 60
+    assert [entry["source_id"] for entry in dataset.manifest["skipped"]] == [
+        "Parasitized/C100P61ThinF_IMG_broken_cell_1.png"
+    ]
+
+
+def test_a_crash_leaves_no_dataset_a_reader_accepts(tmp_path, monkeypatch):
+    monkeypatch.setattr(SyntheticSource, "iter_payloads", _crashing_after(30))
+    with pytest.raises(RuntimeError, match="killed"):
+        _ingest(SyntheticSource(count=80), tmp_path)
+    assert list((tmp_path / "datasets").iterdir()) == []
+    monkeypatch.undo()
+    dataset, cache_hit = _ingest(SyntheticSource(count=80), tmp_path)
+    assert not cache_hit and dataset.rows == 80
+
+
+def _crashing_after(count: int):
+    original = SyntheticSource.iter_payloads
+
+    def crashing(self, records):
+        for index, item in enumerate(original(self, records)):
+            if index == count:
+                raise RuntimeError("killed mid-ingest")
+            yield item
+
+    return crashing
+
+
+def test_open_refuses_directories_without_a_finished_manifest(tmp_path):
+    dataset, _ = _ingest(SyntheticSource(count=40), tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_dataset(tmp_path / "missing")
+    (dataset.path / MANIFEST_NAME).rename(dataset.path / "manifest.partial")
+    with pytest.raises(DatasetError, match=r"no manifest\.json"):
+        open_dataset(dataset.path)
+
+
+def test_open_refuses_a_truncated_shard(tmp_path):
+    dataset, _ = _ingest(SyntheticSource(count=40), tmp_path)
+    manifest = json.loads((dataset.path / MANIFEST_NAME).read_text())
+    shard = dataset.path / manifest["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(Exception, match=r"shard|[Pp]arquet"):
+        open_dataset(dataset.path)
+
+
+def test_subset_is_balanced_and_seeded():
+    records = [CellRecord(f"id{i}", label=int(i < 300), group="g") for i in range(400)]
+    subset = select_subset(records, 100, seed=5)
+    assert len(subset) == 100 and sum(r.label for r in subset) == 50
+    assert subset == select_subset(records, 100, seed=5)
+    assert subset != select_subset(records, 100, seed=6)

@@ -1,0 +1,73 @@
+"""Shared fixtures: real Prefect (test harness), real MLflow (SQLite in a temp dir), tiny data."""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn.synthetic import draw_cell
+
+NIH_PATIENTS = (
+    "C100P61ThinF",
+    "C101P62ThinF",
+    "C33P1thinF",
+    "C48P9thinF",
+    "C59P20thinF",
+    "C68P29N",
+    "C99P60ThinF",
+    "C116P77ThinF",
+    "C130P91ThinF",
+    "C182P143NThinF",
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real, temporary Prefect server and database for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow SQLite store for one test."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "data"
+    monkeypatch.setenv("MALARIA_DATA_DIR", str(path))
+    return path
+
+
+def write_nih_folder(root: Path, per_class: int, seed: int = 0) -> Path:
+    """An NIH-layout folder of synthetic PNGs with real-form file names over ten patients."""
+    rng = np.random.default_rng(seed)
+    for label, class_folder in enumerate(("Parasitized", "Uninfected")):
+        folder = root / class_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            patient = NIH_PATIENTS[index % len(NIH_PATIENTS)]
+            name = f"{patient}_IMG_20150918_1441{index:02d}_cell_{index}.png"
+            Image.fromarray(draw_cell(rng, parasitized=label == 0)).save(folder / name)
+    return root
+
+
+@pytest.fixture
+def nih_folder(tmp_path) -> Path:
+    return write_nih_folder(tmp_path / "cells", per_class=30)

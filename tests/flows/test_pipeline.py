@@ -1,0 +1,114 @@
+"""The pipeline flow against a real Prefect server (test harness) and a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow.keras
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+import mlflow
+from cnn.config import IngestConfig, TrainConfig
+from cnn.dataset import load_split, open_dataset
+from flows.pipeline import pipeline
+from flows.train import train_variant
+from tasks.tracking import TrackingConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def finished_pipeline(tmp_path_factory, prefect_harness):
+    """One real pipeline run on tiny synthetic data, shared by the assertions below."""
+    root = tmp_path_factory.mktemp("pipeline")
+    monkeypatch = pytest.MonkeyPatch()
+    uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MALARIA_DATA_DIR", str(root / "data"))
+    result = pipeline(
+        IngestConfig(source="synthetic", limit=200, image_size=40),
+        ["simple"],
+        TrainConfig(epochs=2, batch_size=32, patience=5),
+        TrackingConfig(experiment="pipeline-test"),
+    )
+    yield result, uri
+    monkeypatch.undo()
+    mlflow.set_tracking_uri(None)
+
+
+def test_pipeline_writes_a_dataset_under_the_data_dir(finished_pipeline):
+    result, _ = finished_pipeline
+    dataset = open_dataset(result.dataset.path)
+    assert dataset.rows == result.dataset.rows == 200
+    assert "/data/datasets/synthetic-40px-" in result.dataset.path
+
+
+def test_run_is_finished_with_params_epoch_metrics_and_test_scores(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    client = MlflowClient(uri)
+    run = client.get_run(run_result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["variant"] == "simple"
+    assert run.data.params["epochs"] == "2"
+    assert int(run.data.params["parameters"]) == run_result.parameters
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [metric.step for metric in history] == list(range(1, run_result.epochs_run + 1))
+    for name in ("test_accuracy", "test_sensitivity", "test_specificity", "test_roc_auc"):
+        assert 0.0 <= run.data.metrics[name] <= 1.0
+    assert run.data.metrics["test_accuracy"] == pytest.approx(run_result.test_accuracy)
+
+
+def test_confusion_matrix_artifact_uses_the_lectures_layout(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_result.run_id, artifact_path="evaluation/test_scores.json", tracking_uri=uri
+    )
+    scores = json.loads(Path(local).read_text())
+    (tp, fn), (fp, tn) = scores["confusion_matrix"]
+    test_counts = result.dataset.counts["test"]
+    assert tp + fn == test_counts["parasitized"]  # row true:yes
+    assert fp + tn == test_counts["uninfected"]  # row true:no
+    assert scores["accuracy"] == pytest.approx((tp + tn) / (tp + fn + fp + tn))
+
+
+def test_logged_model_is_registered_and_reproduces_the_test_accuracy(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    mlflow.set_tracking_uri(uri)
+    version = MlflowClient(uri).get_model_version("malaria-cnn", str(run_result.registered_version))
+    assert version.run_id == run_result.run_id
+    model = mlflow.keras.load_model(f"models:/malaria-cnn/{run_result.registered_version}")
+    images, labels = load_split(open_dataset(result.dataset.path), "test")
+    predicted_uninfected = model.predict(images, verbose=0).reshape(-1) > 0.5
+    assert np.mean(predicted_uninfected == (labels == 1)) == pytest.approx(run_result.test_accuracy)
+
+
+def test_dataset_is_logged_as_the_runs_input(finished_pipeline):
+    result, uri = finished_pipeline
+    run = MlflowClient(uri).get_run(result.runs[0].run_id)
+    (dataset_input,) = run.inputs.dataset_inputs
+    manifest = open_dataset(result.dataset.path).manifest
+    assert dataset_input.dataset.digest == manifest["fingerprint"]
+    assert dataset_input.dataset.name == result.dataset.name
+
+
+def test_a_failing_variant_marks_its_mlflow_run_failed(tmp_path, mlflow_uri):
+    with pytest.raises(ValueError, match="does not exist"):
+        train_variant(str(tmp_path / "no-dataset"), "simple", TrainConfig(epochs=1))
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name(TrackingConfig().experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_bad_flow_parameters_fail_before_any_work(data_dir):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError):
+        pipeline({"source": "synthetic", "image_size": 4})
+    with pytest.raises(ParameterTypeError):
+        pipeline(IngestConfig(source="synthetic"), ["no-such-variant"])
+    assert not data_dir.exists()
