@@ -4,7 +4,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
@@ -78,7 +77,7 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterato
 
 def _sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    prefix = "sqlite:///"  # then a relative path, or an absolute one with its own "/"
+    if not uri.startswith(prefix):
         return None
-    return Path(parsed.path)
+    return Path(uri.removeprefix(prefix).partition("?")[0]).absolute()

@@ -1,0 +1,93 @@
+"""The `malaria` command: JSON output, one-line errors naming the bad option, a real run."""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from flows.cli import main
+
+
+def test_variants_lists_each_variant_with_its_parameter_count(capsys):
+    assert main(["variants", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    counts = {variant["name"]: variant["parameters"] for variant in result["variants"]}
+    assert counts["simple"] == 56_257
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["pipeline", "--image-size", "8"], "--image-size"),
+        (["pipeline", "--image-size", "600"], "--image-size"),
+        (["pipeline", "--epochs", "0"], "--epochs"),
+        (["pipeline", "--epochs", "many"], "--epochs"),
+        (["pipeline", "--limit", "5"], "--limit"),
+        (["pipeline", "--split", "diagonal"], "--split"),
+        (["pipeline", "--variants", "simple,vgg99"], "vgg99"),
+        (["pipeline", "--source", "ftp:/cells"], "ftp:/cells"),
+        (["pipeline", "--source", "folder:/no/such/cells"], "/no/such/cells"),
+        (["ingest"], "--source"),
+        (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
+        (["variants", "--image-size", "4"], "--image-size"),
+    ],
+)
+def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_dir):
+    assert main(argv) != 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("malaria: error:")
+    assert named in lines[0]
+    assert captured.out == ""
+    assert not data_dir.exists()  # nothing started
+
+
+def test_empty_class_folder_is_reported_before_any_image_is_read(
+    tmp_path, capsys, data_dir, prefect_harness
+):
+    (tmp_path / "cells" / "Parasitized").mkdir(parents=True)
+    (tmp_path / "cells" / "Uninfected").mkdir()
+    assert main(["ingest", "--source", f"folder:{tmp_path / 'cells'}"]) != 0
+    assert "holds no images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
+    """The README's first run: default stores under the working directory, no server started."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MLFLOW_", "PREFECT_API", "MALARIA_"))
+    }
+    malaria = shutil.which("malaria", path=os.path.dirname(sys.executable)) or "malaria"
+    completed = subprocess.run(
+        [malaria, "pipeline", "--source", "synthetic", "--limit", "200", "--epochs", "2", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["dataset"]["path"].startswith(str(tmp_path / "data" / "datasets"))
+    (run,) = result["runs"]
+    assert 0.0 <= run["test_accuracy"] <= 1.0
+    database = tmp_path / "mlflow" / "store" / "mlflow.db"
+    with sqlite3.connect(database) as connection:
+        (status,) = connection.execute(
+            "select status from runs where run_uuid = ?", (run["run_id"],)
+        ).fetchone()
+        metric_names = {
+            row[0]
+            for row in connection.execute(
+                "select key from metrics where run_uuid = ?", (run["run_id"],)
+            )
+        }
+    assert status == "FINISHED"
+    assert {"test_accuracy", "val_loss", "loss"} <= metric_names
+    assert list((tmp_path / "mlflow" / "store" / "artifacts").rglob("MLmodel"))
