@@ -14,7 +14,7 @@ class IngestConfig(BaseModel):
 
     source: str = Field(
         "tfds",
-        description="tfds, synthetic, or folder:PATH (NIH layout: Parasitized/, Uninfected/)",
+        description="tfds, synthetic, folder:PATH or zip:PATH (NIH layout)",
     )
     image_size: int = Field(100, ge=16, le=512, description="Side of the square images, pixels")
     limit: int | None = Field(

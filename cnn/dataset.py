@@ -26,7 +26,7 @@ from joblib.externals.loky import get_reusable_executor
 from cnn.config import IngestConfig
 from cnn.images import UnreadableImageError, decode_and_resize
 from cnn.labels import LABEL_NAMES
-from cnn.sources import CellRecord, CellSource, Payload
+from cnn.sources import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
@@ -119,7 +119,7 @@ def build_dataset(
             "rows": sum(shard["rows"] for shard in shards),
             "shards": shards,
             "counts": counts,
-            "skipped": skipped,
+            "skipped": source.listing_skips() + skipped,
         }
         if manifest["rows"] == 0:
             raise DatasetError(f"no image of source {source.kind!r} could be decoded")
@@ -206,7 +206,9 @@ def _schema(image_size: int) -> pa.Schema:
 
 
 def _decode_payload(payload: Payload, image_size: int) -> np.ndarray | str:
-    """Decoded pixels, or the reason the payload could not be decoded."""
+    """Decoded pixels, or the reason the payload could not be read or decoded."""
+    if isinstance(payload, Unreadable):
+        return payload.reason
     try:
         return decode_and_resize(payload, image_size)
     except UnreadableImageError as exc:

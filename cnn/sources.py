@@ -1,4 +1,4 @@
-"""Where cell images come from: `synthetic`, `folder:PATH` (NIH layout) and `tfds`.
+"""Where cell images come from: `tfds`, `folder:PATH` and `zip:PATH` (NIH layout), `synthetic`.
 
 A source lists its records cheaply (id, label, patient group) before any image is decoded,
 so subsets and splits are decided first; then it streams the payloads of chosen records.
@@ -6,10 +6,12 @@ so subsets and splits are decided first; then it streams the payloads of chosen 
 
 import hashlib
 import socket
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,7 +21,9 @@ from cnn import synthetic
 from cnn.labels import CLASS_FOLDERS
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH")
+SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH", "zip:PATH")
+MAX_ENCODED_BYTES = 64 * 1024 * 1024
+"""A cell PNG is about 10 KB: a larger file is skipped without being read (memory guard)."""
 SYNTHETIC_DEFAULT_COUNT = 2_500
 """The lecture's dataset size; `--limit` draws a balanced subset of it."""
 SYNTHETIC_CELLS_PER_PATIENT = 10
@@ -45,7 +49,14 @@ class CellRecord:
     """Patient/slide id: the NIH file-name prefix before `_IMG_`."""
 
 
-Payload = bytes | np.ndarray
+@dataclass(frozen=True)
+class Unreadable:
+    """A record whose bytes could not be read: it is skipped and reported, never fatal."""
+
+    reason: str
+
+
+Payload = bytes | np.ndarray | Unreadable
 
 
 class CellSource(ABC):
@@ -66,13 +77,17 @@ class CellSource(ABC):
     def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
         """Yield the encoded bytes or pixels of the given records (in any order)."""
 
+    def listing_skips(self) -> list[dict[str, str]]:
+        """Entries left out while listing (unsafe or outside paths), each with its reason."""
+        return []
+
 
 def check_source_spec(spec: str) -> None:
     """Raise SourceError unless `spec` is a well-formed source specification."""
     kind, _, argument = spec.partition(":")
     if kind in ("tfds", "synthetic") and not argument:
         return
-    if kind == "folder" and argument:
+    if kind in ("folder", "zip") and argument:
         return
     raise SourceError(f"unknown source {spec!r}; expected one of {', '.join(SOURCE_KINDS)}")
 
@@ -90,6 +105,8 @@ def open_source(
         return SyntheticSource(count=limit or SYNTHETIC_DEFAULT_COUNT)
     if kind == "tfds":
         return TfdsSource(data_dir=tfds_data_dir)
+    if kind == "zip":
+        return ZipSource(Path(argument))
     return FolderSource(Path(argument))
 
 
@@ -152,6 +169,7 @@ class FolderSource(CellSource):
                 f"(expected {'/ and '.join(CLASS_FOLDERS)}/)"
             )
         self._listing: dict[int, list[Path]] | None = None
+        self._skips: list[dict[str, str]] = []
 
     @property
     def _files(self) -> dict[int, list[Path]]:
@@ -164,11 +182,15 @@ class FolderSource(CellSource):
 
     def _image_files(self, class_folder: str) -> list[Path]:
         folder = self.root / class_folder
-        files = sorted(
-            path
-            for path in folder.iterdir()
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-        )
+        files = []
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            if not path.resolve().is_relative_to(self.root):
+                source_id = f"{class_folder}/{path.name}"
+                self._skips.append({"source_id": source_id, "reason": "links outside the source"})
+                continue
+            files.append(path)
         if not files:
             raise SourceError(f"class folder {str(folder)!r} holds no images")
         return files
@@ -196,7 +218,125 @@ class FolderSource(CellSource):
 
     def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
         for record in records:
-            yield record, (self.root / record.source_id).read_bytes()
+            yield record, _read_file(self.root / record.source_id)
+
+    def listing_skips(self) -> list[dict[str, str]]:
+        self._files  # noqa: B018  (listing fills the skips)
+        return list(self._skips)
+
+
+def _read_file(path: Path) -> Payload:
+    try:
+        size = path.stat().st_size
+        if size > MAX_ENCODED_BYTES:
+            return Unreadable(f"file too large ({size:,} bytes)")
+        return path.read_bytes()
+    except OSError as exc:
+        return Unreadable(f"cannot read file: {exc.strerror or exc}")
+
+
+class ZipSource(CellSource):
+    """The NIH `cell_images.zip`, read in place: `cell_images/Parasitized/*.png` …
+
+    Member paths are never trusted and nothing is extracted: images are read into memory
+    one by one; absolute or `..` members are skipped and reported.
+    """
+
+    kind = "zip"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        if not self.path.exists():
+            raise SourceError(f"zip source {str(path)!r} does not exist")
+        if not self.path.is_file() or not zipfile.is_zipfile(self.path):
+            raise SourceError(f"zip source {str(path)!r} is not a zip archive")
+        self._index: dict[str, zipfile.ZipInfo] | None = None
+        self._skips: list[dict[str, str]] = []
+
+    @property
+    def _members(self) -> dict[str, zipfile.ZipInfo]:
+        """Image members by source id (`Parasitized/<file>`), indexed once, on first use."""
+        if self._index is None:
+            self._index = {}
+            with zipfile.ZipFile(self.path) as archive:
+                for info in archive.infolist():
+                    self._consider(info)
+            for label, folder in enumerate(CLASS_FOLDERS):
+                if not any(record_label == label for record_label in self._labels()):
+                    raise SourceError(f"zip source {str(self.path)!r} has no {folder}/ images")
+        return self._index
+
+    def _consider(self, info: zipfile.ZipInfo) -> None:
+        if info.is_dir():
+            return
+        if not _is_safe_member(info.filename):
+            self._skips.append({"source_id": info.filename, "reason": "unsafe member path"})
+            return
+        parts = PurePosixPath(info.filename).parts
+        if len(parts) < 2 or parts[-2] not in CLASS_FOLDERS:
+            return
+        if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+            return
+        self._index.setdefault(f"{parts[-2]}/{parts[-1]}", info)  # first copy wins
+
+    def _labels(self) -> Iterator[int]:
+        for source_id in self._index:
+            yield CLASS_FOLDERS.index(source_id.partition("/")[0])
+
+    def fingerprint(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for source_id, info in sorted(self._members.items()):
+            digest.update(f"{source_id}\0{info.CRC}\0{info.file_size}\n".encode())
+        stat = self.path.stat()
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "size": stat.st_size,
+            "members_digest": digest.hexdigest(),
+        }
+
+    def list_records(self) -> list[CellRecord]:
+        return [
+            CellRecord(
+                source_id=source_id,
+                label=CLASS_FOLDERS.index(source_id.partition("/")[0]),
+                group=patient_group(source_id.partition("/")[2]),
+            )
+            for source_id in sorted(self._members)
+        ]
+
+    def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
+        with zipfile.ZipFile(self.path) as archive:
+            for record in records:
+                yield record, _read_member(archive, self._members[record.source_id])
+
+    def listing_skips(self) -> list[dict[str, str]]:
+        self._members  # noqa: B018  (indexing fills the skips)
+        return list(self._skips)
+
+
+def _is_safe_member(name: str) -> bool:
+    """A relative POSIX path with no `..`, no drive and no backslash."""
+    path = PurePosixPath(name)
+    return not (
+        path.is_absolute()
+        or "\\" in name
+        or ".." in path.parts
+        or (path.parts and ":" in path.parts[0])
+    )
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Payload:
+    if info.file_size > MAX_ENCODED_BYTES:
+        return Unreadable(f"member too large ({info.file_size:,} bytes)")
+    try:
+        with archive.open(info) as member:
+            data = member.read(MAX_ENCODED_BYTES + 1)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError) as exc:
+        return Unreadable(f"cannot read zip member: {exc}")
+    if len(data) > MAX_ENCODED_BYTES:
+        return Unreadable("member larger than its header says")
+    return data
 
 
 class TfdsSource(CellSource):

@@ -109,7 +109,7 @@ def _add_ingest_options(parser: argparse.ArgumentParser, source_required: bool) 
         "--source",
         required=source_required,
         default="tfds",
-        help="tfds (default; needs internet), synthetic, or folder:PATH (NIH layout)",
+        help="tfds (default; needs internet), synthetic, folder:PATH or zip:PATH (NIH layout)",
     )
     parser.add_argument("--image-size", type=int, default=100, help="side in pixels (16..512)")
     parser.add_argument("--limit", type=int, help="class-balanced subset of N images")
@@ -145,7 +145,7 @@ def _validated(build: Callable[[], Any]) -> Any:
 
 
 def _ingest_config(args: argparse.Namespace):
-    """The validated ingest settings; a folder source must exist in the NIH layout."""
+    """The validated ingest settings; a folder or zip source must exist in the NIH layout."""
     from cnn.config import IngestConfig
     from cnn.sources import SourceError, open_source
 

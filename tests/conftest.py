@@ -71,3 +71,15 @@ def write_nih_folder(root: Path, per_class: int, seed: int = 0) -> Path:
 @pytest.fixture
 def nih_folder(tmp_path) -> Path:
     return write_nih_folder(tmp_path / "cells", per_class=30)
+
+
+def write_nih_zip(path: Path, folder: Path, extra: dict[str, bytes] | None = None) -> Path:
+    """Zip an NIH-layout folder as `cell_images/<Class>/<file>`, plus any extra members."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(folder.rglob("*.png")):
+            archive.write(file, f"cell_images/{file.relative_to(folder).as_posix()}")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path

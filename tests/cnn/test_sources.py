@@ -80,3 +80,22 @@ def test_tfds_offline_fails_fast_and_suggests_the_folder_source(tmp_path):
     with pytest.raises(SourceUnavailableError, match="folder:PATH"):
         source.list_records()
     assert time.monotonic() - started < 30
+
+
+def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
+    nih_folder, tmp_path, monkeypatch
+):
+    import cnn.sources as sources
+
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((nih_folder / "Parasitized").iterdir().__next__().read_bytes())
+    (nih_folder / "Parasitized" / "C1P1_IMG_link_cell_1.png").symlink_to(outside)
+    source = FolderSource(nih_folder)
+    assert len(source.list_records()) == 60
+    assert source.listing_skips() == [
+        {"source_id": "Parasitized/C1P1_IMG_link_cell_1.png", "reason": "links outside the source"}
+    ]
+    record = source.list_records()[0]
+    monkeypatch.setattr(sources, "MAX_ENCODED_BYTES", 100)
+    ((_, payload),) = source.iter_payloads([record])
+    assert isinstance(payload, sources.Unreadable) and "too large" in payload.reason
