@@ -7,12 +7,15 @@ never sees a half-written dataset, and a crash leaves only a temporary directory
 """
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -24,17 +27,21 @@ import pyarrow.parquet as pq
 from joblib.externals.loky import get_reusable_executor
 
 from cnn.config import IngestConfig
-from cnn.images import UnreadableImageError, decode_and_resize
+from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
 from cnn.sources import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-ROWS_PER_SHARD = 2048
-DECODE_CHUNK = 256
-"""Images decoded per round trip to the worker processes: bounds memory while streaming."""
-PARALLEL_THRESHOLD = 64
+ROWS_PER_SHARD = 1024
+"""At most this many rows a shard: one worker's unit of work (about 30 MB at 100 px)."""
+WRITE_BATCH = 256
+"""Rows per Parquet row group: what a worker holds in memory at once."""
+COMPRESSION = "zstd"
+DICTIONARY_COLUMNS = ["label_name", "group", "split"]
+"""Chosen by benchmarks/storage.py: smallest files, and as fast to read as any."""
+PARALLEL_THRESHOLD = 256
 """Below this many images, decoding in-process beats starting worker processes."""
 
 
@@ -98,12 +105,13 @@ def build_dataset(
     split_of = {record.source_id: split for record, split in zip(records, splits, strict=True)}
 
     datasets_dir.mkdir(parents=True, exist_ok=True)
-    temporary_path = datasets_dir / f".{final_path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_abandoned_temporaries(datasets_dir, final_path.name)
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    temporary_path = datasets_dir / f".{final_path.name}.tmp-{owner}-{uuid.uuid4().hex[:8]}"
     temporary_path.mkdir()
     try:
-        decoded = _decode_stream(source.iter_payloads(records), config.image_size, workers)
-        shards, counts, skipped = _write_shards(
-            temporary_path, decoded, split_of, config.image_size
+        written = _write_shards(
+            temporary_path, source, records, split_of, config.image_size, workers
         )
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -116,10 +124,11 @@ def build_dataset(
             "split_note": _split_note(config.split, strategy),
             "image_shape": [config.image_size, config.image_size, 3],
             "label_names": list(LABEL_NAMES),
-            "rows": sum(shard["rows"] for shard in shards),
-            "shards": shards,
-            "counts": counts,
-            "skipped": source.listing_skips() + skipped,
+            "rows": sum(shard["rows"] for shard in written.shards),
+            "shards": written.shards,
+            "counts": written.counts,
+            "source_image_sizes": written.source_sizes,
+            "skipped": source.listing_skips() + written.skipped,
         }
         if manifest["rows"] == 0:
             raise DatasetError(f"no image of source {source.kind!r} could be decoded")
@@ -205,91 +214,186 @@ def _schema(image_size: int) -> pa.Schema:
     )
 
 
-def _decode_payload(payload: Payload, image_size: int) -> np.ndarray | str:
-    """Decoded pixels, or the reason the payload could not be read or decoded."""
+Decoded = tuple[np.ndarray, tuple[int, int]] | str
+"""Resized pixels with the source's (width, height), or why the image was skipped."""
+
+
+def _decode_payload(payload: Payload, image_size: int) -> Decoded:
     if isinstance(payload, Unreadable):
         return payload.reason
     try:
-        return decode_and_resize(payload, image_size)
+        image = decode_image(payload)
     except UnreadableImageError as exc:
         return str(exc)
+    return resize_square(image, image_size), image.size
 
 
-def _decode_stream(
-    payloads: Iterable[tuple[CellRecord, Payload]], image_size: int, workers: int | None
-) -> Iterator[tuple[CellRecord, np.ndarray | str]]:
-    """Decode payloads in chunks, over worker processes when there are enough to pay off."""
-    workers = workers or os.cpu_count() or 1
-    payloads = iter(payloads)
-    first = list(islice(payloads, PARALLEL_THRESHOLD))
-    if workers == 1 or len(first) < PARALLEL_THRESHOLD:
-        for record, payload in _chained(first, payloads):
-            yield record, _decode_payload(payload, image_size)
-        return
-    # loky spawns fresh workers (never forks a process running TensorFlow) without
-    # re-running the caller's __main__, and reuses them across calls.
-    pool = get_reusable_executor(max_workers=workers)
-    stream = _chained(first, payloads)
-    while chunk := list(islice(stream, DECODE_CHUNK)):
-        records = [record for record, _ in chunk]
-        results = pool.map(
-            _decode_payload,
-            [payload for _, payload in chunk],
-            [image_size] * len(chunk),
-            chunksize=max(1, len(chunk) // (4 * workers)),
-        )
-        yield from zip(records, results, strict=True)
+@dataclass
+class _ShardResult:
+    """What one shard received: its rows, their counts, and what was skipped."""
+
+    file: str
+    rows: int = 0
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
+    )
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
 
 
-def _chained(first: list, rest: Iterator) -> Iterator:
-    yield from first
-    yield from rest
+ShardJob = tuple[Path, int, list[tuple[CellRecord, str]], CellSource | None, list[Payload] | None]
+"""Shard path, image size, (record, split) rows, and either the source or the payloads."""
+
+
+def _write_shard(
+    path: Path,
+    image_size: int,
+    rows: list[tuple[CellRecord, str]],
+    source: CellSource | None,
+    payloads: list[Payload] | None,
+) -> _ShardResult:
+    """Read, decode, resize and write one shard (in a worker process when parallel).
+
+    A random-access source reads its own payloads here, so no pixels cross processes; a
+    sequential source's payloads come from the parent.
+    """
+    split_of = {record.source_id: split for record, split in rows}
+    records = [record for record, _ in rows]
+    stream = source.iter_payloads(records) if source else zip(records, payloads, strict=True)
+    schema = _schema(image_size)
+    result = _ShardResult(file=path.name)
+    writer: pq.ParquetWriter | None = None
+    batch: list[tuple[CellRecord, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal writer
+        if writer is None:
+            writer = pq.ParquetWriter(
+                path, schema, compression=COMPRESSION, use_dictionary=DICTIONARY_COLUMNS
+            )
+        writer.write_table(_rows_table(batch, split_of, schema))
+        result.rows += len(batch)
+        batch.clear()
+
+    try:
+        for record, payload in stream:
+            decoded = _decode_payload(payload, image_size)
+            if isinstance(decoded, str):
+                result.skipped.append({"source_id": record.source_id, "reason": decoded})
+                continue
+            pixels, (width, height) = decoded
+            batch.append((record, pixels))
+            result.widths.append(width)
+            result.heights.append(height)
+            result.counts[split_of[record.source_id]][LABEL_NAMES[record.label]] += 1
+            if len(batch) >= WRITE_BATCH:
+                flush()
+        if batch:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        _fsync(path)
+    return result
+
+
+@dataclass
+class _WriteSummary:
+    shards: list[dict[str, Any]]
+    counts: dict[str, dict[str, int]]
+    skipped: list[dict[str, str]]
+    source_sizes: dict[str, dict[str, float]]
 
 
 def _write_shards(
     directory: Path,
-    decoded: Iterable[tuple[CellRecord, np.ndarray | str]],
+    source: CellSource,
+    records: Sequence[CellRecord],
     split_of: dict[str, str],
     image_size: int,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]], list[dict[str, str]]]:
-    """Stream decoded images into Parquet shards; return shard list, counts and skipped files."""
-    schema = _schema(image_size)
-    shards: list[dict[str, Any]] = []
+    workers: int | None,
+) -> _WriteSummary:
+    """Write all records as shards, over worker processes when there are enough images."""
+    workers = workers or os.cpu_count() or 1
+    rows = [(record, split_of[record.source_id]) for record in records]
+    shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
+    jobs = _shard_jobs(directory, source, rows, shard_rows, image_size)
+    if workers == 1 or len(rows) < PARALLEL_THRESHOLD:
+        results = [_write_shard(*job) for job in jobs]
+    else:
+        # loky spawns fresh workers (never forks a process running TensorFlow) without
+        # re-running the caller's __main__, and reuses them across calls.
+        pool = get_reusable_executor(max_workers=workers)
+        results = list(_bounded_map(pool, _write_shard, jobs, max_in_flight=2 * workers))
+    results.sort(key=lambda result: result.file)
     counts = {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
-    skipped: list[dict[str, str]] = []
-    writer: pq.ParquetWriter | None = None
-    rows_in_shard = 0
-    batch: list[tuple[CellRecord, np.ndarray]] = []
+    for result in results:
+        for split, per_label in result.counts.items():
+            for label_name, count in per_label.items():
+                counts[split][label_name] += count
+    widths = [width for result in results for width in result.widths]
+    heights = [height for result in results for height in result.heights]
+    return _WriteSummary(
+        shards=[{"file": result.file, "rows": result.rows} for result in results if result.rows],
+        counts=counts,
+        skipped=[entry for result in results for entry in result.skipped],
+        source_sizes={"width": _describe(widths), "height": _describe(heights)},
+    )
 
-    def flush() -> None:
-        nonlocal writer, rows_in_shard
-        if not batch:
+
+def _shard_jobs(
+    directory: Path,
+    source: CellSource,
+    rows: list[tuple[CellRecord, str]],
+    shard_rows: int,
+    image_size: int,
+) -> Iterator[ShardJob]:
+    """One job per shard: random-access sources read in the job, others stream from here."""
+    if source.random_access:
+        for index, start in enumerate(range(0, len(rows), shard_rows)):
+            path = directory / f"part-{index:05d}.parquet"
+            yield path, image_size, rows[start : start + shard_rows], source, None
+        return
+    split_of = dict((record.source_id, split) for record, split in rows)
+    stream = source.iter_payloads([record for record, _ in rows])
+    for index in itertools.count():
+        chunk = list(islice(stream, shard_rows))
+        if not chunk:
             return
-        if writer is None:
-            shards.append({"file": f"part-{len(shards):05d}.parquet", "rows": 0})
-            writer = pq.ParquetWriter(directory / shards[-1]["file"], schema, compression="zstd")
-        writer.write_table(_rows_table(batch, split_of, schema))
-        shards[-1]["rows"] += len(batch)
-        rows_in_shard += len(batch)
-        batch.clear()
-        if rows_in_shard >= ROWS_PER_SHARD:
-            writer.close()
-            writer, rows_in_shard = None, 0
+        chunk_rows = [(record, split_of[record.source_id]) for record, _ in chunk]
+        path = directory / f"part-{index:05d}.parquet"
+        yield path, image_size, chunk_rows, None, [payload for _, payload in chunk]
 
-    for record, result in decoded:
-        if isinstance(result, str):
-            skipped.append({"source_id": record.source_id, "reason": result})
-            continue
-        batch.append((record, result))
-        counts[split_of[record.source_id]][LABEL_NAMES[record.label]] += 1
-        if len(batch) >= DECODE_CHUNK:
-            flush()
-    flush()
-    if writer is not None:
-        writer.close()
-    for shard in shards:
-        _fsync(directory / shard["file"])
-    return shards, counts, skipped
+
+def _bounded_map(pool, function, jobs: Iterable[tuple], max_in_flight: int) -> Iterator:
+    """Like `pool.map`, but never more than `max_in_flight` jobs are held at once."""
+    pending: set = set()
+    try:
+        for job in jobs:
+            pending.add(pool.submit(function, *job))
+            if len(pending) >= max_in_flight:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (future.result() for future in done)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _describe(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    array = np.asarray(values)
+    return {
+        "min": int(array.min()),
+        "median": float(np.median(array)),
+        "mean": round(float(array.mean()), 1),
+        "max": int(array.max()),
+    }
 
 
 def _rows_table(
@@ -327,6 +431,28 @@ def _write_json_durably(path: Path, content: dict[str, Any]) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _remove_abandoned_temporaries(datasets_dir: Path, name: str) -> None:
+    """Delete temporary directories of `name` left by dead processes of this host.
+
+    Directories of live processes (a concurrent ingest) or of other hosts are left alone.
+    """
+    prefix = f".{name}.tmp-{socket.gethostname()}-"
+    for path in datasets_dir.glob(f".{name}.tmp-*"):
+        pid, _, _ = path.name.removeprefix(prefix).partition("-")
+        if path.name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(temporary_path: Path, final_path: Path) -> None:

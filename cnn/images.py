@@ -17,16 +17,23 @@ def decode_and_resize(payload: bytes | np.ndarray, image_size: int) -> np.ndarra
     """Return the image as uint8 (image_size × image_size × 3) RGB.
 
     `payload` is encoded image bytes (PNG, JPEG, …) or an already decoded uint8 array.
+    """
+    return resize_square(decode_image(payload), image_size)
+
+
+def resize_square(image: Image.Image, image_size: int) -> np.ndarray:
+    """Resize to a square uint8 RGB array.
+
     Pillow's bilinear resize filters over the whole source footprint when shrinking (it
     antialiases like scikit-image's `resize(anti_aliasing=True)`), at a fraction of the cost.
     """
-    image = _to_pil(payload)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
-def _to_pil(payload: bytes | np.ndarray) -> Image.Image:
+def decode_image(payload: bytes | np.ndarray) -> Image.Image:
+    """Decode bytes (or wrap pixels) as an RGB image, converting grayscale and alpha."""
     if isinstance(payload, np.ndarray):
         return Image.fromarray(payload).convert("RGB")
     try:
@@ -39,4 +46,4 @@ def _to_pil(payload: bytes | np.ndarray) -> Image.Image:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(f"cannot decode image: {exc}") from exc
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -5,6 +5,7 @@ so subsets and splits are decided first; then it streams the payloads of chosen 
 """
 
 import hashlib
+import os
 import socket
 import zipfile
 import zlib
@@ -64,6 +65,8 @@ class CellSource(ABC):
 
     kind: str
     has_patient_groups: bool = True
+    random_access: bool = True
+    """Whether `iter_payloads` of any subset is cheap, so worker processes can read."""
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -168,52 +171,25 @@ class FolderSource(CellSource):
                 f"folder source {str(root)!r} lacks the class folder(s) {', '.join(missing)} "
                 f"(expected {'/ and '.join(CLASS_FOLDERS)}/)"
             )
-        self._listing: dict[int, list[Path]] | None = None
-        self._skips: list[dict[str, str]] = []
+        self._listing: _FolderListing | None = None
 
     @property
-    def _files(self) -> dict[int, list[Path]]:
-        """Image files per label, listed once, on first use."""
+    def _files(self) -> "_FolderListing":
+        """The image files per label with their sizes and mtimes, listed once, on first use."""
         if self._listing is None:
-            self._listing = {
-                label: self._image_files(name) for label, name in enumerate(CLASS_FOLDERS)
-            }
+            self._listing = _list_folder(self.root)
         return self._listing
 
-    def _image_files(self, class_folder: str) -> list[Path]:
-        folder = self.root / class_folder
-        files = []
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                continue
-            if not path.resolve().is_relative_to(self.root):
-                source_id = f"{class_folder}/{path.name}"
-                self._skips.append({"source_id": source_id, "reason": "links outside the source"})
-                continue
-            files.append(path)
-        if not files:
-            raise SourceError(f"class folder {str(folder)!r} holds no images")
-        return files
-
     def fingerprint(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for files in self._files.values():
-            for path in files:
-                stat = path.stat()
-                digest.update(
-                    f"{path.relative_to(self.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-                )
-        return {"kind": self.kind, "root": str(self.root), "files_digest": digest.hexdigest()}
+        return {"kind": self.kind, "root": str(self.root), "files_digest": self._files.digest}
 
     def list_records(self) -> list[CellRecord]:
         return [
             CellRecord(
-                source_id=f"{CLASS_FOLDERS[label]}/{path.name}",
-                label=label,
-                group=patient_group(path.name),
+                source_id=f"{CLASS_FOLDERS[label]}/{name}", label=label, group=patient_group(name)
             )
-            for label, files in self._files.items()
-            for path in files
+            for label, names in self._files.names.items()
+            for name in names
         ]
 
     def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
@@ -221,8 +197,47 @@ class FolderSource(CellSource):
             yield record, _read_file(self.root / record.source_id)
 
     def listing_skips(self) -> list[dict[str, str]]:
-        self._files  # noqa: B018  (listing fills the skips)
-        return list(self._skips)
+        return list(self._files.skips)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers only read files: leave the listing behind when pickled."""
+        return {**self.__dict__, "_listing": None}
+
+
+@dataclass(frozen=True)
+class _FolderListing:
+    names: dict[int, list[str]]
+    skips: list[dict[str, str]]
+    digest: str
+    """Over every listed file's relative path, size and mtime."""
+
+
+def _list_folder(root: Path) -> _FolderListing:
+    """One pass of `os.scandir` per class folder: names, stats, and links that leave `root`."""
+    names: dict[int, list[str]] = {}
+    skips: list[dict[str, str]] = []
+    digest = hashlib.sha256()
+    for label, class_folder in enumerate(CLASS_FOLDERS):
+        folder = root / class_folder
+        with os.scandir(folder) as entries:
+            candidates = sorted(
+                (entry for entry in entries if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda entry: entry.name,
+            )
+        names[label] = []
+        for entry in candidates:
+            source_id = f"{class_folder}/{entry.name}"
+            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+                skips.append({"source_id": source_id, "reason": "links outside the source"})
+                continue
+            if not entry.is_file():
+                continue
+            stat = entry.stat()
+            digest.update(f"{source_id}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            names[label].append(entry.name)
+        if not names[label]:
+            raise SourceError(f"class folder {str(folder)!r} holds no images")
+    return _FolderListing(names=names, skips=skips, digest=digest.hexdigest())
 
 
 def _read_file(path: Path) -> Payload:
@@ -314,6 +329,10 @@ class ZipSource(CellSource):
         self._members  # noqa: B018  (indexing fills the skips)
         return list(self._skips)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Leave the index behind when pickled: a worker re-reads the central directory."""
+        return {**self.__dict__, "_index": None, "_skips": []}
+
 
 def _is_safe_member(name: str) -> bool:
     """A relative POSIX path with no `..`, no drive and no backslash."""
@@ -344,6 +363,7 @@ class TfdsSource(CellSource):
 
     kind = "tfds"
     has_patient_groups = False
+    random_access = False
 
     def __init__(self, data_dir: str | None = None, download_url: str = TFDS_DOWNLOAD_URL) -> None:
         self.data_dir = data_dir

@@ -5,9 +5,11 @@ file and exits non-zero. With `--json`, the last line of standard output is one 
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -65,6 +67,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _print_human(args.command, result)
     return 0
+
+
+def _run_flow(module: str, name: str, *args: Any) -> Any:
+    """Import and run a flow; Prefect's temporary server (if needed) starts meanwhile."""
+    server_ready = _start_temporary_prefect_server()
+    flow = getattr(importlib.import_module(module), name)
+    server_ready.wait()
+    return flow(*args)
+
+
+def _start_temporary_prefect_server() -> threading.Event:
+    """Start Prefect's temporary local server in the background when no API URL is set.
+
+    A flow would start the same server on first use; starting it while the flow modules
+    import saves seconds. The returned event is set once the server answers (or failed to
+    start, in which case the flow starts it, and reports any error, itself).
+    """
+    ready = threading.Event()
+
+    def start() -> None:
+        try:
+            from prefect.settings import get_current_settings
+
+            if not get_current_settings().api.url:
+                from prefect.server.api.server import SubprocessASGIServer
+
+                SubprocessASGIServer().start()
+        except Exception:
+            pass
+        finally:
+            ready.set()
+
+    threading.Thread(target=start, name="prefect-server-start", daemon=True).start()
+    return ready
 
 
 def _quiet_environment() -> None:
@@ -207,16 +243,12 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     config = _ingest_config(args)
     variants, training, tracking = _train_settings(args)
-    from flows.pipeline import pipeline
-
-    return _dump(pipeline(config, variants, training, tracking))
+    return _dump(_run_flow("flows.pipeline", "pipeline", config, variants, training, tracking))
 
 
 def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     config = _ingest_config(args)
-    from flows.ingest import ingest
-
-    return _dump(ingest(config))
+    return _dump(_run_flow("flows.ingest", "ingest", config))
 
 
 def _run_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -227,9 +259,8 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
         dataset = open_dataset(args.dataset)
     except ValueError as error:
         raise CommandError(f"--dataset: {error}", EXIT_USAGE) from error
-    from flows.train import train
-
-    return {"runs": _dump(train(str(dataset.path), variants, training, tracking))}
+    runs = _run_flow("flows.train", "train", str(dataset.path), variants, training, tracking)
+    return {"runs": _dump(runs)}
 
 
 def _run_variants(args: argparse.Namespace) -> dict[str, Any]:

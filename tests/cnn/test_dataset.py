@@ -131,3 +131,48 @@ def test_subset_is_balanced_and_seeded():
     assert len(subset) == 100 and sum(r.label for r in subset) == 50
     assert subset == select_subset(records, 100, seed=5)
     assert subset != select_subset(records, 100, seed=6)
+
+
+@pytest.mark.parametrize("spec", ["synthetic", "folder", "zip"])
+def test_worker_processes_write_exactly_what_one_process_writes(spec, tmp_path):
+    from cnn.sources import open_source
+    from tests.conftest import write_nih_folder, write_nih_zip
+
+    if spec == "synthetic":
+        source_spec = "synthetic"
+    else:
+        folder = write_nih_folder(tmp_path / "cells", per_class=150)
+        zipped = write_nih_zip(tmp_path / "cells.zip", folder)
+        source_spec = f"folder:{folder}" if spec == "folder" else f"zip:{zipped}"
+    config = IngestConfig(source=source_spec, image_size=24, limit=300)
+    tables = []
+    for workers in (1, 2):
+        source = open_source(source_spec, limit=300)
+        dataset, _ = build_dataset(
+            source, config, tmp_path / f"datasets-{workers}", workers=workers
+        )
+        assert dataset.rows == 300
+        assert len(dataset.shard_paths) > 1
+        tables.append(pq.read_table(dataset.shard_paths).sort_by("source_id"))
+    assert tables[0].equals(tables[1])
+
+
+def test_temporaries_of_dead_ingests_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import socket
+
+    from cnn.dataset import dataset_fingerprint
+
+    source = SyntheticSource(count=40)
+    config = IngestConfig(source="synthetic", image_size=32)
+    name = f"synthetic-32px-{dataset_fingerprint(source, config)}"
+    datasets = tmp_path / "datasets"
+    host = socket.gethostname()
+    dead = datasets / f".{name}.tmp-{host}-999999-deadbeef"
+    alive = datasets / f".{name}.tmp-{host}-{os.getpid()}-cafecafe"
+    other_host = datasets / f".{name}.tmp-elsewhere-1-00000000"
+    for path in (dead, alive, other_host):
+        path.mkdir(parents=True)
+        (path / "part-00000.parquet").write_bytes(b"half")
+    build_dataset(source, config, datasets)
+    assert not dead.exists() and alive.exists() and other_host.exists()
