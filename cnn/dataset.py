@@ -158,12 +158,48 @@ def open_dataset(path: str | Path) -> Dataset:
         )
     for shard in manifest["shards"]:
         shard_path = path / shard["file"]
-        if (
-            not shard_path.is_file()
-            or pq.ParquetFile(shard_path).metadata.num_rows != shard["rows"]
-        ):
+        if _parquet_rows(shard_path) != shard["rows"]:
             raise DatasetError(f"dataset shard {str(shard_path)!r} is missing or incomplete")
     return Dataset(path=path, manifest=manifest)
+
+
+def describe_manifest(manifest: dict[str, Any], path: Path, max_skipped: int = 50) -> str:
+    """A markdown summary of a dataset: counts per split and class, source image sizes,
+    and the skipped files with their reasons."""
+    lines = [
+        f"# Dataset `{manifest['name']}`",
+        "",
+        f"- location: `{path}`",
+        f"- source: `{json.dumps(manifest['source'])}`",
+        f"- {manifest['rows']} images of {'×'.join(map(str, manifest['image_shape']))}; "
+        f"{manifest['split_note']}",
+        "",
+        "| split | " + " | ".join(manifest["label_names"]) + " |",
+        "| --- | " + " | ".join("---:" for _ in manifest["label_names"]) + " |",
+    ]
+    for split, per_label in manifest["counts"].items():
+        lines.append(f"| {split} | " + " | ".join(str(n) for n in per_label.values()) + " |")
+    sizes = manifest.get("source_image_sizes", {})
+    if sizes.get("width"):
+        lines += ["", "Source image sizes (pixels):", "", "| | min | median | mean | max |"]
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        for axis, stats in sizes.items():
+            values = (stats[name] for name in ("min", "median", "mean", "max"))
+            lines.append(f"| {axis} | " + " | ".join(map(str, values)) + " |")
+    skipped = manifest["skipped"]
+    lines += ["", f"Skipped: {len(skipped)}"]
+    lines += [f"- `{entry['source_id']}`: {entry['reason']}" for entry in skipped[:max_skipped]]
+    if len(skipped) > max_skipped:
+        lines.append(f"- … and {len(skipped) - max_skipped} more (listed in the manifest)")
+    return "\n".join(lines) + "\n"
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """Rows recorded in a Parquet file's footer, or None if it is missing or unreadable."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def load_split(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:

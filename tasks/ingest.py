@@ -5,12 +5,14 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
+from cnn.dataset import build_dataset, describe_manifest
 from cnn.sources import open_source
+
+MAX_LOGGED_SKIPS = 20
 
 
 class DatasetRef(BaseModel):
@@ -57,11 +59,20 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
         ref.seconds,
         manifest["split_note"],
     )
-    for skipped in ref.skipped:
+    for skipped in ref.skipped[:MAX_LOGGED_SKIPS]:
         logger.warning("Skipped %s: %s", skipped["source_id"], skipped["reason"])
+    if len(ref.skipped) > MAX_LOGGED_SKIPS:
+        logger.warning(
+            "… and %d more skipped (see the manifest)", len(ref.skipped) - MAX_LOGGED_SKIPS
+        )
     create_table_artifact(
         key="dataset-counts",
         table=[{"split": split, **per_label} for split, per_label in ref.counts.items()],
         description=f"Images per split and class in `{ref.name}` ({len(ref.skipped)} skipped)",
+    )
+    create_markdown_artifact(
+        key="dataset-validation",
+        markdown=describe_manifest(manifest, dataset.path),
+        description=f"What `{ref.name}` holds and what was skipped",
     )
     return ref

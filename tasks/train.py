@@ -55,6 +55,7 @@ def train_model(
             {"variant": variant, **config.model_dump(), "image_shape": dataset.image_shape}
         )
         mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
+        mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
         result = train_on_dataset(dataset, variant, config, on_epoch_end=report_epoch)
         parameters = result.model.count_params()
         mlflow.log_params({"parameters": parameters})

@@ -112,3 +112,39 @@ def test_bad_flow_parameters_fail_before_any_work(data_dir):
     with pytest.raises(ParameterTypeError):
         pipeline(IngestConfig(source="synthetic"), ["no-such-variant"])
     assert not data_dir.exists()
+
+
+def test_dataset_manifest_is_logged_with_the_run(finished_pipeline):
+    result, uri = finished_pipeline
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.runs[0].run_id, artifact_path="dataset/manifest.json", tracking_uri=uri
+    )
+    manifest = json.loads(Path(local).read_text())
+    assert manifest["name"] == result.dataset.name
+    assert manifest["counts"] == result.dataset.counts
+    assert manifest["source_image_sizes"]["width"]["min"] >= 60  # synthetic cells: 60..140 px
+
+
+def test_ingest_leaves_prefect_artifacts_with_counts_and_validation(finished_pipeline):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    result, _ = finished_pipeline
+
+    async def latest(key: str):
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+        return artifacts[-1]
+
+    validation = asyncio.run(latest("dataset-validation"))
+    assert result.dataset.name in validation.data
+    test_counts = result.dataset.counts["test"]
+    assert (
+        f"| test | {test_counts['parasitized']} | {test_counts['uninfected']} |" in validation.data
+    )
+    counts = asyncio.run(latest("dataset-counts"))
+    assert "validation" in json.dumps(counts.data)
