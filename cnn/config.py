@@ -1,6 +1,6 @@
 """Typed, validated settings for each stage: bad values fail before any work starts."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,24 @@ class IngestConfig(BaseModel):
         return value
 
 
+class AugmentationPolicy(BaseModel):
+    """Random transformations of training images (defaults: the lecture's ImageDataGenerator)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="Switch augmentation off entirely")
+    rotation_degrees: float = Field(30.0, ge=0.0, le=180.0, description="Rotate by ± this")
+    zoom: float = Field(0.15, ge=0.0, lt=1.0, description="Zoom in or out by ± this share")
+    width_shift: float = Field(0.2, ge=0.0, lt=1.0, description="Shift by ± this share of width")
+    height_shift: float = Field(0.2, ge=0.0, lt=1.0, description="Shift by ± this share of height")
+    shear: float = Field(0.15, ge=0.0, le=1.0, description="Shear factor (Keras RandomShear)")
+    horizontal_flip: bool = Field(True, description="Mirror left-right at random")
+    vertical_flip: bool = Field(False, description="Mirror up-down at random (cells have no up)")
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
+        "nearest", description="How pixels moved in from outside the image are filled"
+    )
+
+
 def check_variant(name: str) -> str:
     """Accept only the name of a registered CNN variant."""
     from cnn.models import VARIANTS
@@ -69,3 +87,10 @@ class TrainConfig(BaseModel):
         5, ge=0, description="Epochs without val_loss improvement before stopping"
     )
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and dropout")
+    augmentation: AugmentationPolicy = Field(
+        default_factory=AugmentationPolicy, description="Random transformations while training"
+    )
+    variant_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per-variant factory options, e.g. {"transfer": {"weights": null}}',
+    )

@@ -1,7 +1,9 @@
 """CNN variants: one factory per variant, chosen by name from a registry (Keras 3 API only)."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -11,8 +13,10 @@ from keras import layers
 class Variant:
     """A registered architecture: its factory and a one-line description."""
 
-    build: Callable[[tuple[int, int, int]], keras.Model]
+    build: Callable[..., keras.Model]
     description: str
+    offline_options: dict[str, Any] = field(default_factory=dict)
+    """Options that build the same architecture without downloading anything."""
 
 
 def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -49,14 +53,174 @@ def build_lenet5(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="lenet5")
 
 
-VARIANTS: dict[str, Variant] = {
-    "simple": Variant(build_simple, "the lecture's network: 2 conv + 2 max-pool, dropout, sigmoid"),
-    "lenet5": Variant(build_lenet5, "LeNet-5: conv 6, avg-pool, conv 16, avg-pool, dense 120, 84"),
+def build_alexnet(input_shape: tuple[int, int, int], width: float = 0.5) -> keras.Model:
+    """AlexNet's shape (5 conv, 3 max-pool, 2 dense) scaled to the input, with batch norm.
+
+    `width` scales the filters and dense units (1.0: AlexNet's 96-256-384-384-256, 4096).
+    The first layer is AlexNet's 11×11 stride 4 from 160 px up, else 5×5 stride 2.
+    """
+    filters = [max(8, int(n * width)) for n in (96, 256, 384, 384, 256)]
+    units = max(32, int(4096 * width / 4))
+    large = min(input_shape[:2]) >= 160
+    inputs, x = _inputs(input_shape)
+    x = _conv_bn(x, filters[0], 11 if large else 5, strides=4 if large else 2, name="conv1")
+    x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    x = _conv_bn(x, filters[1], 5, name="conv2")
+    x = layers.MaxPooling2D(3, strides=2, name="pool2")(x)
+    for index, count in enumerate(filters[2:], start=3):
+        x = _conv_bn(x, count, 3, name=f"conv{index}")
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool5")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for index in (1, 2):
+        x = layers.Dense(units, activation="relu", name=f"dense{index}")(x)
+        x = layers.Dropout(0.5, name=f"dropout{index}")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    return keras.Model(inputs, outputs, name="alexnet")
+
+
+RESNET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def build_resnet(
+    input_shape: tuple[int, int, int], depth: int = 18, base_filters: int = 32
+) -> keras.Model:
+    """A ResNet-18/34-style network of basic residual blocks (two 3×3 convs, identity or
+    1×1 projection shortcut), global average pooling and one sigmoid output.
+
+    `base_filters` is the first stage's width (ResNet's own is 64; 32 trains 4× cheaper).
+    """
+    if depth not in RESNET_STAGES:
+        raise ValueError(f"resnet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
+    inputs, x = _inputs(input_shape)
+    x = _conv_bn(x, base_filters, 7, strides=2, name="stem")
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, blocks in enumerate(RESNET_STAGES[depth]):
+        filters = base_filters * 2**stage
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _residual_block(x, filters, strides, name=f"stage{stage + 1}_block{block + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}")
+
+
+def _conv_bn(x, filters: int, kernel: int, strides: int = 1, name: str = "conv", relu=True):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(
+        x
+    )
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _residual_block(x, filters: int, strides: int, name: str):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides=strides, name=f"{name}_proj", relu=False)
+    y = _conv_bn(x, filters, 3, strides=strides, name=f"{name}_conv1")
+    y = _conv_bn(y, filters, 3, name=f"{name}_conv2", relu=False)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+BACKBONES = {
+    "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+    "resnet50v2": (keras.applications.ResNet50V2, keras.applications.resnet_v2.preprocess_input),
+    "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+    "xception": (keras.applications.Xception, keras.applications.xception.preprocess_input),
 }
 
 
-def build_model(variant: str, input_shape: tuple[int, int, int]) -> keras.Model:
-    """Build the named variant for `input_shape` (height, width, channels)."""
+@keras.saving.register_keras_serializable(package="malaria")
+class BackbonePreprocess(layers.Layer):
+    """A Keras Applications backbone's own `preprocess_input`, as a saveable layer."""
+
+    def __init__(self, backbone: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, inputs):
+        return BACKBONES[self.backbone][1](inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had; the message says what to do."""
+
+
+def build_transfer(
+    input_shape: tuple[int, int, int],
+    backbone: str = "resnet50",
+    weights: str | None = "imagenet",
+    fine_tune_layers: int = 0,
+) -> keras.Model:
+    """A frozen Keras Applications backbone with a new sigmoid head.
+
+    `weights`: "imagenet" (downloaded by Keras), a local weights file of the backbone, or
+    None (random). `fine_tune_layers` unfreezes that many of the backbone's top layers
+    (batch norm layers stay frozen, as Keras' transfer-learning guide advises).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+    application, _ = BACKBONES[backbone]
+    local_file = weights not in (None, "imagenet")
+    if local_file and not Path(weights).is_file():
+        raise WeightsUnavailableError(f"weights file {weights!r} does not exist")
+    try:
+        base = application(
+            include_top=False,
+            weights=None if local_file else weights,
+            input_shape=input_shape,
+            pooling="avg",
+        )
+    except Exception as exc:  # Keras raises plain Exceptions when the download fails
+        if weights != "imagenet":
+            raise
+        raise WeightsUnavailableError(
+            f"cannot download the ImageNet weights of {backbone} ({exc}); offline? Use a local "
+            "weights file or none (malaria --transfer-weights FILE|none; in a flow, "
+            'variant_options={"transfer": {"weights": ...}})'
+        ) from exc
+    if local_file:
+        base.load_weights(weights)
+    base.trainable = fine_tune_layers > 0
+    for layer in base.layers[: len(base.layers) - fine_tune_layers]:
+        layer.trainable = False
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = BackbonePreprocess(backbone, name="preprocess")(inputs)
+    x = base(x, training=False)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
+
+
+VARIANTS: dict[str, Variant] = {
+    "simple": Variant(build_simple, "the lecture's network: 2 conv + 2 max-pool, dropout, sigmoid"),
+    "lenet5": Variant(build_lenet5, "LeNet-5: conv 6, avg-pool, conv 16, avg-pool, dense 120, 84"),
+    "alexnet": Variant(build_alexnet, "AlexNet's 5 conv + 3 dense, half width, batch norm"),
+    "resnet": Variant(build_resnet, "ResNet-18-style residual blocks, 32 base filters"),
+    "transfer": Variant(
+        build_transfer,
+        "frozen Keras Applications ResNet50 (ImageNet weights) + new head",
+        offline_options={"weights": None},
+    ),
+}
+
+
+def count_parameters(variant: str, input_shape: tuple[int, int, int]) -> int:
+    """The variant's parameter count at `input_shape`, without downloading weights."""
+    return build_model(variant, input_shape, **VARIANTS[variant].offline_options).count_params()
+
+
+def build_model(variant: str, input_shape: tuple[int, int, int], **options: Any) -> keras.Model:
+    """Build the named variant for `input_shape` (height, width, channels).
+
+    `options` go to the variant's factory (e.g. `depth=34` for resnet, `weights=None` for
+    transfer).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return VARIANTS[variant].build(tuple(input_shape))
+    return VARIANTS[variant].build(tuple(input_shape), **options)

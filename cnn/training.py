@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from cnn.augmentation import build_augmenter, with_augmentation
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, load_split
 from cnn.models import build_model
@@ -56,17 +57,21 @@ def train_on_dataset(
 ) -> TrainingResult:
     """Train `variant` on the dataset's train split, validating on its validation split.
 
-    Early stopping watches val_loss with `config.patience` and restores the best weights.
+    Augmentation (if on) wraps the model only while it trains; the returned model is the
+    bare one, with the best weights (early stopping on val_loss) restored.
     """
     keras.utils.set_random_seed(config.seed)
     train_images, train_labels = load_split(dataset, "train")
     validation_images, validation_labels = load_split(dataset, "validation")
-    model = compile_model(build_model(variant, dataset.image_shape), config.learning_rate)
+    options = config.variant_options.get(variant, {})
+    model = build_model(variant, dataset.image_shape, **options)
+    augmenter = build_augmenter(config.augmentation, seed=config.seed)
+    trainer = compile_model(with_augmentation(model, augmenter), config.learning_rate)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
     started = time.perf_counter()
-    history = model.fit(
+    history = trainer.fit(
         train_images,
         train_labels,
         validation_data=(validation_images, validation_labels),

@@ -159,6 +159,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience")
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the lecture's augmentation while training (default on)",
+    )
+    parser.add_argument(
+        "--transfer-weights",
+        default="imagenet",
+        help="weights of the transfer variant's backbone: imagenet, none, or a weights file",
+    )
     parser.add_argument("--experiment", default="malaria-cnn", help="MLflow experiment")
     parser.add_argument("--registered-model", default="malaria-cnn", help="MLflow model name")
     if not any(action.dest == "seed" for action in parser._actions):
@@ -204,11 +215,12 @@ def _ingest_config(args: argparse.Namespace):
 def _train_settings(args: argparse.Namespace):
     from pydantic import TypeAdapter
 
-    from cnn.config import TrainConfig, VariantNames
+    from cnn.config import AugmentationPolicy, TrainConfig, VariantNames
     from tasks.tracking import TrackingConfig
 
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     variants = _validated(lambda: _named("variants", TypeAdapter(VariantNames), variants))
+    weights = None if args.transfer_weights.lower() == "none" else args.transfer_weights
     training = _validated(
         lambda: TrainConfig(
             epochs=args.epochs,
@@ -216,6 +228,8 @@ def _train_settings(args: argparse.Namespace):
             learning_rate=args.learning_rate,
             patience=args.patience,
             seed=args.seed,
+            augmentation=AugmentationPolicy(enabled=args.augment),
+            variant_options={"transfer": {"weights": weights}},
         )
     )
     tracking = _validated(
@@ -266,7 +280,7 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
 def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
     if not 16 <= args.image_size <= 512:
         raise CommandError(f"--image-size: must be within 16..512 (got {args.image_size})")
-    from cnn.models import VARIANTS, build_model
+    from cnn.models import VARIANTS, count_parameters
 
     shape = (args.image_size, args.image_size, 3)
     return {
@@ -274,7 +288,7 @@ def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
         "variants": [
             {
                 "name": name,
-                "parameters": build_model(name, shape).count_params(),
+                "parameters": count_parameters(name, shape),
                 "description": variant.description,
             }
             for name, variant in VARIANTS.items()

@@ -2,6 +2,7 @@
 
 import time
 import warnings
+from typing import Any
 
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -11,6 +12,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 import mlflow
+from cnn.augmentation import augmentation_preview
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, load_split, open_dataset
 from cnn.training import predict_uninfected_probability, train_on_dataset
@@ -52,7 +54,11 @@ def train_model(
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(
-            {"variant": variant, **config.model_dump(), "image_shape": dataset.image_shape}
+            {
+                "variant": variant,
+                **_flatten(config.model_dump()),
+                "image_shape": dataset.image_shape,
+            }
         )
         mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
         mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
@@ -68,6 +74,9 @@ def train_model(
         )
         sample, _ = load_split(dataset, "validation")
         sample = sample[:8]
+        if config.augmentation.enabled:
+            preview = augmentation_preview(sample[0], config.augmentation, seed=config.seed)
+            mlflow.log_image(preview, "augmentation/preview.png")
         signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
         info = mlflow.keras.log_model(
             result.model, name="model", signature=signature, registered_model_name=registered_model
@@ -89,6 +98,17 @@ def train_model(
         best_epoch=result.best_epoch,
         train_seconds=round(result.seconds, 3),
     )
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted MLflow params: {"augmentation.zoom": 0.15, …}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _as_mlflow_dataset(dataset: Dataset) -> MetaDataset:

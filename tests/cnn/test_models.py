@@ -2,7 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from cnn.models import VARIANTS, build_model
+from cnn.models import (
+    VARIANTS,
+    WeightsUnavailableError,
+    build_model,
+    build_transfer,
+    count_parameters,
+)
 
 
 def test_simple_has_the_lectures_56257_parameters():
@@ -12,16 +18,55 @@ def test_simple_has_the_lectures_56257_parameters():
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("side", [32, 100])
 def test_every_variant_maps_images_to_one_probability(variant, side):
-    model = build_model(variant, (side, side, 3))
-    images = np.random.default_rng(0).integers(0, 256, size=(4, side, side, 3)).astype("uint8")
-    probabilities = np.asarray(model(images.astype("float32")))
+    model = build_model(variant, (side, side, 3), **VARIANTS[variant].offline_options)
+    images = np.random.default_rng(0).integers(0, 256, size=(4, side, side, 3)).astype("float32")
+    probabilities = np.asarray(model(images))
     assert probabilities.shape == (4, 1)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert count_parameters(variant, (side, side, 3)) == model.count_params()
 
 
 def test_models_scale_pixels_themselves():
     model = build_model("simple", (32, 32, 3))
     assert isinstance(model.get_layer("rescale"), keras.layers.Rescaling)
+
+
+def test_alexnet_uses_its_11x11_stride_4_stem_on_large_inputs():
+    assert build_model("alexnet", (227, 227, 3)).get_layer("conv1").kernel_size == (11, 11)
+    assert build_model("alexnet", (100, 100, 3)).get_layer("conv1").strides == (2, 2)
+
+
+def test_resnet_depth_is_a_parameter():
+    shallow = build_model("resnet", (64, 64, 3), depth=18)
+    deep = build_model("resnet", (64, 64, 3), depth=34)
+    assert deep.count_params() > shallow.count_params()
+    assert any(isinstance(layer, keras.layers.Add) for layer in shallow.layers)
+    with pytest.raises(ValueError, match="depth"):
+        build_model("resnet", (64, 64, 3), depth=19)
+
+
+def test_transfer_freezes_the_backbone_and_trains_a_new_head():
+    model = build_transfer((32, 32, 3), weights=None)
+    trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+    assert trainable == 2048 + 1  # the sigmoid head on ResNet50's 2048 pooled features
+    tuned = build_transfer((32, 32, 3), weights=None, fine_tune_layers=10)
+    assert len(tuned.trainable_weights) > len(model.trainable_weights)
+
+
+def test_transfer_loads_a_local_weights_file(tmp_path):
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = tmp_path / "resnet50_notop.weights.h5"
+    backbone.save_weights(path)
+    model = build_transfer((32, 32, 3), weights=str(path))
+    loaded = model.get_layer("resnet50").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, backbone.get_weights(), strict=True))
+
+
+def test_transfer_without_reachable_imagenet_weights_says_what_to_do(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        build_transfer((32, 32, 3), weights=str(tmp_path / "missing.h5"))
 
 
 def test_unknown_variant_is_named():
