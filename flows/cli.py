@@ -28,7 +28,6 @@ _OPTION_OF_FIELD = {
     "batch_size": "--batch-size",
     "learning_rate": "--learning-rate",
     "patience": "--patience",
-    "variants": "--variants",
     "experiment": "--experiment",
     "registered_model": "--registered-model",
 }
@@ -162,8 +161,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the lecture's augmentation while training (default on)",
+        default=False,
+        help="the lecture's augmentation while training (default off)",
     )
     parser.add_argument(
         "--transfer-weights",
@@ -177,18 +176,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     _add_json(parser)
 
 
-def _validated(build: Callable[[], Any]) -> Any:
+def _validated(build: Callable[[], Any], option: str | None = None) -> Any:
     """Build a config, turning a validation error into one line that names the option."""
     try:
         return build()
     except ValidationError as error:
         first = error.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
-        option = _OPTION_OF_FIELD.get(field, field)
+        option = option or _OPTION_OF_FIELD.get(field, field)
         message = f"{option}: {first['msg']} (got {first.get('input')!r})"
         raise CommandError(message, EXIT_USAGE) from error
-    except ValueError as error:  # a validator raised before pydantic wrapped it
-        raise CommandError(str(error), EXIT_USAGE) from error
 
 
 def _ingest_config(args: argparse.Namespace):
@@ -213,13 +210,16 @@ def _ingest_config(args: argparse.Namespace):
 
 
 def _train_settings(args: argparse.Namespace):
+    """The validated variants, training and tracking settings."""
     from pydantic import TypeAdapter
 
     from cnn.config import AugmentationPolicy, TrainConfig, VariantNames
     from tasks.tracking import TrackingConfig
 
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
-    variants = _validated(lambda: _named("variants", TypeAdapter(VariantNames), variants))
+    variants = _validated(
+        lambda: TypeAdapter(VariantNames).validate_python(variants), option="--variants"
+    )
     weights = None if args.transfer_weights.lower() == "none" else args.transfer_weights
     training = _validated(
         lambda: TrainConfig(
@@ -236,16 +236,6 @@ def _train_settings(args: argparse.Namespace):
         lambda: TrackingConfig(experiment=args.experiment, registered_model=args.registered_model)
     )
     return variants, training, tracking
-
-
-def _named(field: str, adapter, value: Any) -> Any:
-    try:
-        return adapter.validate_python(value)
-    except ValidationError as error:
-        detail = error.errors()[0]
-        raise CommandError(
-            f"{_OPTION_OF_FIELD[field]}: {detail['msg']} (got {value!r})", EXIT_USAGE
-        ) from error
 
 
 def _dump(model: BaseModel | list[BaseModel]) -> Any:

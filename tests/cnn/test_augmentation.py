@@ -40,7 +40,7 @@ def test_augmented_training_model_shares_weights_and_the_saved_model_has_no_rand
     tmp_path,
 ):
     model = build_model("simple", (32, 32, 3))
-    trainer = with_augmentation(model, build_augmenter(AugmentationPolicy(), seed=1))
+    trainer = with_augmentation(model, build_augmenter(LECTURE, seed=1))
     assert {id(weight) for weight in model.weights} <= {id(weight) for weight in trainer.weights}
     path = tmp_path / "model.keras"
     model.save(path)
@@ -50,7 +50,7 @@ def test_augmented_training_model_shares_weights_and_the_saved_model_has_no_rand
 
 def test_preview_shows_the_original_then_ten_different_copies():
     image = _cell()
-    grid = augmentation_preview(image, AugmentationPolicy(), copies=10, seed=3)
+    grid = augmentation_preview(image, LECTURE, copies=10, seed=3)
     assert grid.shape == (64, 6 * 32, 3) and grid.dtype == np.uint8
     np.testing.assert_array_equal(grid[:32, :32], image)
     tiles = [
