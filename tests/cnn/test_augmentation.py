@@ -13,8 +13,12 @@ def _cell(side: int = 32) -> np.ndarray:
     return image
 
 
-def test_the_default_policy_is_the_lectures():
-    names = [type(layer).__name__ for layer in build_augmenter(AugmentationPolicy()).layers]
+LECTURE = AugmentationPolicy(enabled=True)
+
+
+def test_the_default_policy_is_the_lectures_and_off():
+    assert build_augmenter(AugmentationPolicy()) is None
+    names = [type(layer).__name__ for layer in build_augmenter(LECTURE).layers]
     assert names == [
         "RandomRotation",
         "RandomZoom",
@@ -22,7 +26,7 @@ def test_the_default_policy_is_the_lectures():
         "RandomShear",
         "RandomFlip",
     ]
-    assert build_augmenter(AugmentationPolicy()).layers[0].fill_mode == "nearest"
+    assert build_augmenter(LECTURE).layers[0].fill_mode == "nearest"
 
 
 def test_switched_off_policy_changes_nothing():
