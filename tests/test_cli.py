@@ -46,13 +46,28 @@ def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_di
     assert not data_dir.exists()  # nothing started
 
 
-def test_empty_class_folder_is_reported_before_any_image_is_read(
-    tmp_path, capsys, data_dir, prefect_harness
-):
+def test_empty_class_folder_is_reported_before_any_image_is_read(tmp_path, prefect_harness):
+    """Run as a user would (a process of its own), against the test harness's server."""
+    from prefect.settings import PREFECT_API_URL
+
     (tmp_path / "cells" / "Parasitized").mkdir(parents=True)
     (tmp_path / "cells" / "Uninfected").mkdir()
-    assert main(["ingest", "--source", f"folder:{tmp_path / 'cells'}"]) != 0
-    assert "holds no images" in capsys.readouterr().err
+    completed = subprocess.run(
+        [_malaria(), "ingest", "--source", f"folder:{tmp_path / 'cells'}"],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode != 0
+    assert completed.stderr.strip().splitlines()[-1].startswith("malaria: error:")
+    assert "Parasitized' holds no images" in completed.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "data").exists()
+
+
+def _malaria() -> str:
+    return shutil.which("malaria", path=os.path.dirname(sys.executable)) or "malaria"
 
 
 @pytest.mark.slow
@@ -63,9 +78,18 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
         for key, value in os.environ.items()
         if not key.startswith(("MLFLOW_", "PREFECT_API", "MALARIA_"))
     }
-    malaria = shutil.which("malaria", path=os.path.dirname(sys.executable)) or "malaria"
     completed = subprocess.run(
-        [malaria, "pipeline", "--source", "synthetic", "--limit", "200", "--epochs", "2", "--json"],
+        [
+            _malaria(),
+            "pipeline",
+            "--source",
+            "synthetic",
+            "--limit",
+            "200",
+            "--epochs",
+            "2",
+            "--json",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
