@@ -169,6 +169,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         default="imagenet",
         help="weights of the transfer variant's backbone: imagenet, none, or a weights file",
     )
+    parser.add_argument(
+        "--work-pool", help="train each variant on this Prefect work pool's workers"
+    )
     parser.add_argument("--experiment", default="malaria-cnn", help="MLflow experiment")
     parser.add_argument("--registered-model", default="malaria-cnn", help="MLflow model name")
     if not any(action.dest == "seed" for action in parser._actions):
@@ -247,7 +250,10 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     config = _ingest_config(args)
     variants, training, tracking = _train_settings(args)
-    return _dump(_run_flow("flows.pipeline", "pipeline", config, variants, training, tracking))
+    result = _run_flow(
+        "flows.pipeline", "pipeline", config, variants, training, tracking, args.work_pool
+    )
+    return _dump(result)
 
 
 def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,7 +269,9 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
         dataset = open_dataset(args.dataset)
     except ValueError as error:
         raise CommandError(f"--dataset: {error}", EXIT_USAGE) from error
-    runs = _run_flow("flows.train", "train", str(dataset.path), variants, training, tracking)
+    runs = _run_flow(
+        "flows.train", "train", str(dataset.path), variants, training, tracking, args.work_pool
+    )
     return {"runs": _dump(runs)}
 
 

@@ -1,26 +1,16 @@
 """Train flows: one `train-variant` flow run per CNN variant, each its own MLflow run."""
 
+from typing import Annotated
+
 from prefect import flow
-from pydantic import BaseModel
+from prefect.runtime import flow_run
+from pydantic import Field
 
 from cnn.config import DEFAULT_VARIANTS, TrainConfig, VariantName, VariantNames
 from tasks.evaluate import evaluate_model
+from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.tracking import TrackingConfig, tracked_run
-from tasks.train import train_model
-
-
-class VariantRun(BaseModel):
-    """One variant's trained, evaluated and registered model."""
-
-    variant: str
-    run_id: str
-    model_uri: str
-    registered_version: int | None
-    parameters: int
-    epochs_run: int
-    train_seconds: float
-    test_accuracy: float
-    test_scores: dict
+from tasks.train import VariantRun, find_variant_run, read_variant_run, train_model
 
 
 @flow(name="train-variant", log_prints=True)
@@ -31,21 +21,11 @@ def train_variant(
     tracking: TrackingConfig = TrackingConfig(),
 ) -> VariantRun:
     """Train one variant on the dataset, evaluate it on the test split, register it."""
-    tags = {"variant": variant, "dataset": dataset}
+    tags = {"variant": variant, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
     with tracked_run(tracking.experiment, run_name=variant, tags=tags) as run_id:
         trained = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        scores = evaluate_model(trained.model_uri, dataset, run_id)
-    return VariantRun(
-        variant=variant,
-        run_id=run_id,
-        model_uri=trained.model_uri,
-        registered_version=trained.registered_version,
-        parameters=trained.parameters,
-        epochs_run=trained.epochs_run,
-        train_seconds=trained.train_seconds,
-        test_accuracy=scores["accuracy"],
-        test_scores=scores,
-    )
+        evaluate_model(trained.model_uri, dataset, run_id)
+    return read_variant_run(run_id)
 
 
 @flow(name="train", log_prints=True)
@@ -54,6 +34,30 @@ def train(
     variants: VariantNames = DEFAULT_VARIANTS,
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
+    work_pool: Annotated[
+        str | None,
+        Field(description="Run each variant on this work pool's workers (unset: here, in turn)"),
+    ] = None,
 ) -> list[VariantRun]:
-    """Train each variant as its own `train-variant` flow run, one after another."""
-    return [train_variant(dataset, variant, training, tracking) for variant in variants]
+    """Train each variant as its own `train-variant` flow run.
+
+    Without a work pool they run here, one after another. With one, each is submitted to the
+    pool's `train-variant` deployment at once, and this flow waits for all of them.
+    """
+    if work_pool is None:
+        return [train_variant(dataset, variant, training, tracking) for variant in variants]
+    deployment = find_variant_deployment(work_pool)
+    submitted = [
+        run_variant_deployment.submit(
+            deployment,
+            {
+                "dataset": dataset,
+                "variant": variant,
+                "training": training.model_dump(mode="json"),
+                "tracking": tracking.model_dump(mode="json"),
+            },
+        )
+        for variant in variants
+    ]
+    flow_run_ids = [future.result() for future in submitted]
+    return [find_variant_run(flow_run_id, tracking.experiment) for flow_run_id in flow_run_ids]

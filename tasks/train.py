@@ -19,6 +19,20 @@ from cnn.training import predict_uninfected_probability, train_on_dataset
 from tasks.tracking import configure_tracking
 
 
+class VariantRun(BaseModel):
+    """One variant's trained, evaluated and registered model, as its MLflow run records it."""
+
+    variant: str
+    run_id: str
+    model_uri: str
+    registered_version: int | None
+    parameters: int
+    epochs_run: int
+    train_seconds: float
+    test_accuracy: float
+    test_scores: dict
+
+
 class TrainedModel(BaseModel):
     """A logged model and how its training went."""
 
@@ -81,6 +95,9 @@ def train_model(
         info = mlflow.keras.log_model(
             result.model, name="model", signature=signature, registered_model_name=registered_model
         )
+        mlflow.set_tags(
+            {"model_uri": info.model_uri, "registered_version": info.registered_model_version}
+        )
     logger.info(
         "%s: %d parameters, %d epochs (best %d) in %.1f s → %s",
         variant,
@@ -120,4 +137,43 @@ def _as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
         source=source,
         name=dataset.name,
         digest=dataset.manifest["fingerprint"],
+    )
+
+
+@task(name="read-variant-run")
+def read_variant_run(run_id: str) -> VariantRun:
+    """The finished run's summary, read back from MLflow (the record every worker shares)."""
+    configure_tracking()
+    return _variant_run(mlflow.MlflowClient().get_run(run_id))
+
+
+@task(name="find-variant-run", retries=3, retry_delay_seconds=2)
+def find_variant_run(flow_run_id: str, experiment: str) -> VariantRun:
+    """The MLflow run that the `train-variant` flow run `flow_run_id` made, wherever it ran."""
+    configure_tracking()
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.prefect_flow_run_id = '{flow_run_id}'",
+        output_format="list",
+    )
+    if not runs:
+        raise LookupError(f"no MLflow run in {experiment!r} for flow run {flow_run_id}")
+    return _variant_run(runs[0])
+
+
+def _variant_run(run: mlflow.entities.Run) -> VariantRun:
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    version = tags.get("registered_version")
+    return VariantRun(
+        variant=params["variant"],
+        run_id=run.info.run_id,
+        model_uri=tags["model_uri"],
+        registered_version=int(version) if version and version != "None" else None,
+        parameters=int(params["parameters"]),
+        epochs_run=int(metrics["epochs_run"]),
+        train_seconds=round(metrics["train_seconds"], 3),
+        test_accuracy=metrics["test_accuracy"],
+        test_scores=mlflow.artifacts.load_dict(
+            f"{run.info.artifact_uri}/evaluation/test_scores.json"
+        ),
     )

@@ -1,0 +1,96 @@
+"""Real servers for integration tests: started on 127.0.0.1 ports, stopped by the test."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(
+    url: str, process: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def background(command: list[str], log: Path, env: dict[str, str], cwd: Path = REPO):
+    """Run `command` with output to `log`; terminate it (then kill) on exit."""
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env={**os.environ, **QUIET, **env},
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def prefect_server(home: Path):
+    port = free_port()
+    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with background(command, home / "prefect-server.log", env) as process:
+        wait_until_healthy(
+            f"http://127.0.0.1:{port}/api/health", process, home / "prefect-server.log"
+        )
+        yield env
+
+
+@contextmanager
+def mlflow_server(root: Path):
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    ]
+    with background(command, root / "mlflow-server.log", {}) as process:
+        wait_until_healthy(f"http://127.0.0.1:{port}/health", process, root / "mlflow-server.log")
+        yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,81 @@
+"""Variants fan out to a work pool: real Prefect server, two real workers, real MLflow server."""
+
+import os
+import subprocess
+from contextlib import ExitStack
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cnn.config import IngestConfig, TrainConfig
+from cnn.dataset import build_dataset
+from cnn.sources import SyntheticSource
+from tasks.tracking import TrackingConfig
+from tests.integration.servers import BIN, REPO, background, mlflow_server, prefect_server
+
+pytestmark = pytest.mark.slow
+
+POOL = "gpu"
+
+
+def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(tmp_path, monkeypatch):
+    config = IngestConfig(source="synthetic", image_size=32, limit=120)
+    dataset, _ = build_dataset(SyntheticSource(count=120), config, tmp_path / "datasets")
+    with ExitStack() as stack:
+        prefect_env = stack.enter_context(prefect_server(tmp_path))
+        tracking_uri = stack.enter_context(mlflow_server(tmp_path))
+        env = {**prefect_env, "MLFLOW_TRACKING_URI": tracking_uri}
+        subprocess.run(
+            [str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "train-variant-gpu"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+        )
+        for name in ("worker-a", "worker-b"):
+            command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name]
+            stack.enter_context(background(command, tmp_path / f"{name}.log", env))
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.train import train
+
+        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
+            runs = train(
+                str(dataset.path),
+                ["simple", "lenet5"],
+                TrainConfig(epochs=1, batch_size=32),
+                TrackingConfig(experiment="fan-out"),
+                work_pool=POOL,
+            )
+            flow_runs = _variant_flow_runs()
+
+        assert sorted(run.variant for run in runs) == ["lenet5", "simple"]
+        client = MlflowClient(tracking_uri)
+        for run in runs:
+            tracked = client.get_run(run.run_id)
+            assert tracked.info.status == "FINISHED"
+            assert tracked.data.params["variant"] == run.variant
+            assert 0.0 <= tracked.data.metrics["test_accuracy"] <= 1.0
+        assert {flow_run.work_pool_name for flow_run in flow_runs} == {POOL}
+        assert all(flow_run.state.is_completed() for flow_run in flow_runs)
+        assert all(flow_run.parent_task_run_id for flow_run in flow_runs)  # linked as subflows
+        versions = client.search_model_versions("name = 'malaria-cnn'")
+        assert len(versions) == 2
+
+
+def _variant_flow_runs():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-variant"]))
+        )
