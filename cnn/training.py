@@ -8,8 +8,9 @@ import keras
 import numpy as np
 
 from cnn.augmentation import build_augmenter, with_augmentation
+from cnn.batches import SplitBatches
 from cnn.config import TrainConfig
-from cnn.dataset import Dataset, load_split
+from cnn.dataset import Dataset
 from cnn.models import build_model
 
 
@@ -23,6 +24,8 @@ class TrainingResult:
     best_epoch: int
     seconds: float
 
+
+PREDICT_BATCH = 256
 
 EpochReport = Callable[[int, dict[str, float]], None]
 """Receives the 1-based epoch number and that epoch's metrics (loss, accuracy, val_…)."""
@@ -61,8 +64,10 @@ def train_on_dataset(
     bare one, with the best weights (early stopping on val_loss) restored.
     """
     keras.utils.set_random_seed(config.seed)
-    train_images, train_labels = load_split(dataset, "train")
-    validation_images, validation_labels = load_split(dataset, "validation")
+    train_batches = SplitBatches(
+        dataset, "train", config.batch_size, shuffle=True, seed=config.seed
+    )
+    validation_batches = SplitBatches(dataset, "validation", PREDICT_BATCH)
     options = config.variant_options.get(variant, {})
     model = build_model(variant, dataset.image_shape, **options)
     augmenter = build_augmenter(config.augmentation, seed=config.seed)
@@ -72,12 +77,9 @@ def train_on_dataset(
     )
     started = time.perf_counter()
     history = trainer.fit(
-        train_images,
-        train_labels,
-        validation_data=(validation_images, validation_labels),
+        train_batches,
+        validation_data=validation_batches,
         epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
         callbacks=[early_stopping] + ([EpochReporter(on_epoch_end)] if on_epoch_end else []),
         verbose=verbose,
     )
@@ -93,9 +95,11 @@ def train_on_dataset(
 
 
 def predict_uninfected_probability(
-    model: keras.Model, images: np.ndarray, batch_size: int = 256
+    model: keras.Model, images: np.ndarray | SplitBatches, batch_size: int = PREDICT_BATCH
 ) -> np.ndarray:
-    """Sigmoid outputs (probability of label 1, uninfected) for uint8 images."""
+    """Sigmoid outputs (probability of label 1, uninfected) for uint8 images or batches."""
     if len(images) == 0:
         return np.zeros(0, dtype=np.float32)
+    if isinstance(images, SplitBatches):
+        return np.asarray(model.predict(images, verbose=0)).reshape(-1)
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0)).reshape(-1)

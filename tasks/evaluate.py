@@ -6,9 +6,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 import mlflow
-from cnn.dataset import load_split, open_dataset
+from cnn.batches import SplitBatches
+from cnn.dataset import open_dataset
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions
-from cnn.training import predict_uninfected_probability
+from cnn.training import PREDICT_BATCH, predict_uninfected_probability
 from tasks.tracking import configure_tracking
 
 
@@ -19,8 +20,9 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
     configure_tracking()
     dataset = open_dataset(dataset_path)
     model = mlflow.keras.load_model(model_uri)
-    images, labels = load_split(dataset, "test")
-    evaluation = evaluate_predictions(labels, predict_uninfected_probability(model, images))
+    test_batches = SplitBatches(dataset, "test", PREDICT_BATCH)
+    probabilities = predict_uninfected_probability(model, test_batches)
+    evaluation = evaluate_predictions(test_batches.labels, probabilities)
     confusion = pd.DataFrame(
         evaluation.confusion_matrix, index=list(CONFUSION_ROWS), columns=list(CONFUSION_COLUMNS)
     )
