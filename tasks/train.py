@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 import mlflow
 from cnn.augmentation import augmentation_preview
+from cnn.batches import SplitBatches
 from cnn.config import TrainConfig
-from cnn.dataset import Dataset, load_split, open_dataset
+from cnn.dataset import Dataset, open_dataset
 from cnn.training import predict_uninfected_probability, train_on_dataset
 from tasks.tracking import configure_tracking
 
@@ -86,8 +87,7 @@ def train_model(
                 "best_epoch": result.best_epoch,
             }
         )
-        sample, _ = load_split(dataset, "validation")
-        sample = sample[:8]
+        sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
         if config.augmentation.enabled:
             preview = augmentation_preview(sample[0], config.augmentation, seed=config.seed)
             mlflow.log_image(preview, "augmentation/preview.png")
