@@ -42,6 +42,8 @@ COMPRESSION = "zstd"
 DICTIONARY_COLUMNS = ["label_name", "group", "split"]
 """Chosen by benchmarks/storage.py: smallest files, and as fast to read as any."""
 PARALLEL_THRESHOLD = 256
+WORKER_IDLE_SECONDS = 10
+"""Idle decode workers exit after this long, so they hold no memory while a model trains."""
 """Below this many images, decoding in-process beats starting worker processes."""
 
 
@@ -361,7 +363,7 @@ def _write_shards(
     else:
         # loky spawns fresh workers (never forks a process running TensorFlow) without
         # re-running the caller's __main__, and reuses them across calls.
-        pool = get_reusable_executor(max_workers=workers)
+        pool = get_reusable_executor(max_workers=workers, timeout=WORKER_IDLE_SECONDS)
         results = list(_bounded_map(pool, _write_shard, jobs, max_in_flight=2 * workers))
     results.sort(key=lambda result: result.file)
     counts = {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
