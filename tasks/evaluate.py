@@ -1,11 +1,11 @@
 """Evaluate task: score a logged model on a dataset's test split, log the scores."""
 
+import mlflow
 import mlflow.keras
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-import mlflow
 from cnn.batches import SplitBatches
 from cnn.dataset import open_dataset
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions

@@ -4,6 +4,7 @@ import time
 import warnings
 from typing import Any
 
+import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -11,7 +12,6 @@ from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-import mlflow
 from cnn.augmentation import augmentation_preview
 from cnn.batches import SplitBatches
 from cnn.config import TrainConfig

@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
+import mlflow
 import mlflow.keras
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import mlflow
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import load_split, open_dataset
 from flows.pipeline import pipeline

@@ -1,10 +1,10 @@
 """Every CNN variant trains for an epoch on synthetic data and is tracked in MLflow."""
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-import mlflow
-from cnn.config import IngestConfig, TrainConfig
+from cnn.config import AugmentationPolicy, IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.models import VARIANTS
 from cnn.sources import SyntheticSource
@@ -22,7 +22,12 @@ def small_dataset(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_trains_one_epoch_and_is_tracked(variant, small_dataset, mlflow_uri):
-    training = TrainConfig(epochs=1, batch_size=32, variant_options={"transfer": {"weights": None}})
+    training = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        augmentation=AugmentationPolicy(enabled=True),
+        variant_options={"transfer": {"weights": None}},
+    )
     run = train_variant(small_dataset, variant, training)
     client = MlflowClient(mlflow_uri)
     tracked = client.get_run(run.run_id)
