@@ -1,0 +1,154 @@
+"""Training benchmark: images/s per variant, and the pipeline's overhead over bare Keras.
+
+    python benchmarks/train.py --dataset data/datasets/<name> [--variants simple,resnet]
+
+1. Throughput: for each variant, one timed training epoch (after a warm-up epoch) over the
+   dataset's train split as the pipeline streams it, and one inference pass over the test split.
+2. Overhead: the whole `malaria train --dataset D --variants simple --epochs E` command (Prefect,
+   MLflow, evaluation, model logging included) against a bare Keras script that loads the same
+   train/validation arrays and fits the same network for the same epochs. One run each.
+
+Prints and saves benchmarks/results/train.json. With KERAS_BACKEND=jax on a GPU machine the
+throughput part runs on the GPU (the overhead part needs the full install).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _measure import measure, save
+
+BARE_KERAS = """
+import sys, time
+import keras, numpy as np, pyarrow.parquet as pq
+from pathlib import Path
+dataset, epochs, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+table = pq.read_table(sorted(dataset.glob("*.parquet")), columns=["image", "label", "split"])
+side = int((len(table["image"][0].as_py()) // 3) ** 0.5)
+def split(name):
+    part = table.filter(table["split"].to_numpy(zero_copy_only=False) == name)
+    images = np.frombuffer(b"".join(part["image"].to_pylist()), np.uint8).reshape(-1, side, side, 3)
+    return images, part["label"].to_numpy()
+(x, y), validation = split("train"), split("validation")
+keras.utils.set_random_seed(42)
+model = keras.Sequential([
+    keras.Input((side, side, 3)), keras.layers.Rescaling(1 / 255),
+    keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
+    keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+    keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(1, activation="sigmoid"),
+])
+model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+model.fit(x, y, batch_size=batch, epochs=epochs, validation_data=validation, verbose=0)
+print(model.count_params())
+"""
+
+
+def throughput(dataset_path: str, variants: list[str], batch_size: int) -> list[dict]:
+    """Images per second for one training epoch and one inference pass per variant."""
+    import keras
+
+    from cnn.batches import SplitBatches
+    from cnn.dataset import open_dataset
+    from cnn.models import VARIANTS, build_model
+    from cnn.training import compile_model
+
+    dataset = open_dataset(dataset_path)
+    train = SplitBatches(dataset, "train", batch_size, shuffle=True)
+    test = SplitBatches(dataset, "test", 256)
+    results = []
+    for variant in variants:
+        keras.utils.set_random_seed(0)
+        model = build_model(variant, dataset.image_shape, **VARIANTS[variant].offline_options)
+        compile_model(model, 1e-3)
+        model.fit(train, epochs=1, verbose=0)  # warm-up: graph building, first reads
+        started = time.perf_counter()
+        model.fit(train, epochs=1, verbose=0)
+        train_seconds = time.perf_counter() - started
+        model.predict(test, verbose=0)
+        started = time.perf_counter()
+        model.predict(test, verbose=0)
+        predict_seconds = time.perf_counter() - started
+        results.append(
+            {
+                "variant": variant,
+                "parameters": model.count_params(),
+                "train_images_per_second": round(train._count / train_seconds, 1),
+                "predict_images_per_second": round(test._count / predict_seconds, 1),
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def overhead(dataset_path: str, epochs: int, batch_size: int, scratch: Path) -> dict:
+    malaria = str(Path(sys.executable).with_name("malaria"))
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    pipeline = measure(
+        [
+            malaria,
+            "train",
+            "--dataset",
+            dataset_path,
+            "--variants",
+            "simple",
+            "--epochs",
+            str(epochs),
+            "--patience",
+            str(epochs),
+            "--batch-size",
+            str(batch_size),
+            "--json",
+        ],
+        env=env,
+    )
+    if pipeline.returncode != 0:
+        sys.exit(f"malaria train failed:\n{pipeline.stderr[-3000:]}")
+    bare = measure([sys.executable, "-c", BARE_KERAS, dataset_path, str(epochs), str(batch_size)])
+    if bare.returncode != 0:
+        sys.exit(f"bare Keras script failed:\n{bare.stderr[-3000:]}")
+    return {
+        "epochs": epochs,
+        "pipeline_seconds": round(pipeline.seconds, 2),
+        "pipeline_peak_rss_gib": pipeline.peak_rss_gib,
+        "bare_keras_seconds": round(bare.seconds, 2),
+        "bare_keras_peak_rss_gib": bare.peak_rss_gib,
+        "overhead": round(pipeline.seconds / bare.seconds - 1, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="an ingested dataset directory")
+    parser.add_argument("--variants", default="simple,lenet5,alexnet,resnet,transfer")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the overhead runs")
+    parser.add_argument("--skip-overhead", action="store_true", help="throughput only")
+    args = parser.parse_args()
+
+    result = {
+        "benchmark": "train",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "dataset": args.dataset,
+        "batch_size": args.batch_size,
+        "throughput": throughput(args.dataset, args.variants.split(","), args.batch_size),
+    }
+    if not args.skip_overhead:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            result["overhead"] = overhead(args.dataset, args.epochs, args.batch_size, Path(scratch))
+    save("train", result)
+
+
+if __name__ == "__main__":
+    main()
