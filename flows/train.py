@@ -23,8 +23,8 @@ def train_variant(
     """Train one variant on the dataset, evaluate it on the test split, register it."""
     tags = {"variant": variant, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
     with tracked_run(tracking.experiment, run_name=variant, tags=tags) as run_id:
-        trained = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        evaluate_model(trained.model_uri, dataset, run_id)
+        model_uri = train_model(dataset, variant, training, run_id, tracking.registered_model)
+        evaluate_model(model_uri, dataset, run_id)
     return read_variant_run(run_id)
 
 

@@ -34,22 +34,12 @@ class VariantRun(BaseModel):
     test_scores: dict
 
 
-class TrainedModel(BaseModel):
-    """A logged model and how its training went."""
-
-    model_uri: str
-    registered_version: int | None
-    parameters: int
-    epochs_run: int
-    best_epoch: int
-    train_seconds: float
-
-
 @task(name="train-model")
 def train_model(
     dataset_path: str, variant: str, config: TrainConfig, run_id: str, registered_model: str
-) -> TrainedModel:
-    """Train `variant` on the dataset and log everything to the MLflow run `run_id`."""
+) -> str:
+    """Train `variant` on the dataset, log everything to the MLflow run `run_id`, register the
+    model; return the model's URI."""
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
@@ -107,14 +97,7 @@ def train_model(
         result.seconds,
         info.model_uri,
     )
-    return TrainedModel(
-        model_uri=info.model_uri,
-        registered_version=info.registered_model_version,
-        parameters=parameters,
-        epochs_run=result.epochs_run,
-        best_epoch=result.best_epoch,
-        train_seconds=round(result.seconds, 3),
-    )
+    return info.model_uri
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
