@@ -2,8 +2,10 @@
 
 import time
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import keras
 import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -83,7 +85,11 @@ def train_model(
             mlflow.log_image(preview, "augmentation/preview.png")
         signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
         info = mlflow.keras.log_model(
-            result.model, name="model", signature=signature, registered_model_name=registered_model
+            result.model,
+            name="model",
+            signature=signature,
+            registered_model_name=registered_model,
+            pip_requirements=model_requirements(),
         )
         mlflow.set_tags(
             {"model_uri": info.model_uri, "registered_version": info.registered_model_version}
@@ -98,6 +104,26 @@ def train_model(
         info.model_uri,
     )
     return info.model_uri
+
+
+def model_requirements() -> list[str]:
+    """What loading a logged model needs, pinned to this environment.
+
+    Given explicitly because MLflow's own inference re-imports the model in a subprocess,
+    which took 6.6 s of every training run here (explicit: 0.04 s).
+    """
+    backend = {"tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",)}.get(
+        keras.backend.backend(), ()
+    )
+    requirements = []
+    for names in (("mlflow",), ("keras",), ("numpy",), backend):
+        for name in names:
+            try:
+                requirements.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return requirements
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -148,3 +148,15 @@ def test_ingest_leaves_prefect_artifacts_with_counts_and_validation(finished_pip
     )
     counts = asyncio.run(latest("dataset-counts"))
     assert "validation" in json.dumps(counts.data)
+
+
+def test_logged_model_pins_what_loading_it_needs(finished_pipeline):
+    import keras
+
+    result, uri = finished_pipeline
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.get_logged_model(result.runs[0].model_uri.removeprefix("models:/"))
+    local = mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/requirements.txt")
+    requirements = Path(local).read_text().split()
+    assert f"keras=={keras.__version__}" in requirements
+    assert any(line.startswith(("tensorflow-cpu==", "tensorflow==")) for line in requirements)
