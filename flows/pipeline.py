@@ -14,6 +14,8 @@ from tasks.train import VariantRun
 
 
 class PipelineResult(BaseModel):
+    """The dataset a pipeline run used and every variant's tracked run."""
+
     dataset: DatasetRef
     runs: list[VariantRun]
     best: VariantRun = Field(description="The run with the highest test accuracy")
