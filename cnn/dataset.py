@@ -75,10 +75,11 @@ class Dataset:
         return [self.path / shard["file"] for shard in self.manifest["shards"]]
 
 
-def dataset_fingerprint(source: CellSource, config: IngestConfig) -> str:
-    """A short digest of everything that determines the dataset's content."""
+def dataset_fingerprint(source_fingerprint: dict[str, Any], config: IngestConfig) -> str:
+    """A short digest of everything that determines the dataset's content: the source's
+    fingerprint (`CellSource.fingerprint()`) and the settings."""
     settings = config.model_dump(exclude={"source"})
-    payload = {"format_version": FORMAT_VERSION, "source": source.fingerprint(), **settings}
+    payload = {"format_version": FORMAT_VERSION, "source": source_fingerprint, **settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -89,7 +90,8 @@ def build_dataset(
     workers: int | None = None,
 ) -> tuple[Dataset, bool]:
     """Ingest `source` into a dataset under `datasets_dir`; return it and whether it was cached."""
-    fingerprint = dataset_fingerprint(source, config)
+    source_fingerprint = source.fingerprint()  # lists the source: compute it once
+    fingerprint = dataset_fingerprint(source_fingerprint, config)
     final_path = datasets_dir / f"{source.kind}-{config.image_size}px-{fingerprint}"
     if (final_path / MANIFEST_NAME).exists():
         return open_dataset(final_path), True
@@ -120,7 +122,7 @@ def build_dataset(
             "name": final_path.name,
             "fingerprint": fingerprint,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source": source.fingerprint(),
+            "source": source_fingerprint,
             "config": config.model_dump(),
             "split_strategy": strategy,
             "split_note": _split_note(config.split, strategy),

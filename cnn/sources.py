@@ -173,22 +173,21 @@ class FolderSource(CellSource):
             )
         self._listing: _FolderListing | None = None
 
-    @property
-    def _files(self) -> "_FolderListing":
+    def _listed(self) -> "_FolderListing":
         """The image files per label with their sizes and mtimes, listed once, on first use."""
         if self._listing is None:
             self._listing = _list_folder(self.root)
         return self._listing
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": self.kind, "root": str(self.root), "files_digest": self._files.digest}
+        return {"kind": self.kind, "root": str(self.root), "files_digest": self._listed().digest}
 
     def list_records(self) -> list[CellRecord]:
         return [
             CellRecord(
                 source_id=f"{CLASS_FOLDERS[label]}/{name}", label=label, group=patient_group(name)
             )
-            for label, names in self._files.names.items()
+            for label, names in self._listed().names.items()
             for name in names
         ]
 
@@ -197,7 +196,7 @@ class FolderSource(CellSource):
             yield record, _read_file(self.root / record.source_id)
 
     def listing_skips(self) -> list[dict[str, str]]:
-        return list(self._files.skips)
+        return list(self._listed().skips)
 
     def __getstate__(self) -> dict[str, Any]:
         """Workers only read files: leave the listing behind when pickled."""
@@ -265,48 +264,26 @@ class ZipSource(CellSource):
             raise SourceError(f"zip source {str(path)!r} does not exist")
         if not self.path.is_file() or not zipfile.is_zipfile(self.path):
             raise SourceError(f"zip source {str(path)!r} is not a zip archive")
-        self._index: dict[str, zipfile.ZipInfo] | None = None
-        self._skips: list[dict[str, str]] = []
+        self._listing: _ZipListing | None = None
 
-    @property
-    def _members(self) -> dict[str, zipfile.ZipInfo]:
-        """Image members by source id (`Parasitized/<file>`), indexed once, on first use."""
-        if self._index is None:
-            self._index = {}
-            with zipfile.ZipFile(self.path) as archive:
-                for info in archive.infolist():
-                    self._consider(info)
-            for label, folder in enumerate(CLASS_FOLDERS):
-                if not any(record_label == label for record_label in self._labels()):
-                    raise SourceError(f"zip source {str(self.path)!r} has no {folder}/ images")
-        return self._index
-
-    def _consider(self, info: zipfile.ZipInfo) -> None:
-        if info.is_dir():
-            return
-        if not _is_safe_member(info.filename):
-            self._skips.append({"source_id": info.filename, "reason": "unsafe member path"})
-            return
-        parts = PurePosixPath(info.filename).parts
-        if len(parts) < 2 or parts[-2] not in CLASS_FOLDERS:
-            return
-        if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            return
-        self._index.setdefault(f"{parts[-2]}/{parts[-1]}", info)  # first copy wins
-
-    def _labels(self) -> Iterator[int]:
-        for source_id in self._index:
-            yield CLASS_FOLDERS.index(source_id.partition("/")[0])
+    def _listed(self, archive: zipfile.ZipFile | None = None) -> "_ZipListing":
+        """The image members and skipped entries, indexed once (from `archive` if open)."""
+        if self._listing is None:
+            if archive is None:
+                with zipfile.ZipFile(self.path) as opened:
+                    self._listing = _list_zip(opened, self.path)
+            else:
+                self._listing = _list_zip(archive, self.path)
+        return self._listing
 
     def fingerprint(self) -> dict[str, Any]:
         digest = hashlib.sha256()
-        for source_id, info in sorted(self._members.items()):
+        for source_id, info in sorted(self._listed().members.items()):
             digest.update(f"{source_id}\0{info.CRC}\0{info.file_size}\n".encode())
-        stat = self.path.stat()
         return {
             "kind": self.kind,
             "path": str(self.path),
-            "size": stat.st_size,
+            "size": self.path.stat().st_size,
             "members_digest": digest.hexdigest(),
         }
 
@@ -317,21 +294,48 @@ class ZipSource(CellSource):
                 label=CLASS_FOLDERS.index(source_id.partition("/")[0]),
                 group=patient_group(source_id.partition("/")[2]),
             )
-            for source_id in sorted(self._members)
+            for source_id in sorted(self._listed().members)
         ]
 
     def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
         with zipfile.ZipFile(self.path) as archive:
+            members = self._listed(archive).members
             for record in records:
-                yield record, _read_member(archive, self._members[record.source_id])
+                yield record, _read_member(archive, members[record.source_id])
 
     def listing_skips(self) -> list[dict[str, str]]:
-        self._members  # noqa: B018  (indexing fills the skips)
-        return list(self._skips)
+        return list(self._listed().skips)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Leave the index behind when pickled: a worker re-reads the central directory."""
-        return {**self.__dict__, "_index": None, "_skips": []}
+        """Leave the index behind when pickled: a worker indexes the archive it opens."""
+        return {**self.__dict__, "_listing": None}
+
+
+@dataclass(frozen=True)
+class _ZipListing:
+    members: dict[str, zipfile.ZipInfo]
+    """Image members by source id (`Parasitized/<file>`); the first of duplicate names wins."""
+    skips: list[dict[str, str]]
+
+
+def _list_zip(archive: zipfile.ZipFile, path: Path) -> _ZipListing:
+    """Index the image members of an NIH zip from its central directory; trust no path."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    skips: list[dict[str, str]] = []
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        if not _is_safe_member(info.filename):
+            skips.append({"source_id": info.filename, "reason": "unsafe member path"})
+            continue
+        parts = PurePosixPath(info.filename).parts
+        is_image = PurePosixPath(info.filename).suffix.lower() in IMAGE_SUFFIXES
+        if is_image and len(parts) >= 2 and parts[-2] in CLASS_FOLDERS:
+            members.setdefault(f"{parts[-2]}/{parts[-1]}", info)
+    for folder in CLASS_FOLDERS:
+        if not any(source_id.startswith(f"{folder}/") for source_id in members):
+            raise SourceError(f"zip source {str(path)!r} has no {folder}/ images")
+    return _ZipListing(members=members, skips=skips)
 
 
 def _is_safe_member(name: str) -> bool:

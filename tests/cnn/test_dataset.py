@@ -165,7 +165,7 @@ def test_temporaries_of_dead_ingests_are_removed_and_live_ones_kept(tmp_path):
 
     source = SyntheticSource(count=40)
     config = IngestConfig(source="synthetic", image_size=32)
-    name = f"synthetic-32px-{dataset_fingerprint(source, config)}"
+    name = f"synthetic-32px-{dataset_fingerprint(source.fingerprint(), config)}"
     datasets = tmp_path / "datasets"
     host = socket.gethostname()
     dead = datasets / f".{name}.tmp-{host}-999999-deadbeef"
