@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 SplitStrategy = Literal["patient", "random"]
+ImageSize = Annotated[int, Field(ge=16, le=512, description="Side of the square images, pixels")]
 
 
 class IngestConfig(BaseModel):
@@ -16,7 +17,7 @@ class IngestConfig(BaseModel):
         "tfds",
         description="tfds, synthetic, folder:PATH or zip:PATH (NIH layout)",
     )
-    image_size: int = Field(100, ge=16, le=512, description="Side of the square images, pixels")
+    image_size: ImageSize = 100
     limit: int | None = Field(
         None, ge=20, description="Class-balanced, seeded subset of this many images (all if unset)"
     )

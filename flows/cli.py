@@ -276,9 +276,14 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
-    if not 16 <= args.image_size <= 512:
-        raise CommandError(f"--image-size: must be within 16..512 (got {args.image_size})")
+    from pydantic import TypeAdapter
+
+    from cnn.config import ImageSize
     from cnn.models import VARIANTS, count_parameters
+
+    _validated(
+        lambda: TypeAdapter(ImageSize).validate_python(args.image_size), option="--image-size"
+    )
 
     shape = (args.image_size, args.image_size, 3)
     return {

@@ -37,7 +37,7 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
     ],
 )
 def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_dir):
-    assert main(argv) != 0
+    assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("malaria: error:")
