@@ -20,10 +20,16 @@ class Measurement:
     returncode: int
     stdout: str
     stderr: str
+    main_peak_rss_bytes: int = 0
+    """Peak of the command's own process, without its children."""
 
     @property
     def peak_rss_gib(self) -> float:
         return round(self.peak_rss_bytes / 2**30, 3)
+
+    @property
+    def main_peak_rss_gib(self) -> float:
+        return round(self.main_peak_rss_bytes / 2**30, 3)
 
 
 def measure(
@@ -39,16 +45,17 @@ def measure(
         stderr=subprocess.PIPE,
         text=True,
     )
-    peak = 0
+    peak = main_peak = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, main_peak
         parent = psutil.Process(process.pid)
         while not done.is_set():
             try:
                 tree = [parent, *parent.children(recursive=True)]
                 peak = max(peak, sum(_rss(member) for member in tree))
+                main_peak = max(main_peak, _rss(parent))
             except psutil.NoSuchProcess:
                 pass
             time.sleep(0.1)
@@ -59,7 +66,7 @@ def measure(
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    return Measurement(seconds, peak, process.returncode, stdout, stderr)
+    return Measurement(seconds, peak, process.returncode, stdout, stderr, main_peak)
 
 
 def _rss(process: psutil.Process) -> int:

@@ -8,8 +8,11 @@
    MLflow, evaluation, model logging included) against a bare Keras script that loads the same
    train/validation arrays and fits the same network for the same epochs. One run each.
 
-Prints and saves benchmarks/results/train.json. With KERAS_BACKEND=jax on a GPU machine the
-throughput part runs on the GPU (the overhead part needs the full install).
+Prints and saves benchmarks/results/train.json. On a GPU machine, run the throughput part
+under JAX (no TensorFlow needed; the overhead part needs the full install):
+
+    KERAS_BACKEND=jax python benchmarks/train.py --dataset D --skip-overhead \
+        --batch-size 512 [--mixed-precision]
 """
 
 import argparse
@@ -49,24 +52,41 @@ print(model.count_params())
 """
 
 
-def throughput(dataset_path: str, variants: list[str], batch_size: int) -> list[dict]:
-    """Images per second for one training epoch and one inference pass per variant."""
+def throughput(
+    dataset_path: str, variants: list[str], batch_size: int, mixed_precision: bool
+) -> list[dict]:
+    """Images per second for one training epoch and one inference pass per variant, and the
+    share of the epoch spent making batches (with JAX, Keras fetches batches in the training
+    loop's thread, so that share is time the accelerator waits for input)."""
     import keras
 
     from cnn.batches import SplitBatches
     from cnn.dataset import open_dataset
     from cnn.models import VARIANTS, build_model
-    from cnn.training import compile_model
+    from cnn.training import compile_model, dtype_policy
+
+    class TimedBatches(SplitBatches):
+        """Counts the seconds spent making batches (reading, decoding, gathering rows)."""
+
+        input_seconds = 0.0
+
+        def __getitem__(self, index: int):
+            started = time.perf_counter()
+            batch = super().__getitem__(index)
+            self.input_seconds += time.perf_counter() - started
+            return batch
 
     dataset = open_dataset(dataset_path)
-    train = SplitBatches(dataset, "train", batch_size, shuffle=True)
+    train = TimedBatches(dataset, "train", batch_size, shuffle=True)
     test = SplitBatches(dataset, "test", 256)
     results = []
     for variant in variants:
         keras.utils.set_random_seed(0)
-        model = build_model(variant, dataset.image_shape, **VARIANTS[variant].offline_options)
-        compile_model(model, 1e-3)
+        with dtype_policy(mixed_precision):
+            model = build_model(variant, dataset.image_shape, **VARIANTS[variant].offline_options)
+            compile_model(model, 1e-3)
         model.fit(train, epochs=1, verbose=0)  # warm-up: graph building, first reads
+        train.input_seconds = 0.0
         started = time.perf_counter()
         model.fit(train, epochs=1, verbose=0)
         train_seconds = time.perf_counter() - started
@@ -79,6 +99,7 @@ def throughput(dataset_path: str, variants: list[str], batch_size: int) -> list[
                 "variant": variant,
                 "parameters": model.count_params(),
                 "train_images_per_second": round(train._count / train_seconds, 1),
+                "input_share_of_step_time": round(train.input_seconds / train_seconds, 3),
                 "predict_images_per_second": round(test._count / predict_seconds, 1),
             }
         )
@@ -132,15 +153,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the overhead runs")
     parser.add_argument("--skip-overhead", action="store_true", help="throughput only")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     args = parser.parse_args()
+    import keras
 
     result = {
         "benchmark": "train",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "keras_backend": keras.backend.backend(),
+        "devices": keras.distribution.list_devices(),
         "dataset": args.dataset,
         "batch_size": args.batch_size,
-        "throughput": throughput(args.dataset, args.variants.split(","), args.batch_size),
+        "mixed_precision": args.mixed_precision,
+        "throughput": throughput(
+            args.dataset, args.variants.split(","), args.batch_size, args.mixed_precision
+        ),
     }
     if not args.skip_overhead:
         import tempfile

@@ -87,9 +87,32 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(50, ge=1, le=1000, description="Most epochs; early stopping may end sooner")
     batch_size: int = Field(100, ge=1, le=4096, description="Images per training step")
+    gpu_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=8192,
+        description="Images per training step when a GPU is present (unset: batch_size)",
+    )
+    mixed_precision: bool = Field(
+        False,
+        description="Compute in float16 with float32 weights (Keras mixed_float16): faster on "
+        "GPUs with tensor cores, slower on CPUs",
+    )
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
     patience: int = Field(
         5, ge=0, description="Epochs without val_loss improvement before stopping"
+    )
+    reduce_lr_patience: int | None = Field(
+        None,
+        ge=0,
+        description="Cut the learning rate to a fifth after this many epochs without val_loss "
+        "improvement (unset: constant learning rate)",
+    )
+    fine_tune_layers: int = Field(
+        0,
+        ge=0,
+        description="transfer only: after the new head has trained, unfreeze this many of the "
+        "backbone's top convolution layers and train again at a tenth of the learning rate",
     )
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and dropout")
     augmentation: AugmentationPolicy = Field(

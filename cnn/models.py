@@ -26,6 +26,11 @@ def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
+def _uninfected_probability(x: keras.KerasTensor) -> keras.KerasTensor:
+    """The one sigmoid output, P(uninfected); float32 even under mixed precision."""
+    return layers.Dense(1, activation="sigmoid", name="uninfected", dtype="float32")(x)
+
+
 def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
     """The lecture's network: 56,257 parameters at 100×100×3."""
     inputs, x = _inputs(input_shape)
@@ -35,7 +40,7 @@ def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
     x = layers.MaxPooling2D(2, name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.5, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    outputs = _uninfected_probability(x)
     return keras.Model(inputs, outputs, name="simple")
 
 
@@ -49,7 +54,7 @@ def build_lenet5(input_shape: tuple[int, int, int]) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(120, activation="tanh", name="dense1")(x)
     x = layers.Dense(84, activation="tanh", name="dense2")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    outputs = _uninfected_probability(x)
     return keras.Model(inputs, outputs, name="lenet5")
 
 
@@ -74,7 +79,7 @@ def build_alexnet(input_shape: tuple[int, int, int], width: float = 0.5) -> kera
     for index in (1, 2):
         x = layers.Dense(units, activation="relu", name=f"dense{index}")(x)
         x = layers.Dropout(0.5, name=f"dropout{index}")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    outputs = _uninfected_probability(x)
     return keras.Model(inputs, outputs, name="alexnet")
 
 
@@ -103,7 +108,7 @@ def build_resnet(
             strides = 2 if stage > 0 and block == 0 else 1
             x = _residual_block(x, filters, strides, name=f"stage{stage + 1}_block{block + 1}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    outputs = _uninfected_probability(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
@@ -155,13 +160,11 @@ def build_transfer(
     input_shape: tuple[int, int, int],
     backbone: str = "resnet50",
     weights: str | None = "imagenet",
-    fine_tune_layers: int = 0,
 ) -> keras.Model:
     """A frozen Keras Applications backbone with a new sigmoid head.
 
     `weights`: "imagenet" (downloaded by Keras), a local weights file of the backbone, or
-    None (random). `fine_tune_layers` unfreezes that many of the backbone's top layers
-    (batch norm layers stay frozen, as Keras' transfer-learning guide advises).
+    None (random). Fine-tuning is a second training phase: see `unfreeze_top_layers`.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
@@ -186,18 +189,39 @@ def build_transfer(
         ) from exc
     if local_file:
         base.load_weights(weights)
-    base.trainable = fine_tune_layers > 0
-    for layer in base.layers[: len(base.layers) - fine_tune_layers]:
-        layer.trainable = False
-    for layer in base.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+    base.trainable = False
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = BackbonePreprocess(backbone, name="preprocess")(inputs)
     x = base(x, training=False)
     x = layers.Dropout(0.3, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="uninfected")(x)
+    outputs = _uninfected_probability(x)
     return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The pretrained backbone nested in a transfer model, or None."""
+    return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
+
+
+def unfreeze_top_layers(model: keras.Model, count: int) -> int:
+    """Let the backbone's top `count` weighted layers (convolutions) train; return how many.
+
+    Batch norm layers stay frozen (Keras' transfer-learning guide: unfreezing them would
+    wreck the pretrained statistics). Recompile the model afterwards.
+    """
+    backbone = backbone_of(model)
+    if backbone is None or count <= 0:
+        return 0
+    tunable = [
+        layer
+        for layer in backbone.layers
+        if layer.weights and not isinstance(layer, layers.BatchNormalization)
+    ]
+    top = tunable[-count:]
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = layer in top
+    return len(top)
 
 
 VARIANTS: dict[str, Variant] = {

@@ -71,7 +71,13 @@ def train_model(
         mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
         result = train_on_dataset(dataset, variant, config, on_epoch_end=report_epoch)
         parameters = result.model.count_params()
-        mlflow.log_params({"parameters": parameters})
+        mlflow.log_params(
+            {
+                "parameters": parameters,
+                "device": result.device,
+                "batch_size_used": result.batch_size,
+            }
+        )
         mlflow.log_metrics(
             {
                 "train_seconds": result.seconds,

@@ -8,6 +8,7 @@ from cnn.models import (
     build_model,
     build_transfer,
     count_parameters,
+    unfreeze_top_layers,
 )
 
 
@@ -49,8 +50,10 @@ def test_transfer_freezes_the_backbone_and_trains_a_new_head():
     model = build_transfer((32, 32, 3), weights=None)
     trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
     assert trainable == 2048 + 1  # the sigmoid head on ResNet50's 2048 pooled features
-    tuned = build_transfer((32, 32, 3), weights=None, fine_tune_layers=10)
-    assert len(tuned.trainable_weights) > len(model.trainable_weights)
+    assert unfreeze_top_layers(model, 10) == 10
+    assert len(model.trainable_weights) == 2 + 10 * 2  # head + 10 convs' kernels and biases
+    backbone = model.get_layer("resnet50")
+    assert not any(layer.trainable for layer in backbone.layers if "_bn" in layer.name)
 
 
 def test_transfer_loads_a_local_weights_file(tmp_path):

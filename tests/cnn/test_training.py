@@ -1,10 +1,15 @@
+import keras
 import numpy as np
 import pytest
 
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset, load_split
 from cnn.sources import SyntheticSource
-from cnn.training import predict_uninfected_probability, train_on_dataset
+from cnn.training import (
+    predict_uninfected_probability,
+    train_on_dataset,
+    training_batch_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +49,48 @@ def test_training_is_reproducible_with_a_seed(tiny_dataset):
     first = train_on_dataset(tiny_dataset, "simple", config)
     again = train_on_dataset(tiny_dataset, "simple", config)
     assert first.history["loss"] == pytest.approx(again.history["loss"], rel=1e-4)
+
+
+def test_mixed_precision_computes_in_float16_and_outputs_float32(tiny_dataset):
+    result = train_on_dataset(
+        tiny_dataset, "simple", TrainConfig(epochs=1, batch_size=32, mixed_precision=True)
+    )
+    conv = result.model.get_layer("conv1")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("float16", "float32")
+    assert result.model.get_layer("uninfected").compute_dtype == "float32"
+    images, _ = load_split(tiny_dataset, "test")
+    probabilities = predict_uninfected_probability(result.model, images)
+    assert probabilities.dtype == np.float32 and np.all(np.isfinite(probabilities))
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_gpu_batch_size_applies_only_on_a_gpu():
+    config = TrainConfig(batch_size=100, gpu_batch_size=512)
+    assert (training_batch_size(config, False), training_batch_size(config, True)) == (100, 512)
+    assert training_batch_size(TrainConfig(batch_size=64), True) == 64
+
+
+def test_transfer_fine_tunes_the_backbone_top_in_a_second_phase(tiny_dataset):
+    config = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        fine_tune_layers=3,
+        variant_options={"transfer": {"weights": None}},
+    )
+    reported = []
+    result = train_on_dataset(
+        tiny_dataset, "transfer", config, on_epoch_end=lambda epoch, _: reported.append(epoch)
+    )
+    assert reported == [1, 2]  # head, then fine-tuning, numbered on
+    assert result.epochs_run == 2 and len(result.history["loss"]) == 2
+    backbone = result.model.get_layer("resnet50")
+    trainable = [layer.name for layer in backbone.layers if layer.trainable]
+    assert trainable == [f"conv5_block3_{index}_conv" for index in (1, 2, 3)]
+    assert result.fine_tuned_layers == 3
+
+
+def test_fine_tuning_is_ignored_by_variants_without_a_backbone(tiny_dataset):
+    result = train_on_dataset(
+        tiny_dataset, "simple", TrainConfig(epochs=1, batch_size=32, fine_tune_layers=5)
+    )
+    assert (result.epochs_run, result.fine_tuned_layers) == (1, 0)
