@@ -28,6 +28,8 @@ _OPTION_OF_FIELD = {
     "batch_size": "--batch-size",
     "learning_rate": "--learning-rate",
     "patience": "--patience",
+    "gpu_batch_size": "--gpu-batch-size",
+    "reduce_lr_patience": "--reduce-lr-patience",
     "experiment": "--experiment",
     "registered_model": "--registered-model",
 }
@@ -129,7 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_run_train)
 
     variants = commands.add_parser("variants", help="list the CNN variants")
-    variants.add_argument("--image-size", type=int, default=100, help="side in pixels")
+    variants.add_argument("--image-size", type=int, default=100, help="side in pixels (100)")
     _add_json(variants)
     variants.set_defaults(handler=_run_variants)
     return parser
@@ -139,29 +141,71 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
 
 
+def _default(model: type[BaseModel], field: str) -> str:
+    """A config field's default, for help texts: the configs own every default."""
+    return f"default {model.model_fields[field].get_default(call_default_factory=True)}"
+
+
 def _add_ingest_options(parser: argparse.ArgumentParser, source_required: bool) -> None:
+    from cnn.config import IngestConfig
+
     parser.add_argument(
         "--source",
         required=source_required,
-        default="tfds",
         help="tfds (default; needs internet), synthetic, folder:PATH or zip:PATH (NIH layout)",
     )
-    parser.add_argument("--image-size", type=int, default=100, help="side in pixels (16..512)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"side in pixels, 16..512 ({_default(IngestConfig, 'image_size')})",
+    )
     parser.add_argument("--limit", type=int, help="class-balanced subset of N images")
-    parser.add_argument("--split", default="patient", help="patient (default) or random")
-    parser.add_argument("--seed", type=int, default=42, help="seed of subset, split, training")
+    parser.add_argument("--split", help="patient (default) or random")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help=f"seed of subset, split, training ({_default(IngestConfig, 'seed')})",
+    )
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", default="simple", help="comma-separated, e.g. simple,lenet5")
-    parser.add_argument("--epochs", type=int, default=50, help="most epochs (early stopping)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience")
+    from cnn.config import DEFAULT_VARIANTS, TrainConfig
+
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated, e.g. simple,resnet (default {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"most epochs; early stopping may end sooner ({_default(TrainConfig, 'epochs')})",
+    )
+    parser.add_argument("--batch-size", type=int, help=_default(TrainConfig, "batch_size"))
+    parser.add_argument(
+        "--gpu-batch-size",
+        type=int,
+        help="images per step when a GPU is present (default: --batch-size)",
+    )
+    parser.add_argument("--learning-rate", type=float, help=_default(TrainConfig, "learning_rate"))
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help=f"early-stopping patience ({_default(TrainConfig, 'patience')})",
+    )
+    parser.add_argument(
+        "--reduce-lr-patience",
+        type=int,
+        help="cut the learning rate to a fifth after N epochs without val_loss improvement "
+        f"({_default(TrainConfig, 'reduce_lr_patience')})",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        help="float16 compute, for GPUs with tensor cores (default off)",
+    )
     parser.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        default=False,
         help="the lecture's augmentation while training (default off)",
     )
     parser.add_argument(
@@ -172,11 +216,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-pool", help="train each variant on this Prefect work pool's workers"
     )
-    parser.add_argument("--experiment", default="malaria-cnn", help="MLflow experiment")
-    parser.add_argument("--registered-model", default="malaria-cnn", help="MLflow model name")
+    parser.add_argument("--experiment", help="MLflow experiment (default malaria-cnn)")
+    parser.add_argument("--registered-model", help="MLflow model name (default malaria-cnn)")
     if not any(action.dest == "seed" for action in parser._actions):
-        parser.add_argument("--seed", type=int, default=42, help="seed of training")
+        parser.add_argument("--seed", type=int, help="seed of training (default 42)")
     _add_json(parser)
+
+
+def _given(args: argparse.Namespace, *fields: str) -> dict[str, Any]:
+    """The config fields the user set on the command line (options are named after them)."""
+    return {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
 
 
 def _validated(build: Callable[[], Any], option: str | None = None) -> Any:
@@ -196,15 +245,8 @@ def _ingest_config(args: argparse.Namespace):
     from cnn.config import IngestConfig
     from cnn.sources import SourceError, open_source
 
-    config = _validated(
-        lambda: IngestConfig(
-            source=args.source,
-            image_size=args.image_size,
-            limit=args.limit,
-            split=args.split,
-            seed=args.seed,
-        )
-    )
+    given = _given(args, "source", "image_size", "limit", "split", "seed")
+    config = _validated(lambda: IngestConfig(**given))
     try:
         open_source(config.source, limit=config.limit)
     except SourceError as error:
@@ -216,28 +258,32 @@ def _train_settings(args: argparse.Namespace):
     """The validated variants, training and tracking settings."""
     from pydantic import TypeAdapter
 
-    from cnn.config import AugmentationPolicy, TrainConfig, VariantNames
+    from cnn.config import DEFAULT_VARIANTS, AugmentationPolicy, TrainConfig, VariantNames
     from tasks.tracking import TrackingConfig
 
-    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
+    variants = [name.strip() for name in names if name.strip()]
     variants = _validated(
         lambda: TypeAdapter(VariantNames).validate_python(variants), option="--variants"
     )
     weights = None if args.transfer_weights.lower() == "none" else args.transfer_weights
+    given = _given(
+        args,
+        "epochs",
+        "batch_size",
+        "gpu_batch_size",
+        "learning_rate",
+        "patience",
+        "reduce_lr_patience",
+        "mixed_precision",
+        "seed",
+    )
+    if args.augment is not None:
+        given["augmentation"] = AugmentationPolicy(enabled=args.augment)
     training = _validated(
-        lambda: TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            patience=args.patience,
-            seed=args.seed,
-            augmentation=AugmentationPolicy(enabled=args.augment),
-            variant_options={"transfer": {"weights": weights}},
-        )
+        lambda: TrainConfig(**given, variant_options={"transfer": {"weights": weights}})
     )
-    tracking = _validated(
-        lambda: TrackingConfig(experiment=args.experiment, registered_model=args.registered_model)
-    )
+    tracking = _validated(lambda: TrackingConfig(**_given(args, "experiment", "registered_model")))
     return variants, training, tracking
 
 
