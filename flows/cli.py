@@ -32,6 +32,8 @@ _OPTION_OF_FIELD = {
     "reduce_lr_patience": "--reduce-lr-patience",
     "experiment": "--experiment",
     "registered_model": "--registered-model",
+    "metric": "--promotion-metric",
+    "min_margin": "--min-margin",
 }
 
 
@@ -130,6 +132,27 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
     train.set_defaults(handler=_run_train)
 
+    evaluate = commands.add_parser("evaluate", help="re-score any model on a dataset's test split")
+    evaluate.add_argument("--model", required=True, help="MLflow model URI, e.g. models:/NAME/3")
+    evaluate.add_argument("--dataset", required=True, help="path of an ingested dataset")
+    evaluate.add_argument("--experiment", help="MLflow experiment (default malaria-cnn)")
+    _add_json(evaluate)
+    evaluate.set_defaults(handler=_run_evaluate)
+
+    predict = commands.add_parser("predict", help="score images with a model, write Parquet")
+    predict.add_argument(
+        "--model",
+        default="models:/malaria-cnn@champion",
+        help="MLflow model URI (default models:/malaria-cnn@champion)",
+    )
+    predict.add_argument(
+        "--input", required=True, help="folder of images, dataset directory, or Parquet file"
+    )
+    predict.add_argument("--output", required=True, help="Parquet file to write")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
+    _add_json(predict)
+    predict.set_defaults(handler=_run_predict)
+
     variants = commands.add_parser("variants", help="list the CNN variants")
     variants.add_argument("--image-size", type=int, default=100, help="side in pixels (100)")
     _add_json(variants)
@@ -169,7 +192,7 @@ def _add_ingest_options(parser: argparse.ArgumentParser, source_required: bool) 
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from cnn.config import DEFAULT_VARIANTS, TrainConfig
+    from cnn.config import DEFAULT_VARIANTS, PromotionConfig, TrainConfig
 
     parser.add_argument(
         "--variants",
@@ -216,6 +239,17 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-pool", help="train each variant on this Prefect work pool's workers"
     )
+    parser.add_argument(
+        "--promotion-metric",
+        dest="metric",
+        help="test score a new model must beat the champion's on "
+        f"({_default(PromotionConfig, 'metric')})",
+    )
+    parser.add_argument(
+        "--min-margin",
+        type=float,
+        help=f"by more than this ({_default(PromotionConfig, 'min_margin')})",
+    )
     parser.add_argument("--experiment", help="MLflow experiment (default malaria-cnn)")
     parser.add_argument("--registered-model", help="MLflow model name (default malaria-cnn)")
     if not any(action.dest == "seed" for action in parser._actions):
@@ -258,7 +292,13 @@ def _train_settings(args: argparse.Namespace):
     """The validated variants, training and tracking settings."""
     from pydantic import TypeAdapter
 
-    from cnn.config import DEFAULT_VARIANTS, AugmentationPolicy, TrainConfig, VariantNames
+    from cnn.config import (
+        DEFAULT_VARIANTS,
+        AugmentationPolicy,
+        PromotionConfig,
+        TrainConfig,
+        VariantNames,
+    )
     from tasks.tracking import TrackingConfig
 
     names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
@@ -284,7 +324,8 @@ def _train_settings(args: argparse.Namespace):
         lambda: TrainConfig(**given, variant_options={"transfer": {"weights": weights}})
     )
     tracking = _validated(lambda: TrackingConfig(**_given(args, "experiment", "registered_model")))
-    return variants, training, tracking
+    promotion = _validated(lambda: PromotionConfig(**_given(args, "metric", "min_margin")))
+    return variants, training, tracking, promotion
 
 
 def _dump(model: BaseModel | list[BaseModel]) -> Any:
@@ -295,9 +336,16 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     config = _ingest_config(args)
-    variants, training, tracking = _train_settings(args)
+    variants, training, tracking, promotion = _train_settings(args)
     result = _run_flow(
-        "flows.pipeline", "pipeline", config, variants, training, tracking, args.work_pool
+        "flows.pipeline",
+        "pipeline",
+        config,
+        variants,
+        training,
+        tracking,
+        promotion,
+        args.work_pool,
     )
     return _dump(result)
 
@@ -307,18 +355,55 @@ def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return _dump(_run_flow("flows.ingest", "ingest", config))
 
 
-def _run_train(args: argparse.Namespace) -> dict[str, Any]:
-    variants, training, tracking = _train_settings(args)
+def _open_dataset_option(path: str):
     from cnn.dataset import open_dataset
 
     try:
-        dataset = open_dataset(args.dataset)
+        return open_dataset(path)
     except ValueError as error:
         raise CommandError(f"--dataset: {error}", EXIT_USAGE) from error
+
+
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    variants, training, tracking, promotion = _train_settings(args)
+    dataset = _open_dataset_option(args.dataset)
     runs = _run_flow(
-        "flows.train", "train", str(dataset.path), variants, training, tracking, args.work_pool
+        "flows.train",
+        "train",
+        str(dataset.path),
+        variants,
+        training,
+        tracking,
+        promotion,
+        args.work_pool,
     )
     return {"runs": _dump(runs)}
+
+
+def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.tracking import TrackingConfig
+
+    dataset = _open_dataset_option(args.dataset)
+    tracking = _validated(lambda: TrackingConfig(**_given(args, "experiment")))
+    return _run_flow("flows.evaluate", "evaluate", args.model, str(dataset.path), tracking)
+
+
+def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    if not Path(args.input.removeprefix("folder:")).exists():
+        raise CommandError(f"--input: {args.input!r} does not exist", EXIT_USAGE)
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size: must be at least 1 (got {args.batch_size})", EXIT_USAGE)
+    summary = _run_flow(
+        "flows.predict",
+        "predict",
+        args.input.removeprefix("folder:"),
+        args.output,
+        args.model,
+        args.batch_size,
+    )
+    return _dump(summary)
 
 
 def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
@@ -349,18 +434,35 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
     if command == "variants":
         for variant in result["variants"]:
             print(f"{variant['name']:<10} {variant['parameters']:>12,}  {variant['description']}")
-        return
-    dataset = result.get("dataset") if command == "pipeline" else result
-    if dataset and "rows" in dataset:
-        state = "reused" if dataset["cache_hit"] else "written"
-        print(f"dataset  {dataset['path']} ({dataset['rows']} images, {state})")
-    for run in result.get("runs", []):
+    elif command == "predict":
         print(
-            f"{run['variant']:<10} test accuracy {run['test_accuracy']:.3f}  "
-            f"run {run['run_id']}  model {run['model_uri']}"
+            f"{result['rows']} images scored ({result['parasitized']} parasitized) with "
+            f"{result['model_uri']} → {result['output']}"
         )
-    if command == "pipeline":
-        print(f"best     {result['best']['variant']} ({result['best']['test_accuracy']:.3f})")
+        if result["skipped"]:
+            print(f"skipped  {len(result['skipped'])} unreadable file(s)")
+    elif command == "evaluate":
+        print(
+            f"{result['model_uri']}: test accuracy {result['accuracy']:.3f}, confusion "
+            f"{result['confusion_matrix']} (rows true:yes/no, cols pred:yes/no)"
+        )
+        print(f"report   {result['report']}")
+    else:
+        dataset = result.get("dataset") if command == "pipeline" else result
+        if dataset and "rows" in dataset:
+            state = "reused" if dataset["cache_hit"] else "written"
+            print(f"dataset  {dataset['path']} ({dataset['rows']} images, {state})")
+        for run in result.get("runs", []):
+            print(
+                f"{run['variant']:<10} test accuracy {run['test_accuracy']:.3f}  "
+                f"{run['alias'] or '':<10}  run {run['run_id']}  model {run['model_uri']}"
+            )
+        if command == "pipeline":
+            best = result["best"]
+            print(f"best     {best['variant']} ({best['test_accuracy']:.3f})")
+            champion = result.get("champion")
+            if champion:
+                print(f"champion version {champion['version']} ({champion['model_uri']})")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,17 @@ from typing import Annotated
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from cnn.config import DEFAULT_VARIANTS, IngestConfig, TrainConfig, VariantNames
+from cnn.config import (
+    DEFAULT_VARIANTS,
+    IngestConfig,
+    PromotionConfig,
+    TrainConfig,
+    VariantNames,
+)
 from flows.ingest import ingest
 from flows.train import train
 from tasks.ingest import DatasetRef
+from tasks.registry import ChampionRef, find_champion
 from tasks.tracking import TrackingConfig
 from tasks.train import VariantRun
 
@@ -19,6 +26,9 @@ class PipelineResult(BaseModel):
     dataset: DatasetRef
     runs: list[VariantRun]
     best: VariantRun = Field(description="The run with the highest test accuracy")
+    champion: ChampionRef | None = Field(
+        description="The registered model's champion after this run (may be an older version)"
+    )
 
 
 @flow(name="pipeline", log_prints=True)
@@ -27,6 +37,7 @@ def pipeline(
     variants: VariantNames = DEFAULT_VARIANTS,
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
+    promotion: PromotionConfig = PromotionConfig(),
     work_pool: Annotated[
         str | None,
         Field(description="Train each variant on this work pool's workers (unset: here)"),
@@ -34,6 +45,7 @@ def pipeline(
 ) -> PipelineResult:
     """Images in, tracked and evaluated models out."""
     dataset = ingest(data)
-    runs = train(dataset.path, variants, training, tracking, work_pool)
+    runs = train(dataset.path, variants, training, tracking, promotion, work_pool)
     best = max(runs, key=lambda run: run.test_accuracy)
-    return PipelineResult(dataset=dataset, runs=runs, best=best)
+    champion = find_champion(tracking.registered_model)
+    return PipelineResult(dataset=dataset, runs=runs, best=best, champion=champion)

@@ -6,9 +6,17 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from cnn.config import DEFAULT_VARIANTS, TrainConfig, VariantName, VariantNames
+from cnn.config import (
+    DEFAULT_VARIANTS,
+    PromotionConfig,
+    TrainConfig,
+    VariantName,
+    VariantNames,
+)
 from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
+from tasks.registry import promote_model
+from tasks.report import render_report
 from tasks.tracking import TrackingConfig, tracked_run
 from tasks.train import VariantRun, find_variant_run, read_variant_run, train_model
 
@@ -19,12 +27,18 @@ def train_variant(
     variant: VariantName = "simple",
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
+    promotion: PromotionConfig = PromotionConfig(),
 ) -> VariantRun:
-    """Train one variant on the dataset, evaluate it on the test split, register it."""
+    """Train one variant on the dataset, evaluate it on the test split, register it, give it
+    `champion` if it beats the current one (else `challenger`), and render its report."""
     tags = {"variant": variant, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
     with tracked_run(tracking.experiment, run_name=variant, tags=tags) as run_id:
-        model_uri = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        evaluate_model(model_uri, dataset, run_id)
+        model = train_model(dataset, variant, training, run_id, tracking.registered_model)
+        scores = evaluate_model(model.model_uri, dataset, run_id)
+        decision = promote_model(
+            tracking.registered_model, model.version, dataset, scores, run_id, promotion
+        )
+        render_report(model.model_uri, dataset, run_id, decision)
     return read_variant_run(run_id)
 
 
@@ -34,6 +48,7 @@ def train(
     variants: VariantNames = DEFAULT_VARIANTS,
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
+    promotion: PromotionConfig = PromotionConfig(),
     work_pool: Annotated[
         str | None,
         Field(description="Run each variant on this work pool's workers (unset: here, in turn)"),
@@ -45,7 +60,9 @@ def train(
     pool's `train-variant` deployment at once, and this flow waits for all of them.
     """
     if work_pool is None:
-        return [train_variant(dataset, variant, training, tracking) for variant in variants]
+        return [
+            train_variant(dataset, variant, training, tracking, promotion) for variant in variants
+        ]
     deployment = find_variant_deployment(work_pool)
     submitted = [
         run_variant_deployment.submit(
@@ -55,6 +72,7 @@ def train(
                 "variant": variant,
                 "training": training.model_dump(mode="json"),
                 "tracking": tracking.model_dump(mode="json"),
+                "promotion": promotion.model_dump(mode="json"),
             },
         )
         for variant in variants

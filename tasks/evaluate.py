@@ -1,35 +1,46 @@
-"""Evaluate task: score a logged model on a dataset's test split, log the scores."""
+"""Evaluate task: score a logged model on a dataset's test split, log scores and pictures."""
 
 import mlflow
-import mlflow.keras
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from cnn.batches import SplitBatches
 from cnn.dataset import open_dataset
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions
-from cnn.training import PREDICT_BATCH, predict_uninfected_probability
+from cnn.predict import predict_split
+from cnn.reports import confusion_heatmap, roc_curve_figure
+from tasks.registry import load_keras_model
 from tasks.tracking import configure_tracking
 
 
 @task(name="evaluate-model")
 def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
-    """Test-split scores of `model_uri`, logged as `test_*` metrics and a confusion table."""
+    """Test-split scores of `model_uri`, logged to the run as `test_*` metrics, a confusion
+    table (MLflow and Prefect), a confusion heatmap and a ROC curve."""
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
-    model = mlflow.keras.load_model(model_uri)
-    test_batches = SplitBatches(dataset, "test", PREDICT_BATCH)
-    probabilities = predict_uninfected_probability(model, test_batches)
-    evaluation = evaluate_predictions(test_batches.labels, probabilities)
+    model = load_keras_model(model_uri)
+    scores = predict_split(model, dataset, "test")
+    if scores.resized_from:
+        logger.warning(
+            "The model takes %d px images; the dataset's %d px test images were resized",
+            model.input_shape[1],
+            scores.resized_from,
+        )
+    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
     confusion = pd.DataFrame(
         evaluation.confusion_matrix, index=list(CONFUSION_ROWS), columns=list(CONFUSION_COLUMNS)
-    )
+    ).reset_index(names="actual")
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{name}": value for name, value in evaluation.scores().items()})
         mlflow.log_dict(evaluation.as_dict(), "evaluation/test_scores.json")
-        mlflow.log_table(confusion.reset_index(names="actual"), "evaluation/confusion_matrix.json")
+        mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
+        mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
+        mlflow.log_figure(
+            roc_curve_figure(scores.labels, scores.uninfected_probability),
+            "evaluation/roc_curve.png",
+        )
     logger.info(
         "Test accuracy %.3f on %d images; confusion (rows true:yes/no, cols pred:yes/no) %s",
         evaluation.accuracy,
@@ -38,7 +49,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
     )
     create_table_artifact(
         key="confusion-matrix",
-        table=confusion.reset_index(names="actual").to_dict(orient="records"),
+        table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
     )
     return evaluation.as_dict()

@@ -1,5 +1,6 @@
 """Train task: fit one variant, log params, per-epoch metrics and the model to its MLflow run."""
 
+import os
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -10,9 +11,9 @@ import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from prefect import get_run_logger, task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cnn.augmentation import augmentation_preview
 from cnn.batches import SplitBatches
@@ -20,6 +21,15 @@ from cnn.config import TrainConfig
 from cnn.dataset import Dataset, open_dataset
 from cnn.training import predict_uninfected_probability, train_on_dataset
 from tasks.tracking import configure_tracking
+
+AUGMENTATION_PREVIEW = "augmentation/preview.png"
+
+
+class TrainedModel(BaseModel):
+    """A logged, registered model: where to load it, and its registry version."""
+
+    model_uri: str
+    version: int
 
 
 class VariantRun(BaseModel):
@@ -34,14 +44,16 @@ class VariantRun(BaseModel):
     train_seconds: float
     test_accuracy: float
     test_scores: dict
+    alias: str | None = Field(None, description="champion or challenger, after promotion")
+    promotion_reason: str | None = None
 
 
 @task(name="train-model")
 def train_model(
     dataset_path: str, variant: str, config: TrainConfig, run_id: str, registered_model: str
-) -> str:
-    """Train `variant` on the dataset, log everything to the MLflow run `run_id`, register the
-    model; return the model's URI."""
+) -> TrainedModel:
+    """Train `variant` on the dataset, log everything to the MLflow run `run_id`, and register
+    the model."""
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
@@ -86,14 +98,17 @@ def train_model(
             }
         )
         sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
-        if config.augmentation.enabled:
-            preview = augmentation_preview(sample[0], config.augmentation, seed=config.seed)
-            mlflow.log_image(preview, "augmentation/preview.png")
+        policy = config.augmentation.model_copy(update={"enabled": True})  # shown even if off
+        preview = augmentation_preview(sample[0], policy, seed=config.seed)
+        mlflow.log_image(preview, AUGMENTATION_PREVIEW)
         signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
-        info = mlflow.keras.log_model(
-            result.model,
+        info = Model.log(
+            artifact_path=None,
             name="model",
+            flavor=_KerasFlavor(),
+            model=result.model,
             signature=signature,
+            input_example=sample[:1],
             registered_model_name=registered_model,
             pip_requirements=model_requirements(),
         )
@@ -109,7 +124,20 @@ def train_model(
         result.seconds,
         info.model_uri,
     )
-    return info.model_uri
+    return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
+
+
+class _KerasFlavor:
+    """`mlflow.keras` for `Model.log`, except that the model directory exists before the input
+    example is written into it: mlflow 3.17.2's `mlflow.keras.save_model` writes the example
+    first and fails with FileNotFoundError (`mlflow.keras.log_model(input_example=...)`)."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
 
 
 def model_requirements() -> list[str]:
@@ -191,4 +219,6 @@ def _variant_run(run: mlflow.entities.Run) -> VariantRun:
         test_scores=mlflow.artifacts.load_dict(
             f"{run.info.artifact_uri}/evaluation/test_scores.json"
         ),
+        alias=tags.get("promotion.alias"),
+        promotion_reason=tags.get("promotion.reason"),
     )

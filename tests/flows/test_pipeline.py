@@ -160,3 +160,75 @@ def test_logged_model_pins_what_loading_it_needs(finished_pipeline):
     requirements = Path(local).read_text().split()
     assert f"keras=={keras.__version__}" in requirements
     assert any(line.startswith(("tensorflow-cpu==", "tensorflow==")) for line in requirements)
+
+
+REPORT_FILES = {
+    "confusion_matrix.png",
+    "roc_curve.png",
+    "learning_curves.png",
+    "filters.png",
+    "feature_maps.png",
+    "grad_cam.png",
+    "augmentation_preview.png",
+    "report.html",
+}
+
+
+def test_run_artifacts_hold_the_pictures_and_a_self_contained_report(finished_pipeline):
+    result, uri = finished_pipeline
+    client = MlflowClient(uri)
+    run_id = result.runs[0].run_id
+    listed = {Path(item.path).name for item in client.list_artifacts(run_id, "report")}
+    assert listed >= REPORT_FILES
+    evaluation = {Path(item.path).name for item in client.list_artifacts(run_id, "evaluation")}
+    assert {"confusion_matrix.png", "roc_curve.png", "confusion_matrix.json"} <= evaluation
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="report/report.html", tracking_uri=uri
+    )
+    page = Path(local).read_text()
+    assert page.count('src="data:image/png;base64,') == sum(n.endswith(".png") for n in listed)
+    assert "http://" not in page and "https://" not in page
+    assert f"{result.runs[0].test_accuracy:.4g}" in page
+
+
+def test_first_model_becomes_champion_with_the_decision_tagged(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    version = MlflowClient(uri).get_model_version_by_alias("malaria-cnn", "champion")
+    assert int(version.version) == run_result.registered_version == result.champion.version
+    assert version.tags["promotion.alias"] == "champion"
+    assert version.tags["promotion.reason"] == "no champion yet"
+    assert run_result.alias == "champion"
+
+
+def test_registered_model_has_a_signature_and_an_input_example(finished_pipeline):
+    result, uri = finished_pipeline
+    mlflow.set_tracking_uri(uri)
+    model_uri = f"models:/malaria-cnn/{result.runs[0].registered_version}"
+    info = mlflow.models.get_model_info(model_uri)
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 40, 40, 3)
+    example = mlflow.models.Model.load(model_uri).load_input_example(
+        mlflow.artifacts.download_artifacts(model_uri)
+    )
+    assert example.shape == (1, 40, 40, 3) and example.dtype == np.uint8
+
+
+def test_run_summary_artifact_says_where_the_report_is(finished_pipeline):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    result, _ = finished_pipeline
+
+    async def latest():
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-report"]))
+            )
+        return artifacts[-1]
+
+    summary = asyncio.run(latest()).data
+    assert result.runs[0].run_id in summary
+    assert "report/report.html" in summary
+    assert "champion: no champion yet" in summary

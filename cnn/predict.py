@@ -1,0 +1,272 @@
+"""Batch prediction: read cell images from a folder or Parquet, fit them to a model, score.
+
+A model's own preprocessing is inside it (rescaling, a backbone's `preprocess_input`); what
+the caller must match is its input size, so images of another size are resized (bilinear,
+as at ingest) and grayscale or alpha images converted to RGB, and both are counted.
+"""
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from cnn.batches import SplitBatches
+from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
+from cnn.images import UnreadableImageError, decode_image, resize_square
+from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.training import PREDICT_BATCH
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("parasitized_probability", pa.float32()),
+        ("predicted_label", pa.int8()),
+        ("predicted_name", pa.string()),
+    ]
+)
+
+
+class PredictionInputError(ValueError):
+    """The input to score is missing, empty, or in a layout this cannot read."""
+
+
+@dataclass
+class InputReport:
+    """What had to be done to the input so the model could score it."""
+
+    scored: int = 0
+    resized: int = 0
+    converted_to_rgb: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """Plain sentences for logs and summaries, one per kind of adjustment."""
+        notes = []
+        if self.resized:
+            notes.append(f"{self.resized} image(s) resized to the model's input size")
+        if self.converted_to_rgb:
+            notes.append(f"{self.converted_to_rgb} grayscale or alpha image(s) converted to RGB")
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} file(s) skipped as unreadable")
+        return notes
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """A model's outputs on one dataset split."""
+
+    labels: np.ndarray
+    uninfected_probability: np.ndarray
+    resized_from: int | None
+    """The dataset's image size when the images had to be resized for the model."""
+
+
+Batch = tuple[list[str], np.ndarray]
+"""Source ids and their uint8 images (N × size × size × 3)."""
+
+
+def model_image_size(model: keras.Model) -> int:
+    """The side of the square images the model takes."""
+    _, height, width, channels = model.input_shape
+    if height != width or channels != 3:
+        raise ValueError(f"model {model.name!r} takes {model.input_shape[1:]}, not square RGB")
+    return int(height)
+
+
+def fit_images(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 images resized to `image_size` (returned as they are when they fit already)."""
+    if images.shape[1:3] == (image_size, image_size):
+        return images
+    return np.stack([resize_square(Image.fromarray(image), image_size) for image in images])
+
+
+def iter_input_batches(
+    source: str | Path, image_size: int, batch_size: int, report: InputReport
+) -> Iterator[Batch]:
+    """Batches from a folder of images (searched recursively), a dataset directory, or a
+    Parquet file (a dataset shard, or an `image` column of encoded image bytes)."""
+    path = Path(source)
+    if not path.exists():
+        raise PredictionInputError(f"input {str(path)!r} does not exist")
+    if path.is_dir() and not (path / MANIFEST_NAME).exists():
+        batches = _folder_batches(path, image_size, batch_size, report)
+    elif path.is_dir():
+        batches = _dataset_batches(path, image_size, batch_size, report)
+    else:
+        batches = _parquet_batches(path, image_size, batch_size, report)
+    empty = True
+    for batch in batches:
+        empty = False
+        report.scored += len(batch[0])
+        yield batch
+    if empty:
+        raise PredictionInputError(f"input {str(path)!r} holds no readable image")
+
+
+def score_batches(model: keras.Model, batches: Iterator[Batch]) -> pa.Table:
+    """One row per image: source id, P(parasitized), predicted label and its name."""
+    source_ids, scores = [], []
+    for ids, images in batches:
+        uninfected = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
+        source_ids.extend(ids)
+        scores.append(1.0 - uninfected)
+    parasitized = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    labels = np.where(parasitized > 0.5, PARASITIZED, 1 - PARASITIZED).astype(np.int8)
+    return pa.table(
+        [
+            pa.array(source_ids, pa.string()),
+            pa.array(parasitized, pa.float32()),
+            pa.array(labels, pa.int8()),
+            pa.array([LABEL_NAMES[label] for label in labels], pa.string()),
+        ],
+        schema=PREDICTION_SCHEMA,
+    )
+
+
+def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, str]) -> Path:
+    """Write the predictions atomically: a crash leaves no partial file at `output`."""
+    output = Path(output)
+    if output.is_dir():
+        raise PredictionInputError(f"output {str(output)!r} is a directory; name a .parquet file")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(table.replace_schema_metadata(metadata), temporary)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return output
+
+
+def _folder_batches(
+    folder: Path, image_size: int, batch_size: int, report: InputReport
+) -> Iterator[Batch]:
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
+    ids, images = [], []
+    for path in files:
+        source_id = str(path.relative_to(folder))
+        try:
+            image = _load_image(path.read_bytes(), image_size, report)
+        except (UnreadableImageError, OSError) as error:
+            report.skipped.append({"source_id": source_id, "reason": str(error)})
+            continue
+        ids.append(source_id)
+        images.append(image)
+        if len(ids) == batch_size:
+            yield ids, np.stack(images)
+            ids, images = [], []
+    if ids:
+        yield ids, np.stack(images)
+
+
+def _load_image(payload: bytes, image_size: int, report: InputReport) -> np.ndarray:
+    image = decode_image(payload)
+    with Image.open(io.BytesIO(payload)) as original:  # reads the header only
+        if original.mode != "RGB":
+            report.converted_to_rgb += 1
+    if image.size != (image_size, image_size):
+        report.resized += 1
+    return resize_square(image, image_size)
+
+
+def _dataset_batches(
+    directory: Path, image_size: int, batch_size: int, report: InputReport
+) -> Iterator[Batch]:
+    dataset = open_dataset(directory)
+    for shard in dataset.shard_paths:
+        yield from _raw_pixel_batches(
+            pq.ParquetFile(shard), dataset.image_shape, image_size, batch_size, report
+        )
+
+
+def _parquet_batches(
+    path: Path, image_size: int, batch_size: int, report: InputReport
+) -> Iterator[Batch]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise PredictionInputError(f"input {str(path)!r} is not a Parquet file: {error}") from error
+    schema = parquet.schema_arrow
+    if "image" not in schema.names:
+        raise PredictionInputError(f"Parquet input {str(path)!r} has no 'image' column")
+    shape = (schema.metadata or {}).get(b"image_shape")
+    if shape is not None:  # a dataset shard: raw pixels
+        yield from _raw_pixel_batches(parquet, json.loads(shape), image_size, batch_size, report)
+        return
+    columns = ["image", "source_id"] if "source_id" in schema.names else ["image"]
+    row = 0
+    for record_batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        ids, images = [], []
+        payloads = record_batch.column("image").to_pylist()
+        names = (
+            record_batch.column("source_id").to_pylist()
+            if "source_id" in columns
+            else [f"row-{row + offset}" for offset in range(len(payloads))]
+        )
+        row += len(payloads)
+        for source_id, payload in zip(names, payloads, strict=True):
+            try:
+                images.append(_load_image(payload or b"", image_size, report))
+                ids.append(source_id)
+            except UnreadableImageError as error:
+                report.skipped.append({"source_id": source_id, "reason": str(error)})
+        if ids:
+            yield ids, np.stack(images)
+
+
+def _raw_pixel_batches(
+    parquet: pq.ParquetFile,
+    image_shape: list[int] | tuple[int, ...],
+    image_size: int,
+    batch_size: int,
+    report: InputReport,
+) -> Iterator[Batch]:
+    for record_batch in parquet.iter_batches(batch_size=batch_size, columns=["image", "source_id"]):
+        images = images_from_column(pa.chunked_array([record_batch.column("image")]), image_shape)
+        if tuple(image_shape[:2]) != (image_size, image_size):
+            report.resized += len(images)
+        yield record_batch.column("source_id").to_pylist(), fit_images(images, image_size)
+
+
+def predict_split(model: keras.Model, dataset: Dataset, split: str = "test") -> SplitScores:
+    """The model's P(uninfected) for every image of a dataset split, in the split's order,
+    with images resized when the model takes another size than the dataset holds."""
+    batches = SplitBatches(dataset, split, PREDICT_BATCH)
+    image_size = model_image_size(model)
+    scores = [
+        np.asarray(
+            model.predict_on_batch(fit_images(batches[index][0], image_size)), dtype=np.float32
+        ).reshape(-1)
+        for index in range(len(batches))
+    ]
+    return SplitScores(
+        labels=batches.labels,
+        uninfected_probability=np.concatenate(scores),
+        resized_from=None if dataset.image_shape[0] == image_size else dataset.image_shape[0],
+    )
+
+
+def split_images(dataset: Dataset, split: str, positions: Sequence[int]) -> np.ndarray:
+    """The images at `positions` of a split, in the order `predict_split` scores them."""
+    batches = SplitBatches(dataset, split, PREDICT_BATCH)
+    wanted = np.asarray(positions, dtype=int)
+    images = np.empty((len(wanted), *dataset.image_shape), dtype=np.uint8)
+    for index in np.unique(wanted // PREDICT_BATCH):
+        batch, _ = batches[int(index)]
+        chosen = wanted // PREDICT_BATCH == index
+        images[chosen] = batch[wanted[chosen] % PREDICT_BATCH]
+    return images

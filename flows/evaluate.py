@@ -1,0 +1,24 @@
+"""Evaluate flow: re-score any model on any dataset's test split, as its own MLflow run."""
+
+from typing import Annotated
+
+from prefect import flow
+from pydantic import Field
+
+from tasks.evaluate import evaluate_model
+from tasks.report import render_report
+from tasks.tracking import TrackingConfig, tracked_run
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(
+    model_uri: Annotated[str, Field(min_length=1, description="Any MLflow model URI")],
+    dataset: Annotated[str, Field(min_length=1, description="Path of an ingested dataset")],
+    tracking: TrackingConfig = TrackingConfig(),
+) -> dict:
+    """Test-split scores, confusion matrix and report of `model_uri` on `dataset`."""
+    tags = {"evaluation_of": model_uri, "dataset": dataset}
+    with tracked_run(tracking.experiment, run_name="evaluate", tags=tags) as run_id:
+        scores = evaluate_model(model_uri, dataset, run_id)
+        report_uri = render_report(model_uri, dataset, run_id)
+    return {"run_id": run_id, "model_uri": model_uri, "report": report_uri, **scores}

@@ -1,0 +1,133 @@
+"""Model registry: load any model URI with a clear error, and champion/challenger promotion."""
+
+import keras
+import mlflow
+import mlflow.keras
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from cnn.config import PromotionConfig
+from cnn.dataset import open_dataset
+from cnn.metrics import evaluate_predictions
+from cnn.predict import predict_split
+from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
+from tasks.tracking import configure_tracking
+
+
+class ModelNotFoundError(LookupError):
+    """A model URI that names nothing loadable; the message says what was looked for."""
+
+
+def load_keras_model(model_uri: str) -> keras.Model:
+    """Load a logged or registered Keras model; say plainly what is missing if it cannot be."""
+    configure_tracking()
+    _check_registered(model_uri)
+    try:
+        return mlflow.keras.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise ModelNotFoundError(f"model {model_uri!r} cannot be loaded: {first_line}") from error
+
+
+def _check_registered(model_uri: str) -> None:
+    """For `models:/NAME@ALIAS` and `models:/NAME/VERSION`: the name and the alias or version
+    must exist (MLflow's own errors do not say which part is missing)."""
+    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
+        return
+    reference = model_uri.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    name, at, alias = reference.partition("@")
+    name, _, version = name.partition("/")
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        raise ModelNotFoundError(f"no registered model named {name!r} ({model_uri})") from error
+    try:
+        if at:
+            client.get_model_version_by_alias(name, alias)
+        elif version:
+            client.get_model_version(name, version)
+    except MlflowException as error:
+        what = f"alias {alias!r} is not set" if at else f"version {version} does not exist"
+        raise ModelNotFoundError(
+            f"registered model {name!r}: {what} ({model_uri}); train one with "
+            "`malaria pipeline`, or name a version: models:/NAME/VERSION"
+        ) from error
+
+
+@task(name="promote-model")
+def promote_model(
+    registered_model: str,
+    version: int,
+    dataset_path: str,
+    candidate_scores: dict[str, float],
+    run_id: str,
+    config: PromotionConfig,
+) -> PromotionDecision:
+    """Give the new version `champion` if it beats the current champion on this dataset's
+    test split (the champion is re-scored on it), else `challenger`; tag the decision and
+    both scores on the version and its run."""
+    logger = get_run_logger()
+    configure_tracking()
+    client = mlflow.MlflowClient()
+    champion = _current_champion(client, registered_model)
+    champion_version = int(champion.version) if champion else None
+    champion_score = None
+    if champion is not None:
+        model = load_keras_model(f"models:/{registered_model}/{champion.version}")
+        scores = predict_split(model, open_dataset(dataset_path), "test")
+        evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
+        champion_score = evaluation.scores().get(config.metric)
+    decision = decide_promotion(
+        candidate_scores.get(config.metric), champion_version, champion_score, config
+    )
+    client.set_registered_model_alias(registered_model, decision.alias, str(version))
+    tags = {
+        "promotion.alias": decision.alias,
+        "promotion.metric": decision.metric,
+        "promotion.candidate_score": _text(decision.candidate_score),
+        "promotion.champion_score": _text(decision.champion_score),
+        "promotion.champion_version": _text(decision.champion_version),
+        "promotion.reason": decision.reason,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model, str(version), key, value)
+        client.set_tag(run_id, key, value)
+    logger.info(
+        "%s version %s → %s: %s", registered_model, version, decision.alias, decision.reason
+    )
+    return decision
+
+
+def _current_champion(client: mlflow.MlflowClient, registered_model: str):
+    try:
+        return client.get_model_version_by_alias(registered_model, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _text(value: float | int | None) -> str:
+    return "none" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+class ChampionRef(BaseModel):
+    """The registered model version that holds the `champion` alias."""
+
+    model_uri: str
+    version: int
+    run_id: str | None
+
+
+@task(name="find-champion")
+def find_champion(registered_model: str) -> ChampionRef | None:
+    """The current champion of `registered_model`, or None if no version holds the alias."""
+    configure_tracking()
+    champion = _current_champion(mlflow.MlflowClient(), registered_model)
+    if champion is None:
+        return None
+    return ChampionRef(
+        model_uri=f"models:/{registered_model}@{CHAMPION}",
+        version=int(champion.version),
+        run_id=champion.run_id,
+    )

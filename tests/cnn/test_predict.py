@@ -1,0 +1,152 @@
+import io
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cnn.config import IngestConfig
+from cnn.dataset import build_dataset, load_split
+from cnn.labels import PARASITIZED
+from cnn.predict import (
+    InputReport,
+    PredictionInputError,
+    fit_images,
+    iter_input_batches,
+    predict_split,
+    score_batches,
+    split_images,
+    write_predictions,
+)
+from cnn.sources import SyntheticSource
+from cnn.synthetic import draw_cell
+
+
+def constant_model(size: int, value: float) -> keras.Model:
+    """Outputs P(uninfected) = `value` for any image; records nothing."""
+    inputs = keras.Input((size, size, 3))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.zeros_like(x[:, :1, 0, 0]) + value)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def mean_red_model(size: int) -> keras.Model:
+    """P(uninfected) = mean red value / 255: tells which pixels the model saw."""
+    inputs = keras.Input((size, size, 3))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.mean(x[..., :1], axis=(1, 2)) / 255)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    config = IngestConfig(source="synthetic", image_size=24, limit=60)
+    built, _ = build_dataset(SyntheticSource(count=60), config, tmp_path_factory.mktemp("ds"))
+    return built
+
+
+def test_a_folder_is_scored_in_batches_with_grayscale_and_odd_sizes_fixed(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(draw_cell(rng, parasitized=True)).resize((50, 40)).save(tmp_path / "in/a.png")
+    Image.fromarray(draw_cell(rng, parasitized=False)).convert("L").save(tmp_path / "in/b.png")
+    Image.fromarray(draw_cell(rng, parasitized=False)).save(tmp_path / "in/sub/c.jpg")
+    (tmp_path / "in/notes.txt").write_text("not an image")
+    (tmp_path / "in/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report = InputReport()
+    batches = list(iter_input_batches(tmp_path / "in", 32, batch_size=2, report=report))
+    assert [ids for ids, _ in batches] == [["a.png", "b.png"], ["sub/c.jpg"]]
+    assert all(
+        images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8 for _, images in batches
+    )
+    assert (report.scored, report.resized, report.converted_to_rgb) == (3, 3, 1)
+    assert [skip["source_id"] for skip in report.skipped] == ["broken.png"]
+    assert any("converted to RGB" in note for note in report.notes())
+
+
+def test_scores_are_parasitized_probabilities_with_labels(tmp_path):
+    batches = iter([(["x", "y"], np.zeros((2, 8, 8, 3), np.uint8))])
+    table = score_batches(constant_model(8, 0.2), batches)
+    assert table.column("source_id").to_pylist() == ["x", "y"]
+    assert table.column("parasitized_probability").to_pylist() == pytest.approx([0.8, 0.8])
+    assert table.column("predicted_label").to_pylist() == [PARASITIZED] * 2
+    assert table.column("predicted_name").to_pylist() == ["parasitized"] * 2
+
+
+def test_a_dataset_directory_and_its_shards_are_read_as_raw_pixels(dataset):
+    report = InputReport()
+    ids = [
+        i for batch_ids, _ in iter_input_batches(dataset.path, 24, 16, report) for i in batch_ids
+    ]
+    assert len(ids) == dataset.rows == report.scored and report.resized == 0
+    shard_ids = [
+        i
+        for batch_ids, _ in iter_input_batches(dataset.shard_paths[0], 12, 16, report)
+        for i in batch_ids
+    ]
+    assert shard_ids == pq.read_table(dataset.shard_paths[0])["source_id"].to_pylist()
+
+
+def test_parquet_of_encoded_images_is_decoded(tmp_path):
+    def png(color: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (10, 10), (color, 0, 0)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    path = tmp_path / "cells.parquet"
+    pq.write_table(pa.table({"image": [png(255), png(0), b"junk"]}), path)
+    report = InputReport()
+    table = score_batches(mean_red_model(10), iter_input_batches(path, 10, 8, report))
+    assert table.column("source_id").to_pylist() == ["row-0", "row-1"]
+    assert table.column("parasitized_probability").to_pylist() == pytest.approx([0.0, 1.0])
+    assert report.skipped == [{"source_id": "row-2", "reason": report.skipped[0]["reason"]}]
+
+
+def bad_input(root, kind: str):
+    if kind == "missing":
+        return root / "missing"
+    if kind == "empty":
+        (root / "empty").mkdir()
+        return root / "empty"
+    if kind == "not parquet":
+        (root / "x.parquet").write_text("nope")
+        return root / "x.parquet"
+    pq.write_table(pa.table({"pixels": [b""]}), root / "y.parquet")
+    return root / "y.parquet"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no readable image"),
+        ("not parquet", "not a Parquet"),
+        ("no image column", "no 'image' column"),
+    ],
+)
+def test_bad_inputs_are_named(tmp_path, kind, message):
+    path = bad_input(tmp_path, kind)
+    with pytest.raises(PredictionInputError, match=message) as error:
+        list(iter_input_batches(path, 16, 8, InputReport()))
+    assert path.name in str(error.value)
+
+
+def test_predictions_are_written_atomically(tmp_path):
+    table = score_batches(constant_model(8, 0.9), iter([(["a"], np.zeros((1, 8, 8, 3), np.uint8))]))
+    path = write_predictions(table, tmp_path / "out" / "p.parquet", {"model_uri": "models:/m/1"})
+    assert pq.read_table(path).num_rows == 1
+    assert pq.read_schema(path).metadata[b"model_uri"] == b"models:/m/1"
+    assert [p.name for p in path.parent.iterdir()] == ["p.parquet"]
+    with pytest.raises(PredictionInputError, match="is a directory"):
+        write_predictions(table, tmp_path / "out", {})
+
+
+def test_split_scores_follow_the_split_order_and_resize_for_the_model(dataset):
+    images, labels = load_split(dataset, "test")
+    scores = predict_split(mean_red_model(12), dataset, "test")
+    assert scores.resized_from == 24
+    assert np.array_equal(scores.labels, labels)
+    expected = fit_images(images, 12)[..., 0].mean(axis=(1, 2)) / 255
+    assert scores.uninfected_probability == pytest.approx(expected, abs=1e-5)
+    picked = split_images(dataset, "test", [3, 0])
+    assert np.array_equal(picked, images[[3, 0]])
