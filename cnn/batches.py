@@ -3,8 +3,14 @@
 Rows are read a Parquet row group (256 images) at a time and kept as uint8 until they form a
 batch. Shuffling is two-level and seeded per epoch: the order of row groups, then the rows
 within a window of a few row groups. Only that window is ever held in memory.
+
+Batches are made by `INPUT_THREADS` threads of Keras' own enqueuer, ahead of the step that
+uses them. Without them (Keras' default for a PyDataset: a `tf.data` generator with
+autotuned prefetching), epochs after the first ran at half speed on a 2-core machine
+(40 s instead of 21 s an epoch of 19,800 images at 64 px, every epoch after the first).
 """
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,7 @@ from cnn.dataset import Dataset, images_from_column
 
 SHUFFLE_WINDOW = 4
 """Row groups whose rows are mixed together when shuffling."""
+INPUT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class SplitBatches(keras.utils.PyDataset):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"workers": INPUT_THREADS, **kwargs})
         self.image_shape = dataset.image_shape
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -70,6 +77,7 @@ class SplitBatches(keras.utils.PyDataset):
         self._epoch = 0
         self._plan = self._make_plan()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # batches are made by several threads
 
     def __len__(self) -> int:
         return -(-self._count // self.batch_size)
@@ -115,13 +123,15 @@ class SplitBatches(keras.utils.PyDataset):
 
     def _group_images(self, group_id: int) -> np.ndarray:
         """The split's images of one row group, from a small cache of recent row groups."""
-        if group_id in self._cache:
-            self._cache.move_to_end(group_id)
-            return self._cache[group_id]
-        group = self._groups[group_id]
-        column = pq.ParquetFile(group.shard).read_row_group(group.index, columns=["image"])["image"]
-        images = images_from_column(column, self.image_shape)[group.rows]
-        self._cache[group_id] = images
-        if len(self._cache) > SHUFFLE_WINDOW + 1:
-            self._cache.popitem(last=False)
-        return images
+        with self._cache_lock:
+            if group_id in self._cache:
+                self._cache.move_to_end(group_id)
+                return self._cache[group_id]
+            group = self._groups[group_id]
+            parquet = pq.ParquetFile(group.shard)
+            column = parquet.read_row_group(group.index, columns=["image"])["image"]
+            images = images_from_column(column, self.image_shape)[group.rows]
+            self._cache[group_id] = images
+            if len(self._cache) > SHUFFLE_WINDOW + 1:
+                self._cache.popitem(last=False)
+            return images

@@ -7,8 +7,12 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
+from cnn.synthetic import draw_cell
 from flows.cli import main
 
 
@@ -34,6 +38,10 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["ingest"], "--source"),
         (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
         (["variants", "--image-size", "4"], "--image-size"),
+        (["pipeline", "--promotion-metric", "loss"], "--promotion-metric"),
+        (["pipeline", "--min-margin", "-1"], "--min-margin"),
+        (["predict", "--input", "/no/such/cells", "--output", "p.parquet"], "/no/such/cells"),
+        (["evaluate", "--model", "models:/m/1", "--dataset", "/no/such/set"], "/no/such/set"),
     ],
 )
 def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_dir):
@@ -115,3 +123,39 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
     assert status == "FINISHED"
     assert {"test_accuracy", "val_loss", "loss"} <= metric_names
     assert list((tmp_path / "mlflow" / "store" / "artifacts").rglob("MLmodel"))
+
+    def malaria(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [_malaria(), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    cells = tmp_path / "new-cells"
+    cells.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(5):
+        Image.fromarray(draw_cell(rng, parasitized=index % 2 == 0)).save(cells / f"{index}.png")
+    predicted = malaria("predict", "--input", str(cells), "--output", "out.parquet", "--json")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    summary = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert summary["model_uri"] == "models:/malaria-cnn@champion"
+    assert summary["rows"] == pq.read_table(tmp_path / "out.parquet").num_rows == 5
+
+    evaluated = malaria(
+        "evaluate", "--model", run["model_uri"], "--dataset", result["dataset"]["path"], "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert scores["accuracy"] == pytest.approx(run["test_accuracy"])
+
+    unset = malaria(
+        "predict",
+        "--model",
+        "models:/malaria-cnn@nightly",
+        "--input",
+        str(cells),
+        "--output",
+        "never.parquet",
+    )
+    assert unset.returncode == 1
+    assert "alias 'nightly' is not set" in unset.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "never.parquet").exists()
