@@ -4,9 +4,11 @@
 
 1. Throughput: for each variant, one timed training epoch (after a warm-up epoch) over the
    dataset's train split as the pipeline streams it, and one inference pass over the test split.
-2. Overhead: the whole `malaria train --dataset D --variants simple --epochs E` command (Prefect,
-   MLflow, evaluation, model logging included) against a bare Keras script that loads the same
-   train/validation arrays and fits the same network for the same epochs. One run each.
+2. Overhead: the whole `malaria train --dataset D --variants V --epochs E` command (Prefect,
+   MLflow, evaluation, report, model logging included) against a bare Keras script that loads
+   the same train/validation arrays and fits the same network (`cnn.models.build_model`) for
+   the same epochs. One run each, for `simple` (the lecture's: little compute, so the fixed
+   costs weigh most) and `resnet` (the default recipe's).
 
 Prints and saves benchmarks/results/train.json. On a GPU machine, run the throughput part
 under JAX (no TensorFlow needed; the overhead part needs the full install):
@@ -31,7 +33,9 @@ BARE_KERAS = """
 import sys, time
 import keras, numpy as np, pyarrow.parquet as pq
 from pathlib import Path
-dataset, epochs, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+from cnn.models import build_model
+dataset, variant = Path(sys.argv[1]), sys.argv[2]
+epochs, batch = int(sys.argv[3]), int(sys.argv[4])
 table = pq.read_table(sorted(dataset.glob("*.parquet")), columns=["image", "label", "split"])
 side = int((len(table["image"][0].as_py()) // 3) ** 0.5)
 def split(name):
@@ -40,12 +44,7 @@ def split(name):
     return images, part["label"].to_numpy()
 (x, y), validation = split("train"), split("validation")
 keras.utils.set_random_seed(42)
-model = keras.Sequential([
-    keras.Input((side, side, 3)), keras.layers.Rescaling(1 / 255),
-    keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
-    keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-    keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(1, activation="sigmoid"),
-])
+model = build_model(variant, (side, side, 3))
 model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
 started = time.perf_counter()
 model.fit(x, y, batch_size=batch, epochs=epochs, validation_data=validation, verbose=0)
@@ -108,7 +107,7 @@ def throughput(
     return results
 
 
-def overhead(dataset_path: str, epochs: int, batch_size: int, scratch: Path) -> dict:
+def overhead(dataset_path: str, variant: str, epochs: int, batch_size: int, scratch: Path) -> dict:
     malaria = str(Path(sys.executable).with_name("malaria"))
     env = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
@@ -121,7 +120,7 @@ def overhead(dataset_path: str, epochs: int, batch_size: int, scratch: Path) -> 
             "--dataset",
             dataset_path,
             "--variants",
-            "simple",
+            variant,
             "--epochs",
             str(epochs),
             "--patience",
@@ -134,13 +133,17 @@ def overhead(dataset_path: str, epochs: int, batch_size: int, scratch: Path) -> 
     )
     if pipeline.returncode != 0:
         sys.exit(f"malaria train failed:\n{pipeline.stderr[-3000:]}")
-    bare = measure([sys.executable, "-c", BARE_KERAS, dataset_path, str(epochs), str(batch_size)])
+    bare = measure(
+        [sys.executable, "-c", BARE_KERAS, dataset_path, variant, str(epochs), str(batch_size)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if bare.returncode != 0:
         sys.exit(f"bare Keras script failed:\n{bare.stderr[-3000:]}")
     (run,) = json.loads(pipeline.stdout.strip().splitlines()[-1])["runs"]
     pipeline_fit = run["train_seconds"]
     bare_fit = float(bare.stdout.strip().splitlines()[-1])
     return {
+        "variant": variant,
         "epochs": epochs,
         "pipeline_seconds": round(pipeline.seconds, 2),
         "pipeline_fit_seconds": round(pipeline_fit, 2),
@@ -167,7 +170,13 @@ def main() -> None:
     parser.add_argument("--variants", default="simple,lenet5,alexnet,resnet,transfer")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the overhead runs")
+    parser.add_argument(
+        "--overhead-variants",
+        default="simple,resnet",
+        help="variants of the overhead runs (resnet: the default recipe's)",
+    )
     parser.add_argument("--skip-overhead", action="store_true", help="throughput only")
+    parser.add_argument("--skip-throughput", action="store_true", help="overhead only")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     args = parser.parse_args()
     import keras
@@ -180,15 +189,21 @@ def main() -> None:
         "dataset": args.dataset,
         "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision,
-        "throughput": throughput(
-            args.dataset, args.variants.split(","), args.batch_size, args.mixed_precision
-        ),
     }
+    if not args.skip_throughput:
+        result["throughput"] = throughput(
+            args.dataset, args.variants.split(","), args.batch_size, args.mixed_precision
+        )
     if not args.skip_overhead:
         import tempfile
 
-        with tempfile.TemporaryDirectory() as scratch:
-            result["overhead"] = overhead(args.dataset, args.epochs, args.batch_size, Path(scratch))
+        result["overhead"] = []
+        for variant in args.overhead_variants.split(","):
+            with tempfile.TemporaryDirectory() as scratch:
+                result["overhead"].append(
+                    overhead(args.dataset, variant, args.epochs, args.batch_size, Path(scratch))
+                )
+                print(json.dumps(result["overhead"][-1]), flush=True)
     save("train", result)
 
 

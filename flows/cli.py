@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
@@ -152,6 +153,23 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256, help="images per batch (256)")
     _add_json(predict)
     predict.set_defaults(handler=_run_predict)
+
+    stack = commands.add_parser(
+        "stack", help="start, inspect or stop the local service stack (servers, pools, workers)"
+    )
+    stack.add_argument("action", choices=("up", "down", "status"))
+    stack.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the servers bind (127.0.0.1; 0.0.0.0 opens them to the network)",
+    )
+    stack.add_argument("--prefect-port", type=int, default=4200, help="Prefect server (4200)")
+    stack.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server (5000)")
+    stack.add_argument(
+        "--state-dir", default=".stack", help="where pids and logs are kept (.stack)"
+    )
+    _add_json(stack)
+    stack.set_defaults(handler=_run_stack)
 
     variants = commands.add_parser("variants", help="list the CNN variants")
     variants.add_argument("--image-size", type=int, default=100, help="side in pixels (100)")
@@ -389,8 +407,6 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
-
     if not Path(args.input.removeprefix("folder:")).exists():
         raise CommandError(f"--input: {args.input!r} does not exist", EXIT_USAGE)
     if args.batch_size < 1:
@@ -404,6 +420,33 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
         args.batch_size,
     )
     return _dump(summary)
+
+
+def _run_stack(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from flows.stack import StackError, StackSettings, stack_down, stack_status, stack_up
+
+    for option, port in (
+        ("--prefect-port", args.prefect_port),
+        ("--mlflow-port", args.mlflow_port),
+    ):
+        if not 1 <= port <= 65535:
+            raise CommandError(f"{option}: must be a port number 1..65535 (got {port})", EXIT_USAGE)
+    settings = StackSettings(
+        state_dir=Path(args.state_dir),
+        host=args.host,
+        prefect_port=args.prefect_port,
+        mlflow_port=args.mlflow_port,
+    )
+    try:
+        if args.action == "up":
+            return {"action": "up", **asdict(stack_up(settings))}
+        if args.action == "down":
+            return {"action": "down", "stopped": stack_down(settings)}
+        return {"action": "status", "processes": stack_status(settings)}
+    except StackError as error:
+        raise CommandError(str(error), EXIT_USAGE) from error
 
 
 def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
@@ -431,7 +474,9 @@ def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
-    if command == "variants":
+    if command == "stack":
+        _print_stack(result)
+    elif command == "variants":
         for variant in result["variants"]:
             print(f"{variant['name']:<10} {variant['parameters']:>12,}  {variant['description']}")
     elif command == "predict":
@@ -463,6 +508,23 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
             champion = result.get("champion")
             if champion:
                 print(f"champion version {champion['version']} ({champion['model_uri']})")
+
+
+def _print_stack(result: dict[str, Any]) -> None:
+    if result["action"] == "up":
+        print(f"Prefect UI   {result['prefect_url']}   (flow runs, deployments, the Run form)")
+        print(f"MLflow UI    {result['mlflow_url']}   (runs, comparisons, the model registry)")
+        print(f"deployments  {', '.join(result['deployments'])}")
+        print(f"logs         {Path(next(iter(result['logs'].values()))).parent}/")
+        print("use it from a shell:")
+        for name, value in result["env"].items():
+            print(f"  export {name}={value}")
+    elif result["action"] == "down":
+        print(f"stopped {', '.join(result['stopped'])}")
+    else:
+        for name, process in result["processes"].items():
+            state = "running" if process["running"] else "NOT running"
+            print(f"{name:<15} pid {process['pid']:<8} {state:<12} {process['log']}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
 """Evaluate task: score a logged model on a dataset's test split, log scores and pictures."""
 
+import tempfile
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from cnn.dataset import open_dataset
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions
-from cnn.predict import predict_split
+from cnn.predict import SplitScores, predict_split
 from cnn.reports import confusion_heatmap, roc_curve_figure
 from tasks.registry import load_keras_model
 from tasks.tracking import configure_tracking
+
+TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
+"""Label and P(uninfected) of every test image, in the split's order (the report reads it)."""
 
 
 @task(name="evaluate-model")
@@ -35,6 +43,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{name}": value for name, value in evaluation.scores().items()})
         mlflow.log_dict(evaluation.as_dict(), "evaluation/test_scores.json")
+        _log_test_predictions(scores)
         mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
         mlflow.log_figure(
@@ -53,3 +62,30 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
     )
     return evaluation.as_dict()
+
+
+def _log_test_predictions(scores: SplitScores) -> None:
+    table = pd.DataFrame(
+        {
+            "label": scores.labels.astype(np.int8),
+            "uninfected_probability": scores.uninfected_probability,
+        }
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / Path(TEST_PREDICTIONS).name
+        table.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(TEST_PREDICTIONS).parent))
+
+
+def load_test_predictions(artifact_uri: str) -> SplitScores | None:
+    """The test labels and P(uninfected) that `evaluate-model` logged to a run, if it did."""
+    try:
+        path = mlflow.artifacts.download_artifacts(f"{artifact_uri}/{TEST_PREDICTIONS}")
+    except (MlflowException, OSError):
+        return None
+    table = pd.read_parquet(path)
+    return SplitScores(
+        labels=table["label"].to_numpy(),
+        uninfected_probability=table["uninfected_probability"].to_numpy(np.float32),
+        resized_from=None,
+    )

@@ -1,5 +1,8 @@
 """Model registry: load any model URI with a clear error, and champion/challenger promotion."""
 
+import threading
+from collections import OrderedDict
+
 import keras
 import mlflow
 import mlflow.keras
@@ -19,15 +22,45 @@ class ModelNotFoundError(LookupError):
     """A model URI that names nothing loadable; the message says what was looked for."""
 
 
+LOADED_MODELS_KEPT = 2
+_loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
+_loaded_models_lock = threading.Lock()
+
+
 def load_keras_model(model_uri: str) -> keras.Model:
-    """Load a logged or registered Keras model; say plainly what is missing if it cannot be."""
+    """Load a logged or registered Keras model; say plainly what is missing if it cannot be.
+
+    Models behind immutable URIs (a logged model, a run's artifact, a registry version) are
+    kept for the next task of this process: evaluation and the report load the same model,
+    and each load took 2.4 s. An alias (`@champion`) can move, so it is loaded every time.
+    """
     configure_tracking()
     _check_registered(model_uri)
+    immutable = _names_fixed_model(model_uri)
+    with _loaded_models_lock:
+        if immutable and model_uri in _loaded_models:
+            _loaded_models.move_to_end(model_uri)
+            return _loaded_models[model_uri]
     try:
-        return mlflow.keras.load_model(model_uri)
+        model = mlflow.keras.load_model(model_uri)
     except (MlflowException, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ModelNotFoundError(f"model {model_uri!r} cannot be loaded: {first_line}") from error
+    if immutable:
+        with _loaded_models_lock:
+            _loaded_models[model_uri] = model
+            while len(_loaded_models) > LOADED_MODELS_KEPT:
+                _loaded_models.popitem(last=False)
+    return model
+
+
+def _names_fixed_model(model_uri: str) -> bool:
+    """Whether the URI always names the same model: a logged model id, a run's artifact, or a
+    registered version (not an alias, not `latest`)."""
+    if model_uri.startswith(("models:/m-", "runs:/")):
+        return True
+    name_and_version = model_uri.removeprefix("models:/")
+    return model_uri.startswith("models:/") and name_and_version.rpartition("/")[2].isdigit()
 
 
 def _check_registered(model_uri: str) -> None:

@@ -14,6 +14,7 @@ from cnn.metrics import evaluate_predictions
 from cnn.predict import fit_images, model_image_size, predict_split, split_images
 from cnn.promotion import PromotionDecision
 from cnn.reports import build_run_report, report_cell_positions
+from tasks.evaluate import load_test_predictions
 from tasks.registry import load_keras_model
 from tasks.tracking import configure_tracking
 from tasks.train import AUGMENTATION_PREVIEW
@@ -34,7 +35,7 @@ def render_report(
     run = client.get_run(run_id)
     model = load_keras_model(model_uri)
     dataset = open_dataset(dataset_path)
-    scores = predict_split(model, dataset, "test")
+    scores = load_test_predictions(run.info.artifact_uri) or predict_split(model, dataset, "test")
     positions = report_cell_positions(scores.labels, scores.uninfected_probability)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
     evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)

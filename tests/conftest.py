@@ -68,6 +68,21 @@ def write_nih_folder(root: Path, per_class: int, seed: int = 0) -> Path:
     return root
 
 
+def write_easy_folder(root, per_class: int):
+    """Parasitized cells are purple discs, uninfected ones pink: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for label, (name, color) in enumerate(
+        (("Parasitized", (120, 50, 150)), ("Uninfected", (220, 140, 160)))
+    ):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = np.clip(rng.normal(color, 20, size=(36, 36, 3)), 0, 255).astype(np.uint8)
+            patient = NIH_PATIENTS[index % len(NIH_PATIENTS)]
+            path = root / name / f"{patient}_IMG_{label}{index:03d}_cell_{index}.png"
+            Image.fromarray(pixels).save(path)
+    return root
+
+
 @pytest.fixture
 def nih_folder(tmp_path) -> Path:
     return write_nih_folder(tmp_path / "cells", per_class=30)

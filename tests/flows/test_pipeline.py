@@ -6,6 +6,7 @@ from pathlib import Path
 import mlflow
 import mlflow.keras
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -72,6 +73,22 @@ def test_confusion_matrix_artifact_uses_the_lectures_layout(finished_pipeline):
     assert tp + fn == test_counts["parasitized"]  # row true:yes
     assert fp + tn == test_counts["uninfected"]  # row true:no
     assert scores["accuracy"] == pytest.approx((tp + tn) / (tp + fn + fp + tn))
+
+
+def test_every_test_prediction_is_logged_and_agrees_with_the_scores(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_result.run_id,
+        artifact_path="evaluation/test_predictions.parquet",
+        tracking_uri=uri,
+    )
+    predictions = pd.read_parquet(local)
+    test_counts = result.dataset.counts["test"]
+    assert len(predictions) == sum(test_counts.values())
+    assert (predictions["label"] == 0).sum() == test_counts["parasitized"]
+    right = (predictions["uninfected_probability"] >= 0.5) == (predictions["label"] == 1)
+    assert right.mean() == pytest.approx(run_result.test_accuracy)
 
 
 def test_logged_model_is_registered_and_reproduces_the_test_accuracy(finished_pipeline):

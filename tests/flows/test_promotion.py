@@ -1,7 +1,6 @@
 """Champion/challenger across pipeline runs, and re-evaluating and predicting with the champion,
 on a tiny dataset whose classes any network tells apart in a few steps."""
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -12,28 +11,13 @@ from flows.evaluate import evaluate
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train
-from tasks.registry import ModelNotFoundError
+from tasks.registry import ModelNotFoundError, load_keras_model
 from tasks.tracking import TrackingConfig
-from tests.conftest import NIH_PATIENTS
+from tests.conftest import write_easy_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 TRACKING = TrackingConfig(experiment="promotion-test", registered_model="easy-cells")
-
-
-def write_easy_folder(root, per_class: int):
-    """Parasitized cells are purple discs, uninfected ones pink: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for label, (name, color) in enumerate(
-        (("Parasitized", (120, 50, 150)), ("Uninfected", (220, 140, 160)))
-    ):
-        (root / name).mkdir(parents=True)
-        for index in range(per_class):
-            pixels = np.clip(rng.normal(color, 20, size=(36, 36, 3)), 0, 255).astype(np.uint8)
-            patient = NIH_PATIENTS[index % len(NIH_PATIENTS)]
-            path = root / name / f"{patient}_IMG_{label}{index:03d}_cell_{index}.png"
-            Image.fromarray(pixels).save(path)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +106,12 @@ def test_predict_with_an_unset_alias_names_it(two_runs, tmp_path):
     with pytest.raises(ModelNotFoundError, match="no registered model named 'nope'"):
         predict(str(tmp_path), str(tmp_path / "out.parquet"), "models:/nope@champion")
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_fixed_model_uris_load_once_per_process_and_aliases_every_time(two_runs):
+    good, *_ = two_runs
+    version = f"models:/easy-cells/{good.runs[0].registered_version}"
+    assert load_keras_model(version) is load_keras_model(version)
+    assert load_keras_model(good.runs[0].model_uri) is load_keras_model(good.runs[0].model_uri)
+    alias = "models:/easy-cells@champion"
+    assert load_keras_model(alias) is not load_keras_model(alias)

@@ -1,0 +1,45 @@
+"""Retrain flow: the scheduled job. Ingest (a cache hit when nothing changed), train, evaluate,
+promote; then a `retrain-summary` artifact, and a webhook post if it promoted or failed."""
+
+from typing import Annotated
+
+from prefect import flow
+from pydantic import Field
+
+from cnn.config import (
+    DEFAULT_VARIANTS,
+    IngestConfig,
+    PromotionConfig,
+    TrainConfig,
+    VariantNames,
+)
+from flows.pipeline import PipelineResult, pipeline
+from tasks.notify import notify_failure, post_notification
+from tasks.registry import find_champion
+from tasks.summary import promoted, promotion_outcome, summarize_retrain
+from tasks.tracking import TrackingConfig
+
+
+@flow(name="retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def retrain(
+    data: IngestConfig = IngestConfig(),
+    variants: VariantNames = DEFAULT_VARIANTS,
+    training: TrainConfig = TrainConfig(),
+    tracking: TrackingConfig = TrackingConfig(),
+    promotion: PromotionConfig = PromotionConfig(),
+    work_pool: Annotated[
+        str | None,
+        Field(description="Train each variant on this work pool's workers (unset: here)"),
+    ] = None,
+) -> PipelineResult:
+    """Retrain on the current data; `champion` moves only to a model that beats it."""
+    champion_before = find_champion(tracking.registered_model)
+    result = pipeline.fn(data, variants, training, tracking, promotion, work_pool)
+    summarize_retrain(result.dataset, result.runs, champion_before, result.champion)
+    if promoted(champion_before, result.champion):
+        post_notification(
+            "promoted",
+            f"malaria retrain: {promotion_outcome(champion_before, result.champion)}",
+            {"champion": result.champion.model_dump(), "dataset": result.dataset.name},
+        )
+    return result

@@ -1,0 +1,279 @@
+"""The local service stack: Prefect server, MLflow server, work pools, deployments, workers.
+
+`malaria stack up` starts them all on 127.0.0.1 (unless told another host), deploys
+`prefect.yaml`, and records what it started in `<state dir>/stack.json`; every process logs to
+`<state dir>/logs/`. `malaria stack down` stops them; `malaria stack status` says what runs.
+Processes are started in their own sessions, so they outlive the command that started them.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORK_POOLS = ("cpu", "gpu")
+STATE_FILE = "stack.json"
+HEALTH_TIMEOUT_SECONDS = 120
+STOP_TIMEOUT_SECONDS = 20
+QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+class StackError(RuntimeError):
+    """The stack cannot be started or stopped as asked; the message says what is in the way."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the stack listens and keeps its state, store and data."""
+
+    state_dir: Path = Path(".stack")
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    mlflow_store: Path = Path("mlflow") / "store"
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("MALARIA_DATA_DIR", "data")))
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.prefect_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.mlflow_port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a process needs to use the stack: the two servers and the shared data."""
+        return {
+            "PREFECT_API_URL": f"{self.prefect_url}/api",
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MALARIA_DATA_DIR": str(self.data_dir.absolute()),
+        }
+
+
+@dataclass
+class StackState:
+    """What `up` started: process ids and log files by service name, and the URLs."""
+
+    prefect_url: str
+    mlflow_url: str
+    env: dict[str, str]
+    processes: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    deployments: list[str] = field(default_factory=list)
+
+
+def stack_up(settings: StackSettings) -> StackState:
+    """Start both servers, create the work pools, deploy `prefect.yaml`, start one worker per
+    pool. On any failure, whatever this call started is stopped again."""
+    state_path = settings.state_dir / STATE_FILE
+    if state_path.exists():
+        raise StackError(f"a stack is already recorded in {state_path}; `malaria stack down` first")
+    if not (PROJECT_ROOT / "prefect.yaml").exists():
+        raise StackError(f"no prefect.yaml in {PROJECT_ROOT}: run from a checkout of the project")
+    for name, port in (
+        ("--prefect-port", settings.prefect_port),
+        ("--mlflow-port", settings.mlflow_port),
+    ):
+        if _port_in_use(settings.host, port):
+            raise StackError(f"{name}: port {port} on {settings.host} is already in use")
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    settings.mlflow_store.mkdir(parents=True, exist_ok=True)
+    state = StackState(settings.prefect_url, settings.mlflow_url, settings.client_env)
+    try:
+        _start(state, "prefect-server", _prefect_server_command(settings), logs, {})
+        _start(state, "mlflow-server", _mlflow_server_command(settings), logs, {})
+        _wait_healthy(state, "prefect-server", f"{settings.prefect_url}/api/health")
+        _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
+        for pool in WORK_POOLS:
+            _prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], state)
+        _prefect(["--no-prompt", "deploy", "--all"], state, log=logs / "deploy.log")
+        state.deployments = _deployment_names(settings)
+        for pool in WORK_POOLS:
+            command = ["worker", "start", "--pool", pool, "--name", f"malaria-{pool}"]
+            _start(state, f"worker-{pool}", [_bin("prefect"), *command], logs, state.env)
+    except BaseException:
+        _stop_all(state)
+        raise
+    state_path.write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def stack_down(settings: StackSettings) -> list[str]:
+    """Stop every process `up` recorded; return their names. Nothing recorded: an error."""
+    state = read_state(settings)
+    stopped = _stop_all(state)
+    (settings.state_dir / STATE_FILE).unlink()
+    return stopped
+
+
+def stack_status(settings: StackSettings) -> dict[str, dict]:
+    """Each recorded process: its pid, whether it runs, and its log file."""
+    state = read_state(settings)
+    return {
+        name: {"pid": pid, "running": _alive(pid), "log": state.logs.get(name)}
+        for name, pid in state.processes.items()
+    }
+
+
+def read_state(settings: StackSettings) -> StackState:
+    path = settings.state_dir / STATE_FILE
+    if not path.exists():
+        raise StackError(f"no stack recorded in {path}; start one with `malaria stack up`")
+    return StackState(**json.loads(path.read_text()))
+
+
+def _prefect_server_command(settings: StackSettings) -> list[str]:
+    return [
+        _bin("prefect"),
+        "server",
+        "start",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.prefect_port),
+    ]
+
+
+def _mlflow_server_command(settings: StackSettings) -> list[str]:
+    store = settings.mlflow_store.absolute()
+    return [
+        _bin("mlflow"),
+        "server",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.mlflow_port),
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+    ]
+
+
+def _start(state: StackState, name: str, command: list[str], logs: Path, env: dict) -> None:
+    log = logs / f"{name}.log"
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **QUIET, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state.processes[name] = process.pid
+    state.logs[name] = str(log.absolute())
+
+
+def _wait_healthy(state: StackState, name: str, url: str) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if not _alive(state.processes[name]):
+            raise StackError(f"{name} exited while starting; see {state.logs[name]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StackError(
+        f"{name} did not answer {url} in {HEALTH_TIMEOUT_SECONDS} s; see {state.logs[name]}"
+    )
+
+
+def _prefect(arguments: list[str], state: StackState, log: Path | None = None) -> None:
+    """Run a Prefect CLI command against the stack's server; fail with its output."""
+    result = subprocess.run(
+        [_bin("prefect"), *arguments],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **QUIET, **state.env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if log is not None:
+        log.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise StackError(f"`prefect {' '.join(arguments)}` failed: {' / '.join(output)}")
+
+
+def _deployment_names(settings: StackSettings) -> list[str]:
+    response = httpx.post(f"{settings.prefect_url}/api/deployments/filter", json={}, timeout=10)
+    response.raise_for_status()
+    return sorted(deployment["name"] for deployment in response.json())
+
+
+def _stop_all(state: StackState) -> list[str]:
+    """Stop workers first, then the servers they talk to: SIGTERM to each process group,
+    then SIGKILL to what is still there after a grace period."""
+    stopped = []
+    for name, pid in reversed(state.processes.items()):
+        if _alive(pid):
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            _signal_group(pid, signal.SIGKILL)
+        stopped.append(name)
+    return stopped
+
+
+def _signal_group(pid: int, signal_number: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal_number)  # each service leads its own session and group
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it if it ended
+        if finished:
+            return False
+    except ChildProcessError:
+        pass  # started by an earlier `malaria stack up`
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((_client_host(host), port)) == 0
+
+
+def _client_host(host: str) -> str:
+    """The address a client on this machine uses for a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the one `malaria` runs in)."""
+    return str(Path(sys.executable).with_name(name))

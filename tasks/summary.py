@@ -1,0 +1,96 @@
+"""Retrain summary: one Prefect markdown artifact per retrain, with links to the MLflow runs."""
+
+import mlflow
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.ingest import DatasetRef
+from tasks.registry import ChampionRef
+from tasks.tracking import configure_tracking
+from tasks.train import VariantRun
+
+SUMMARY_KEY = "retrain-summary"
+SHOWN_SCORES = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+@task(name="summarize-retrain")
+def summarize_retrain(
+    dataset: DatasetRef,
+    runs: list[VariantRun],
+    champion_before: ChampionRef | None,
+    champion_after: ChampionRef | None,
+) -> str:
+    """Leave the `retrain-summary` markdown artifact; return its markdown."""
+    tracking_uri = configure_tracking()
+    client = mlflow.MlflowClient()
+    links = {
+        run.run_id: run_link(
+            tracking_uri, client.get_run(run.run_id).info.experiment_id, run.run_id
+        )
+        for run in runs
+    }
+    markdown = retrain_markdown(dataset, runs, champion_before, champion_after, links)
+    create_markdown_artifact(
+        key=SUMMARY_KEY,
+        markdown=markdown,
+        description=f"Retrain on {dataset.name}: scores and the promotion decision",
+    )
+    return markdown
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A markdown link to the run in the MLflow UI, or the run id where there is no server."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return f"`{run_id}`"
+    return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def retrain_markdown(
+    dataset: DatasetRef,
+    runs: list[VariantRun],
+    champion_before: ChampionRef | None,
+    champion_after: ChampionRef | None,
+    links: dict[str, str],
+) -> str:
+    """The summary: dataset, each variant's test scores and alias, and the promotion outcome."""
+    state = "reused (unchanged source)" if dataset.cache_hit else "written"
+    counts = ", ".join(
+        f"{split} {sum(per_label.values())}" for split, per_label in dataset.counts.items()
+    )
+    lines = [
+        "## Retrain summary",
+        "",
+        f"**Dataset** `{dataset.name}`: {dataset.rows} images ({counts}), {state}; "
+        f"{dataset.split_strategy} split. `{dataset.path}`",
+        "",
+        "| variant | " + " | ".join(f"test {name}" for name in SHOWN_SCORES) + " | alias | "
+        "decision | MLflow run |",
+        "|---|" + "---:|" * len(SHOWN_SCORES) + "---|---|---|",
+    ]
+    for run in runs:
+        scores = " | ".join(_score(run.test_scores.get(name)) for name in SHOWN_SCORES)
+        lines.append(
+            f"| {run.variant} | {scores} | {run.alias or '–'} | {run.promotion_reason or '–'} "
+            f"| {links.get(run.run_id, run.run_id)} |"
+        )
+    lines += ["", f"**Promotion**: {promotion_outcome(champion_before, champion_after)}"]
+    return "\n".join(lines) + "\n"
+
+
+def promotion_outcome(before: ChampionRef | None, after: ChampionRef | None) -> str:
+    """One sentence: did `champion` move, and from which version to which."""
+    if after is None:
+        return "no champion (no model could be scored)"
+    if before is None:
+        return f"version {after.version} is the first champion"
+    if before.version != after.version:
+        return f"champion moved from version {before.version} to version {after.version}"
+    return f"champion stays version {after.version}: no new model beat it"
+
+
+def promoted(before: ChampionRef | None, after: ChampionRef | None) -> bool:
+    return after is not None and (before is None or before.version != after.version)
+
+
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -1,0 +1,159 @@
+"""Run it the way the users do: `malaria stack up` (Prefect server, MLflow server, work pools,
+`prefect deploy --all`, workers), then a `retrain` started through the API exactly as the UI's
+Run button starts it, on real processes bound to 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import time
+
+import httpx
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.servers import BIN, QUIET, free_port
+
+pytestmark = pytest.mark.slow
+
+RUN_TIMEOUT_SECONDS = 420
+UI_PARAMETERS = {  # what the form of the retrain deployment sends for a small run
+    "data": {"source": "synthetic", "limit": 60, "image_size": 32},
+    "variants": ["simple"],
+    "training": {"epochs": 1, "batch_size": 16},
+}
+
+
+def malaria(*arguments: str, cwd, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "malaria"), *arguments],
+        cwd=cwd,
+        env={**os.environ, **QUIET, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """`malaria stack up` in a fresh directory, with a Prefect home of its own; down after."""
+    env = {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "MALARIA_DATA_DIR": str(tmp_path / "data"),
+    }
+    ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
+    started = malaria("stack", "up", *ports, "--json", cwd=tmp_path, env=env)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield json.loads(started.stdout.strip().splitlines()[-1]), tmp_path, env
+    finally:
+        stopped = malaria("stack", "down", "--json", cwd=tmp_path, env=env)
+        if started.returncode == 0:
+            assert stopped.returncode == 0, stopped.stderr
+    if started.returncode == 0:
+        state = json.loads(started.stdout.strip().splitlines()[-1])
+        assert not [pid for pid in state["processes"].values() if _running(pid)]
+
+
+def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(stack):
+    state, root, _ = stack
+    api = f"{state['prefect_url']}/api"
+    assert set(state["deployments"]) >= {
+        "retrain",
+        "ingest",
+        "train",
+        "train-variant",
+        "evaluate",
+        "predict",
+    }
+    for name, pid in state["processes"].items():
+        assert _listens_only_on_loopback(pid) or name.startswith("worker"), name
+
+    retrain = httpx.get(f"{api}/deployments/name/retrain/retrain", timeout=10).json()
+    (schedule,) = retrain["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 * * 1"
+    assert schedule["schedule"]["timezone"] == "UTC"
+    assert retrain["concurrency_limit"] == 1 or retrain["global_concurrency_limit"]["limit"] == 1
+    assert retrain["enforce_parameter_schema"] is True
+
+    refused = httpx.post(
+        f"{api}/deployments/{retrain['id']}/create_flow_run",
+        json={"parameters": {"data": {"source": "synthetic", "image_size": 5}}},
+        timeout=10,
+    )
+    assert refused.status_code in (409, 422), refused.text
+    assert "image_size" in refused.text
+
+    created = httpx.post(
+        f"{api}/deployments/{retrain['id']}/create_flow_run",
+        json={"parameters": UI_PARAMETERS},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    flow_run = _wait_for_final_state(api, created.json()["id"])
+    assert flow_run["state"]["type"] == "COMPLETED", _worker_logs(state)
+    assert flow_run["work_pool_name"] == "cpu"
+
+    client = MlflowClient(state["mlflow_url"])
+    (experiment,) = [e for e in client.search_experiments() if e.name == "malaria-cnn"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["variant"] == "simple"
+    assert run.data.params["image_shape"] == "(32, 32, 3)"
+    champion = client.get_model_version_by_alias("malaria-cnn", "champion")
+    assert champion.run_id == run.info.run_id
+
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["retrain-summary"]}}},
+        timeout=10,
+    ).json()
+    (summary,) = artifacts
+    assert summary["flow_run_id"] == flow_run["id"]
+    assert (
+        f"{state['mlflow_url']}/#/experiments/{experiment.experiment_id}/runs/" in summary["data"]
+    )
+    assert "is the first champion" in summary["data"]
+    assert (root / "data" / "datasets").is_dir()  # the workers used the stack's data dir
+
+
+def _wait_for_final_state(api: str, flow_run_id: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        if flow_run["state"] and flow_run["state"]["type"] in (
+            "COMPLETED",
+            "FAILED",
+            "CRASHED",
+            "CANCELLED",
+        ):
+            return flow_run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run_id} not finished in {RUN_TIMEOUT_SECONDS} s")
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (PID 1 here may never reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _listens_only_on_loopback(pid: int) -> bool:
+    """Whether every TCP socket the process tree listens on is bound to 127.0.0.1."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    listening = [
+        connection.laddr.ip
+        for process in tree
+        for connection in process.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    return bool(listening) and all(ip == "127.0.0.1" for ip in listening)
+
+
+def _worker_logs(state: dict) -> str:
+    return "\n".join(
+        open(path).read()[-3000:] for name, path in state["logs"].items() if "worker" in name
+    )
