@@ -90,12 +90,12 @@ def main() -> None:
         {"runs": run_ids, "experiments": json.dumps([experiment["experiment_id"]])}
     )
     shots = [
-        (f"{prefect}/deployments/deployment/{deployment['id']}/run", "prefect-run-form.png"),
-        (f"{prefect}/runs/flow-run/{flow_runs[0]['id']}", "prefect-flow-run.png"),
-        (f"{mlflow}/#/compare-runs?{compare}", "mlflow-compare.png"),
+        (f"{prefect}/deployments/deployment/{deployment['id']}/run", "prefect-run-form.png", 1000),
+        (f"{prefect}/runs/flow-run/{flow_runs[0]['id']}", "prefect-flow-run.png", 1000),
+        (f"{mlflow}/#/compare-runs?{compare}", "mlflow-compare.png", 2000),
     ]
-    for url, name in shots:
-        screenshot(args.chromium, url, DOCS / name, "1440,1000", args.wait_ms)
+    for url, name, height in shots:
+        screenshot(args.chromium, url, DOCS / name, f"1440,{height}", args.wait_ms)
 
 
 if __name__ == "__main__":
