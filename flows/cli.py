@@ -398,10 +398,22 @@ def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": _dump(runs)}
 
 
+def _check_model_option(model_uri: str) -> None:
+    """A registered model's name and alias or version must exist before any flow starts."""
+    from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking
+
+    configure_tracking()
+    try:
+        check_model_uri(model_uri)
+    except ModelNotFoundError as error:
+        raise CommandError(f"--model: {error}", EXIT_USAGE) from error
+
+
 def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.tracking import TrackingConfig
 
     dataset = _open_dataset_option(args.dataset)
+    _check_model_option(args.model)
     tracking = _validated(lambda: TrackingConfig(**_given(args, "experiment")))
     return _run_flow("flows.evaluate", "evaluate", args.model, str(dataset.path), tracking)
 
@@ -411,6 +423,7 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"--input: {args.input!r} does not exist", EXIT_USAGE)
     if args.batch_size < 1:
         raise CommandError(f"--batch-size: must be at least 1 (got {args.batch_size})", EXIT_USAGE)
+    _check_model_option(args.model)
     summary = _run_flow(
         "flows.predict",
         "predict",

@@ -99,8 +99,9 @@ def stack_up(settings: StackSettings) -> StackState:
         _start(state, "mlflow-server", _mlflow_server_command(settings), logs, {})
         _wait_healthy(state, "prefect-server", f"{settings.prefect_url}/api/health")
         _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
-        for pool in WORK_POOLS:
-            _prefect(["work-pool", "create", pool, "--type", "process", "--overwrite"], state)
+        for pool in WORK_POOLS:  # an existing pool keeps its settings (a custom job template)
+            if httpx.get(f"{settings.prefect_url}/api/work_pools/{pool}", timeout=10).is_error:
+                _prefect(["work-pool", "create", pool, "--type", "process"], state)
         _prefect(["--no-prompt", "deploy", "--all"], state, log=logs / "deploy.log")
         state.deployments = _deployment_names(settings)
         for pool in WORK_POOLS:

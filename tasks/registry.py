@@ -15,12 +15,9 @@ from cnn.dataset import open_dataset
 from cnn.metrics import evaluate_predictions
 from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
-from tasks.tracking import configure_tracking
+from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking
 
-
-class ModelNotFoundError(LookupError):
-    """A model URI that names nothing loadable; the message says what was looked for."""
-
+__all__ = ["ModelNotFoundError", "find_champion", "load_keras_model", "promote_model"]
 
 LOADED_MODELS_KEPT = 2
 _loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
@@ -35,7 +32,7 @@ def load_keras_model(model_uri: str) -> keras.Model:
     and each load took 2.4 s. An alias (`@champion`) can move, so it is loaded every time.
     """
     configure_tracking()
-    _check_registered(model_uri)
+    check_model_uri(model_uri)
     immutable = _names_fixed_model(model_uri)
     with _loaded_models_lock:
         if immutable and model_uri in _loaded_models:
@@ -61,32 +58,6 @@ def _names_fixed_model(model_uri: str) -> bool:
         return True
     name_and_version = model_uri.removeprefix("models:/")
     return model_uri.startswith("models:/") and name_and_version.rpartition("/")[2].isdigit()
-
-
-def _check_registered(model_uri: str) -> None:
-    """For `models:/NAME@ALIAS` and `models:/NAME/VERSION`: the name and the alias or version
-    must exist (MLflow's own errors do not say which part is missing)."""
-    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
-        return
-    reference = model_uri.removeprefix("models:/")
-    client = mlflow.MlflowClient()
-    name, at, alias = reference.partition("@")
-    name, _, version = name.partition("/")
-    try:
-        client.get_registered_model(name)
-    except MlflowException as error:
-        raise ModelNotFoundError(f"no registered model named {name!r} ({model_uri})") from error
-    try:
-        if at:
-            client.get_model_version_by_alias(name, alias)
-        elif version:
-            client.get_model_version(name, version)
-    except MlflowException as error:
-        what = f"alias {alias!r} is not set" if at else f"version {version} does not exist"
-        raise ModelNotFoundError(
-            f"registered model {name!r}: {what} ({model_uri}); train one with "
-            "`malaria pipeline`, or name a version: models:/NAME/VERSION"
-        ) from error
 
 
 @task(name="promote-model")

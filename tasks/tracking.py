@@ -74,6 +74,37 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterato
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+class ModelNotFoundError(LookupError):
+    """A model URI that names nothing loadable; the message says what was looked for."""
+
+
+def check_model_uri(model_uri: str) -> None:
+    """For `models:/NAME@ALIAS` and `models:/NAME/VERSION`: the name and the alias or version
+    must exist (MLflow's own errors do not say which part is missing). Needs the tracking URI
+    set (`configure_tracking`)."""
+    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
+        return
+    reference = model_uri.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    name, at, alias = reference.partition("@")
+    name, _, version = name.partition("/")
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        raise ModelNotFoundError(f"no registered model named {name!r} ({model_uri})") from error
+    try:
+        if at:
+            client.get_model_version_by_alias(name, alias)
+        elif version:
+            client.get_model_version(name, version)
+    except MlflowException as error:
+        what = f"alias {alias!r} is not set" if at else f"version {version} does not exist"
+        raise ModelNotFoundError(
+            f"registered model {name!r}: {what} ({model_uri}); train one with "
+            "`malaria pipeline`, or name a version: models:/NAME/VERSION"
+        ) from error
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, else None."""
     prefix = "sqlite:///"  # then a relative path, or an absolute one with its own "/"

@@ -156,6 +156,9 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
         "--output",
         "never.parquet",
     )
-    assert unset.returncode == 1
-    assert "alias 'nightly' is not set" in unset.stderr.strip().splitlines()[-1]
+    assert unset.returncode == 2  # bad input, refused before any flow starts
+    assert (
+        "--model: registered model 'malaria-cnn': alias 'nightly' is not set"
+        in (unset.stderr.strip().splitlines()[-1])
+    )
     assert not (tmp_path / "never.parquet").exists()
