@@ -118,6 +118,13 @@ class TrainConfig(BaseModel):
         "backbone's top convolution layers and train again at a tenth of the learning rate",
     )
     seed: int = Field(42, ge=0, description="Seed of weights, shuffling and dropout")
+    in_memory_limit_mb: int = Field(
+        512,
+        ge=0,
+        description="Hold the train and validation images in memory (uint8) when together they "
+        "take at most this many MiB: Keras' array input trains up to 1.6× faster on CPU. Larger "
+        "splits stream from Parquet in bounded memory; 0 always streams",
+    )
     augmentation: AugmentationPolicy = Field(
         default_factory=AugmentationPolicy, description="Random transformations while training"
     )

@@ -2,10 +2,12 @@ import keras
 import numpy as np
 import pytest
 
+from cnn.batches import SplitBatches
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset, load_split
 from cnn.sources import SyntheticSource
 from cnn.training import (
+    fit_inputs,
     predict_uninfected_probability,
     train_on_dataset,
     training_batch_size,
@@ -19,12 +21,13 @@ def tiny_dataset(tmp_path_factory):
     return dataset
 
 
-def test_training_reports_each_epoch_and_returns_probabilities(tiny_dataset):
+@pytest.mark.parametrize("in_memory_limit_mb", [512, 0], ids=["in-memory", "streamed"])
+def test_training_reports_each_epoch_and_returns_probabilities(tiny_dataset, in_memory_limit_mb):
     reported = []
     result = train_on_dataset(
         tiny_dataset,
         "simple",
-        TrainConfig(epochs=3, batch_size=32, patience=10),
+        TrainConfig(epochs=3, batch_size=32, patience=10, in_memory_limit_mb=in_memory_limit_mb),
         on_epoch_end=lambda epoch, metrics: reported.append((epoch, metrics)),
     )
     assert [epoch for epoch, _ in reported] == [1, 2, 3] == list(range(1, result.epochs_run + 1))
@@ -44,8 +47,20 @@ def test_early_stopping_ends_training_before_the_epoch_budget(tiny_dataset):
     assert result.epochs_run < 40
 
 
-def test_training_is_reproducible_with_a_seed(tiny_dataset):
-    config = TrainConfig(epochs=1, batch_size=32, seed=3)
+def test_small_splits_train_from_memory_and_larger_ones_stream(tiny_dataset):
+    counts = tiny_dataset.manifest["counts"]
+    in_memory = fit_inputs(tiny_dataset, 32, TrainConfig())
+    assert in_memory["x"].dtype == np.uint8
+    assert len(in_memory["x"]) == len(in_memory["y"]) == sum(counts["train"].values())
+    assert len(in_memory["validation_data"][0]) == sum(counts["validation"].values())
+    streamed = fit_inputs(tiny_dataset, 32, TrainConfig(in_memory_limit_mb=0))
+    assert isinstance(streamed["x"], SplitBatches) and streamed["x"].batch_size == 32
+    assert isinstance(streamed["validation_data"], SplitBatches)
+
+
+@pytest.mark.parametrize("in_memory_limit_mb", [512, 0], ids=["in-memory", "streamed"])
+def test_training_is_reproducible_with_a_seed(tiny_dataset, in_memory_limit_mb):
+    config = TrainConfig(epochs=1, batch_size=32, seed=3, in_memory_limit_mb=in_memory_limit_mb)
     first = train_on_dataset(tiny_dataset, "simple", config)
     again = train_on_dataset(tiny_dataset, "simple", config)
     assert first.history["loss"] == pytest.approx(again.history["loss"], rel=1e-4)
