@@ -1,7 +1,5 @@
 """The whole pipeline: ingest, then train and evaluate every variant."""
 
-from typing import Annotated
-
 from prefect import flow
 from pydantic import BaseModel, Field
 
@@ -38,12 +36,18 @@ def pipeline(
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
-    work_pool: Annotated[
-        str | None,
-        Field(description="Train each variant on this work pool's workers (unset: here)"),
-    ] = None,
+    work_pool: str | None = None,
 ) -> PipelineResult:
-    """Images in, tracked and evaluated models out."""
+    """Images in, tracked and evaluated models out.
+
+    Args:
+        data: Where the images come from and how they become a dataset.
+        variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
+        training: Epochs, batch size, learning rate, early stopping, augmentation.
+        tracking: MLflow experiment and registered model name.
+        promotion: The score a new model must beat the champion's on, and by how much.
+        work_pool: Train each variant on this work pool's workers (unset: here, in turn).
+    """
     dataset = ingest(data)
     runs = train(dataset.path, variants, training, tracking, promotion, work_pool)
     best = max(runs, key=lambda run: run.test_accuracy)

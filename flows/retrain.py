@@ -1,10 +1,7 @@
 """Retrain flow: the scheduled job. Ingest (a cache hit when nothing changed), train, evaluate,
 promote; then a `retrain-summary` artifact, and a webhook post if it promoted or failed."""
 
-from typing import Annotated
-
 from prefect import flow
-from pydantic import Field
 
 from cnn.config import (
     DEFAULT_VARIANTS,
@@ -27,12 +24,18 @@ def retrain(
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
-    work_pool: Annotated[
-        str | None,
-        Field(description="Train each variant on this work pool's workers (unset: here)"),
-    ] = None,
+    work_pool: str | None = None,
 ) -> PipelineResult:
-    """Retrain on the current data; `champion` moves only to a model that beats it."""
+    """Retrain on the current data; `champion` moves only to a model that beats it.
+
+    Args:
+        data: Where the images come from and how they become a dataset.
+        variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
+        training: Epochs, batch size, learning rate, early stopping, augmentation.
+        tracking: MLflow experiment and registered model name.
+        promotion: The score a new model must beat the champion's on, and by how much.
+        work_pool: Train each variant on this work pool's workers (unset: here, in turn).
+    """
     champion_before = find_champion(tracking.registered_model)
     result = pipeline.fn(data, variants, training, tracking, promotion, work_pool)
     summarize_retrain(result.dataset, result.runs, champion_before, result.champion)

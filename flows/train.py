@@ -1,10 +1,7 @@
 """Train flows: one `train-variant` flow run per CNN variant, each its own MLflow run."""
 
-from typing import Annotated
-
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import Field
 
 from cnn.config import (
     DEFAULT_VARIANTS,
@@ -49,15 +46,20 @@ def train(
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
-    work_pool: Annotated[
-        str | None,
-        Field(description="Run each variant on this work pool's workers (unset: here, in turn)"),
-    ] = None,
+    work_pool: str | None = None,
 ) -> list[VariantRun]:
     """Train each variant as its own `train-variant` flow run.
 
     Without a work pool they run here, one after another. With one, each is submitted to the
     pool's `train-variant` deployment at once, and this flow waits for all of them.
+
+    Args:
+        dataset: Path of an ingested dataset (`malaria ingest` prints it).
+        variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
+        training: Epochs, batch size, learning rate, early stopping, augmentation.
+        tracking: MLflow experiment and registered model name.
+        promotion: The score a new model must beat the champion's on, and by how much.
+        work_pool: Run each variant on this work pool's workers (unset: here, in turn).
     """
     if work_pool is None:
         return [

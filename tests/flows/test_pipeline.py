@@ -249,3 +249,15 @@ def test_run_summary_artifact_says_where_the_report_is(finished_pipeline):
     assert result.runs[0].run_id in summary
     assert "report/report.html" in summary
     assert "champion: no champion yet" in summary
+
+
+@pytest.mark.parametrize("entry_flow", ["pipeline", "retrain", "train"])
+def test_every_parameter_of_the_ui_forms_is_described(entry_flow):
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.retrain import retrain
+    from flows.train import train
+
+    flows = {"pipeline": pipeline, "retrain": retrain, "train": train}
+    properties = parameter_schema(flows[entry_flow].fn).model_dump()["properties"]
+    assert [name for name, field in properties.items() if not field.get("description")] == []
