@@ -42,6 +42,11 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["pipeline", "--min-margin", "-1"], "--min-margin"),
         (["predict", "--input", "/no/such/cells", "--output", "p.parquet"], "/no/such/cells"),
         (["evaluate", "--model", "models:/m/1", "--dataset", "/no/such/set"], "/no/such/set"),
+        (["stack", "up", "--prefect-port", "70000"], "--prefect-port"),
+        (["stack", "up", "--mlflow-port", "0"], "--mlflow-port"),
+        (["stack", "restart"], "restart"),
+        (["stack", "status", "--state-dir", "/no/such/stack"], "/no/such/stack/stack.json"),
+        (["stack", "down", "--state-dir", "/no/such/stack"], "malaria stack up"),
     ],
 )
 def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_dir):
@@ -162,3 +167,18 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
         in (unset.stderr.strip().splitlines()[-1])
     )
     assert not (tmp_path / "never.parquet").exists()
+
+
+def test_stack_up_on_a_busy_port_names_it_and_starts_nothing(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        state_dir = tmp_path / "stack"
+        argv = ["stack", "up", "--mlflow-port", str(port), "--state-dir", str(state_dir)]
+        assert main([*argv, "--prefect-port", str(port + 1 if port < 65535 else port - 1)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"malaria: error: --mlflow-port: port {port} on 127.0.0.1 is already in use"
+    assert not state_dir.exists()
