@@ -6,7 +6,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
@@ -77,13 +76,11 @@ def _log_test_predictions(scores: SplitScores) -> None:
         mlflow.log_artifact(str(path), str(Path(TEST_PREDICTIONS).parent))
 
 
-def load_test_predictions(artifact_uri: str) -> SplitScores | None:
-    """The test labels and P(uninfected) that `evaluate-model` logged to a run, if it did."""
-    try:
-        path = mlflow.artifacts.download_artifacts(f"{artifact_uri}/{TEST_PREDICTIONS}")
-    except (MlflowException, OSError):
-        return None
-    table = pd.read_parquet(path)
+def load_test_predictions(artifact_uri: str) -> SplitScores:
+    """The test labels and P(uninfected) that `evaluate-model` logged to a run."""
+    table = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(f"{artifact_uri}/{TEST_PREDICTIONS}")
+    )
     return SplitScores(
         labels=table["label"].to_numpy(),
         uninfected_probability=table["uninfected_probability"].to_numpy(np.float32),

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cnn.dataset import open_dataset
 from cnn.metrics import evaluate_predictions
-from cnn.predict import fit_images, model_image_size, predict_split, split_images
+from cnn.predict import fit_images, model_image_size, split_images
 from cnn.promotion import PromotionDecision
 from cnn.reports import build_run_report, report_cell_positions
 from tasks.evaluate import load_test_predictions
@@ -28,14 +28,15 @@ def render_report(
     model_uri: str, dataset_path: str, run_id: str, promotion: PromotionDecision | None = None
 ) -> str:
     """Render the run's report (PNGs + one HTML page) into its MLflow artifacts under
-    `report/`, leave a Prefect markdown summary (key `run-report`); return the HTML's URI."""
+    `report/`, leave a Prefect markdown summary (key `run-report`); return the HTML's URI.
+    Runs after `evaluate-model`, whose logged test predictions it reads."""
     logger = get_run_logger()
     tracking_uri = configure_tracking()
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     model = load_keras_model(model_uri)
     dataset = open_dataset(dataset_path)
-    scores = load_test_predictions(run.info.artifact_uri) or predict_split(model, dataset, "test")
+    scores = load_test_predictions(run.info.artifact_uri)
     positions = report_cell_positions(scores.labels, scores.uninfected_probability)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
     evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
