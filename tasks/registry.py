@@ -17,7 +17,6 @@ from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
 from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking
 
-
 LOADED_MODELS_KEPT = 2
 _loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
 _loaded_models_lock = threading.Lock()
