@@ -29,6 +29,7 @@ from joblib.externals.loky import get_reusable_executor
 from cnn.config import IngestConfig
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
+from cnn.locks import exclusive_lock
 from cnn.sources import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS, assign_splits
 
@@ -41,10 +42,12 @@ WRITE_BATCH = 256
 COMPRESSION = "zstd"
 DICTIONARY_COLUMNS = ["label_name", "group", "split"]
 """Chosen by benchmarks/storage.py: smallest files, and as fast to read as any."""
+LOCKS_DIR = ".locks"
+"""Under the datasets directory: one lock per dataset name, so concurrent runs write it once."""
 PARALLEL_THRESHOLD = 256
+"""Below this many images, decoding in-process beats starting worker processes."""
 WORKER_IDLE_SECONDS = 10
 """Idle decode workers exit after this long, so they hold no memory while a model trains."""
-"""Below this many images, decoding in-process beats starting worker processes."""
 
 
 class DatasetError(ValueError):
@@ -95,7 +98,25 @@ def build_dataset(
     final_path = datasets_dir / f"{source.kind}-{config.image_size}px-{fingerprint}"
     if (final_path / MANIFEST_NAME).exists():
         return open_dataset(final_path), True
+    with exclusive_lock(datasets_dir / LOCKS_DIR / f"{final_path.name}.lock"):
+        if (final_path / MANIFEST_NAME).exists():  # a concurrent run wrote it meanwhile
+            return open_dataset(final_path), True
+        dataset = _write_dataset(
+            source, source_fingerprint, fingerprint, config, final_path, workers
+        )
+        return dataset, False
 
+
+def _write_dataset(
+    source: CellSource,
+    source_fingerprint: dict[str, Any],
+    fingerprint: str,
+    config: IngestConfig,
+    final_path: Path,
+    workers: int | None,
+) -> Dataset:
+    """Decode the source into a temporary directory and publish it as `final_path`."""
+    datasets_dir = final_path.parent
     records = select_subset(source.list_records(), config.limit, config.seed)
     strategy = config.split if source.has_patient_groups else "random"
     splits = assign_splits(
@@ -108,7 +129,6 @@ def build_dataset(
     )
     split_of = {record.source_id: split for record, split in zip(records, splits, strict=True)}
 
-    datasets_dir.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temporaries(datasets_dir, final_path.name)
     owner = f"{socket.gethostname()}-{os.getpid()}"
     temporary_path = datasets_dir / f".{final_path.name}.tmp-{owner}-{uuid.uuid4().hex[:8]}"
@@ -140,7 +160,7 @@ def build_dataset(
         _publish(temporary_path, final_path)
     finally:
         shutil.rmtree(temporary_path, ignore_errors=True)
-    return open_dataset(final_path), False
+    return open_dataset(final_path)
 
 
 def open_dataset(path: str | Path) -> Dataset:

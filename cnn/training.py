@@ -11,6 +11,7 @@ import numpy as np
 
 from cnn.augmentation import build_augmenter, with_augmentation
 from cnn.batches import SplitBatches
+from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, load_split
 from cnn.models import build_model, unfreeze_top_layers
@@ -28,6 +29,8 @@ class TrainingResult:
     batch_size: int
     device: str
     fine_tuned_layers: int = 0
+    resumed_epochs: int = 0
+    """Epochs taken from a checkpoint rather than trained in this call."""
 
 
 PREDICT_BATCH = 256
@@ -89,6 +92,7 @@ def train_on_dataset(
     on_epoch_end: EpochReport | None = None,
     verbose: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainingResult:
     """Train `variant` on the dataset's train split, validating on its validation split.
 
@@ -97,6 +101,9 @@ def train_on_dataset(
     pretrained backbone and `fine_tune_layers` trains twice: the new head on the frozen
     backbone, then with the backbone's top layers unfrozen at a tenth of the learning rate
     (each phase up to `epochs`); the second phase is kept only if it lowers val_loss.
+
+    With `checkpoints`, every epoch ends with a checkpoint there, and training starts from
+    the newest one found (`TrainingResult.resumed_epochs` says how many epochs it skipped).
     """
     keras.utils.set_random_seed(config.seed)
     on_gpu = gpu_present()
@@ -106,37 +113,71 @@ def train_on_dataset(
     with dtype_policy(config.mixed_precision):
         model = build_model(variant, dataset.image_shape, **options)
         augmenter = build_augmenter(config.augmentation, seed=config.seed)
-    callbacks = [*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks]
+    resumed = checkpoints.latest() if checkpoints else None
+    reporting = [*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks]
 
-    def fit(learning_rate: float, initial_epoch: int) -> dict[str, list[float]]:
+    def fit(phase: int, learning_rate: float, phase_start: int, history: dict, **carried) -> dict:
+        """Run (or finish a resumed) phase from `history`'s end; return the whole history."""
         trainer = compile_model(with_augmentation(model, augmenter), learning_rate)
+        early_stopping = _ResumableEarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        )
         schedule = []
         if config.reduce_lr_patience is not None:
             schedule.append(
-                keras.callbacks.ReduceLROnPlateau(
+                _ResumableReduceLROnPlateau(
                     monitor="val_loss", factor=LR_REDUCTION, patience=config.reduce_lr_patience
                 )
             )
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
-        )
-        history = trainer.fit(
+        state = resumed if resumed is not None and resumed.phase == phase else None
+        if state is not None:
+            _restore(trainer, state, early_stopping, schedule)
+            if state.phase_finished:
+                trainer.set_weights(state.best_weights or state.weights)
+                return state.history
+        saving = []
+        if checkpoints is not None:
+            saving.append(
+                _EpochCheckpoint(
+                    checkpoints,
+                    phase=phase,
+                    phase_start=phase_start,
+                    phase_end=phase_start + config.epochs,
+                    history=history,
+                    early_stopping=early_stopping,
+                    schedule=schedule,
+                    **carried,
+                )
+            )
+        fitted = trainer.fit(
             **inputs,
-            initial_epoch=initial_epoch,
-            epochs=initial_epoch + config.epochs,
-            callbacks=[early_stopping, *schedule, *callbacks],
+            initial_epoch=len(history.get("loss", [])),
+            epochs=phase_start + config.epochs,
+            callbacks=[early_stopping, *schedule, *saving, *reporting],
             verbose=verbose,
         )
-        return {name: [float(v) for v in values] for name, values in history.history.items()}
+        return _joined(history, fitted.history)
 
     started = time.perf_counter()
-    history = fit(config.learning_rate, initial_epoch=0)
-    head_weights, head_best = model.get_weights(), min(history["val_loss"])
+    if resumed is not None and resumed.phase == 1:
+        head_epochs, head_best = resumed.phase_start, resumed.head_best
+        head_weights = resumed.head_weights
+        history = resumed.history
+    else:
+        history = fit(0, config.learning_rate, 0, resumed.history if resumed else {})
+        head_weights, head_best = model.get_weights(), min(history["val_loss"])
+        head_epochs = len(history["val_loss"])
     fine_tuned_layers = unfreeze_top_layers(model, config.fine_tune_layers)
     if fine_tuned_layers:
-        tuned = fit(config.learning_rate * FINE_TUNE_LR_FACTOR, len(history["val_loss"]))
-        history = {name: history.get(name, []) + tuned.get(name, []) for name in history}
-        if min(tuned["val_loss"]) >= head_best:
+        history = fit(
+            1,
+            config.learning_rate * FINE_TUNE_LR_FACTOR,
+            head_epochs,
+            history,
+            head_best=head_best,
+            head_weights=head_weights,
+        )
+        if min(history["val_loss"][head_epochs:]) >= head_best:
             model.set_weights(head_weights)
     seconds = time.perf_counter() - started
     losses = history["val_loss"]
@@ -149,7 +190,112 @@ def train_on_dataset(
         batch_size=batch_size,
         device="gpu" if on_gpu else "cpu",
         fine_tuned_layers=fine_tuned_layers,
+        resumed_epochs=resumed.epochs_done if resumed is not None else 0,
     )
+
+
+class _ResumableCounters:
+    """Mixin: a Keras callback whose counters can be read out and restored after a resume."""
+
+    COUNTERS: tuple[str, ...] = ()
+    restored: dict[str, float | None] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)  # resets the counters
+        for name, value in (self.restored or {}).items():
+            setattr(self, name, value)
+
+    def counters(self) -> dict[str, float | None]:
+        values = {name: getattr(self, name) for name in self.COUNTERS}
+        return {name: None if value is None else float(value) for name, value in values.items()}
+
+
+class _ResumableEarlyStopping(_ResumableCounters, keras.callbacks.EarlyStopping):
+    COUNTERS = ("wait", "best", "best_epoch")
+    restored_best_weights: list[np.ndarray] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.restored is not None:
+            self.wait, self.best_epoch = int(self.wait), int(self.best_epoch)
+            self.best_weights = self.restored_best_weights or None
+
+
+class _ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnPlateau):
+    COUNTERS = ("wait", "best", "cooldown_counter")
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a `TrainingState` at the end of every epoch (after early stopping has decided)."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        phase: int,
+        phase_start: int,
+        phase_end: int,
+        history: dict[str, list[float]],
+        early_stopping: _ResumableEarlyStopping,
+        schedule: list[_ResumableReduceLROnPlateau],
+        head_best: float | None = None,
+        head_weights: list[np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        self._store, self._phase, self._phase_start, self._phase_end = (
+            store,
+            phase,
+            phase_start,
+            phase_end,
+        )
+        self._history = {name: list(values) for name, values in history.items()}
+        self._early_stopping, self._schedule = early_stopping, schedule
+        self._head_best, self._head_weights = head_best, head_weights or []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name, value in (logs or {}).items():
+            self._history.setdefault(name, []).append(float(value))
+        callbacks = {"early_stopping": self._early_stopping.counters()}
+        if self._schedule:
+            callbacks["reduce_lr"] = self._schedule[0].counters()
+        self._store.save(
+            TrainingState(
+                phase=self._phase,
+                phase_start=self._phase_start,
+                history=self._history,
+                phase_finished=bool(self.model.stop_training) or epoch + 1 >= self._phase_end,
+                callbacks=callbacks,
+                head_best=self._head_best,
+                weights=self.model.get_weights(),
+                optimizer=[np.asarray(variable) for variable in self.model.optimizer.variables],
+                best_weights=self._early_stopping.best_weights or [],
+                head_weights=self._head_weights,
+            )
+        )
+
+
+def _restore(
+    trainer: keras.Model,
+    state: TrainingState,
+    early_stopping: _ResumableEarlyStopping,
+    schedule: list[_ResumableReduceLROnPlateau],
+) -> None:
+    """Put a checkpoint's weights, optimizer variables and callback counters back."""
+    trainer.set_weights(state.weights)
+    trainer.optimizer.build(trainer.trainable_variables)
+    for variable, value in zip(trainer.optimizer.variables, state.optimizer, strict=True):
+        variable.assign(value)
+    early_stopping.restored = state.callbacks["early_stopping"]
+    early_stopping.restored_best_weights = state.best_weights
+    if schedule and "reduce_lr" in state.callbacks:
+        schedule[0].restored = state.callbacks["reduce_lr"]
+
+
+def _joined(before: dict[str, list[float]], after: dict[str, list]) -> dict[str, list[float]]:
+    names = dict.fromkeys([*before, *after])
+    return {
+        name: [*before.get(name, []), *(float(v) for v in after.get(name, []))] for name in names
+    }
 
 
 def fit_inputs(dataset: Dataset, batch_size: int, config: TrainConfig) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import pytest
 
 from cnn.config import IngestConfig
 from cnn.dataset import (
+    LOCKS_DIR,
     MANIFEST_NAME,
     DatasetError,
     build_dataset,
@@ -89,7 +90,7 @@ def test_a_crash_leaves_no_dataset_a_reader_accepts(tmp_path, monkeypatch):
     monkeypatch.setattr(SyntheticSource, "iter_payloads", _crashing_after(30))
     with pytest.raises(RuntimeError, match="killed"):
         _ingest(SyntheticSource(count=80), tmp_path)
-    assert list((tmp_path / "datasets").iterdir()) == []
+    assert [path.name for path in (tmp_path / "datasets").iterdir()] == [LOCKS_DIR]
     monkeypatch.undo()
     dataset, cache_hit = _ingest(SyntheticSource(count=80), tmp_path)
     assert not cache_hit and dataset.rows == 80

@@ -1,0 +1,139 @@
+"""Per-epoch checkpoints: an interrupted training resumes at the next epoch, not at epoch 1."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cnn.checkpoints import CheckpointStore
+from cnn.config import IngestConfig, TrainConfig
+from cnn.dataset import build_dataset
+from cnn.sources import SyntheticSource
+from cnn.training import train_on_dataset
+
+
+class Interrupted(Exception):
+    """Stands in for a killed worker: raised after the checkpoint of the given epoch."""
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    config = IngestConfig(source="synthetic", image_size=32, limit=160)
+    dataset, _ = build_dataset(SyntheticSource(count=160), config, tmp_path_factory.mktemp("ds"))
+    return dataset
+
+
+def _interrupt_after(epoch: int):
+    def report(finished: int, _metrics: dict) -> None:
+        if finished == epoch:
+            raise Interrupted(epoch)
+
+    return report
+
+
+def _steps_per_epoch(dataset, batch_size: int) -> int:
+    return math.ceil(sum(dataset.manifest["counts"]["train"].values()) / batch_size)
+
+
+def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset, tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    config = TrainConfig(epochs=4, batch_size=32, patience=10)
+    with pytest.raises(Interrupted):
+        train_on_dataset(
+            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(2), checkpoints=store
+        )
+    interrupted = store.latest()
+    assert interrupted.epochs_done == 2 and not interrupted.phase_finished
+
+    reported = []
+    result = train_on_dataset(
+        tiny_dataset,
+        "simple",
+        config,
+        on_epoch_end=lambda epoch, _: reported.append(epoch),
+        checkpoints=store,
+    )
+    assert reported == [3, 4]
+    assert result.resumed_epochs == 2 and result.epochs_run == 4
+    assert result.history["val_loss"][:2] == interrupted.history["val_loss"]
+    final = store.latest()
+    iterations = int(final.optimizer[0])  # Adam's step counter went on from epoch 2
+    assert iterations == 4 * _steps_per_epoch(tiny_dataset, 32)
+    assert final.phase_finished
+
+
+def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    config = TrainConfig(epochs=40, batch_size=32, patience=0, learning_rate=0.5)
+    first = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
+    assert first.epochs_run < 40 and store.latest().phase_finished  # stopped early
+
+    reported = []
+    again = train_on_dataset(
+        tiny_dataset,
+        "simple",
+        config,
+        on_epoch_end=lambda epoch, _: reported.append(epoch),
+        checkpoints=store,
+    )
+    assert reported == [] and again.epochs_run == first.epochs_run
+    for restored, trained in zip(again.model.get_weights(), first.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, trained)  # the best epoch's weights
+
+
+def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    # A learning rate of ~0 keeps val_loss flat: epoch 2 is no improvement, so patience 1
+    # stops training there.
+    config = TrainConfig(epochs=40, batch_size=32, patience=1, learning_rate=1e-9)
+    uninterrupted = train_on_dataset(tiny_dataset, "simple", config)
+    assert (uninterrupted.best_epoch, uninterrupted.epochs_run) == (1, 2)
+    with pytest.raises(Interrupted):
+        train_on_dataset(
+            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(1), checkpoints=store
+        )
+    resumed = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
+    # Epoch 1's val_loss came back as the best so far: a forgotten best would take epoch 2
+    # as an improvement and train a third epoch.
+    assert resumed.epochs_run == 2 and resumed.best_epoch == 1
+    assert store.latest().callbacks["early_stopping"]["wait"] == 1
+
+
+def test_a_half_written_or_unreadable_checkpoint_is_never_used(tiny_dataset, tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    config = TrainConfig(epochs=2, batch_size=32, patience=10)
+    with pytest.raises(Interrupted):
+        train_on_dataset(
+            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(1), checkpoints=store
+        )
+    (store.root / ".tmp-epoch-0002-phase-0-deadbeef").mkdir()  # a crash mid-write
+    (store.root / "epoch-0003-phase-0").mkdir()  # no state.json: never published
+    corrupt = store.root / "epoch-0002-phase-0"
+    corrupt.mkdir()
+    (corrupt / "state.json").write_text('{"format_version": 1, "phase": 0')
+    assert store.latest().epochs_done == 1
+
+
+def test_resuming_into_fine_tuning_skips_the_finished_head_phase(tiny_dataset, tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    config = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        fine_tune_layers=2,
+        variant_options={"transfer": {"weights": None}},
+    )
+    with pytest.raises(Interrupted):
+        train_on_dataset(
+            tiny_dataset, "transfer", config, on_epoch_end=_interrupt_after(1), checkpoints=store
+        )
+    reported = []
+    result = train_on_dataset(
+        tiny_dataset,
+        "transfer",
+        config,
+        on_epoch_end=lambda epoch, _: reported.append(epoch),
+        checkpoints=store,
+    )
+    assert reported == [2]  # only the fine-tuning epoch
+    assert result.epochs_run == 2 and result.fine_tuned_layers == 2
+    assert store.latest().phase == 1
