@@ -125,6 +125,12 @@ class TrainConfig(BaseModel):
         "take at most this many MiB: Keras' array input trains up to 1.6× faster on CPU. Larger "
         "splits stream from Parquet in bounded memory; 0 always streams",
     )
+    checkpoints: bool = Field(
+        True,
+        description="Save a checkpoint after every epoch, and resume an identical unfinished "
+        "training (same dataset, variant and settings) from its last one; off: no checkpoints, "
+        "every training starts at epoch 1",
+    )
     augmentation: AugmentationPolicy = Field(
         default_factory=AugmentationPolicy, description="Random transformations while training"
     )

@@ -29,7 +29,7 @@ from joblib.externals.loky import get_reusable_executor
 from cnn.config import IngestConfig
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
-from cnn.locks import exclusive_lock
+from cnn.locks import exclusive_lock, process_alive
 from cnn.sources import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS, assign_splits
 
@@ -501,18 +501,8 @@ def _remove_abandoned_temporaries(datasets_dir: Path, name: str) -> None:
     prefix = f".{name}.tmp-{socket.gethostname()}-"
     for path in datasets_dir.glob(f".{name}.tmp-*"):
         pid, _, _ = path.name.removeprefix(prefix).partition("-")
-        if path.name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
+        if path.name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _publish(temporary_path: Path, final_path: Path) -> None:

@@ -41,3 +41,14 @@ def exclusive_lock(path: Path, timeout_seconds: float | None = None) -> Iterator
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to another user
+        return True
+    return True

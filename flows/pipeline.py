@@ -14,7 +14,7 @@ from flows.ingest import ingest
 from flows.train import train
 from tasks.ingest import DatasetRef
 from tasks.registry import ChampionRef, find_champion
-from tasks.tracking import TrackingConfig
+from tasks.tracking import TrackingConfig, require_tracking_server
 from tasks.train import VariantRun
 
 
@@ -48,6 +48,7 @@ def pipeline(
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
     """
+    require_tracking_server()  # fail now, not after the ingest, if MLflow is away
     dataset = ingest(data)
     runs = train(dataset.path, variants, training, tracking, promotion, work_pool)
     best = max(runs, key=lambda run: run.test_accuracy)

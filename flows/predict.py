@@ -6,6 +6,7 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.predict import PredictionSummary, predict_images
+from tasks.tracking import require_tracking_server
 
 DEFAULT_MODEL_URI = "models:/malaria-cnn@champion"
 
@@ -22,4 +23,5 @@ def predict(
     batch_size: Annotated[int, Field(ge=1, le=4096, description="Images per batch")] = 256,
 ) -> PredictionSummary:
     """Write one row per image: source id, P(parasitized), predicted label."""
+    require_tracking_server()
     return predict_images(model_uri, input, output, batch_size)

@@ -14,7 +14,7 @@ from flows.pipeline import PipelineResult, pipeline
 from tasks.notify import notify_failure, post_notification
 from tasks.registry import find_champion
 from tasks.summary import promoted, promotion_outcome, summarize_retrain
-from tasks.tracking import TrackingConfig
+from tasks.tracking import TrackingConfig, require_tracking_server
 
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -36,6 +36,7 @@ def retrain(
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
     """
+    require_tracking_server()
     champion_before = find_champion(tracking.registered_model)
     result = pipeline.fn(data, variants, training, tracking, promotion, work_pool)
     summarize_retrain(result.dataset, result.runs, champion_before, result.champion)

@@ -14,7 +14,7 @@ from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.registry import promote_model
 from tasks.report import render_report
-from tasks.tracking import TrackingConfig, tracked_run
+from tasks.tracking import TrackingConfig, require_tracking_server, tracked_run
 from tasks.train import VariantRun, find_variant_run, read_variant_run, train_model
 
 
@@ -61,6 +61,7 @@ def train(
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Run each variant on this work pool's workers (unset: here, in turn).
     """
+    require_tracking_server()
     if work_pool is None:
         return [
             train_variant(dataset, variant, training, tracking, promotion) for variant in variants

@@ -14,13 +14,14 @@ from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions
 from cnn.predict import SplitScores, predict_split
 from cnn.reports import confusion_heatmap, roc_curve_figure
 from tasks.registry import load_keras_model
+from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
 
 TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
 """Label and P(uninfected) of every test image, in the split's order (the report reads it)."""
 
 
-@task(name="evaluate-model")
+@task(name="evaluate-model", **IO_RETRIES)
 def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
     """Test-split scores of `model_uri`, logged to the run as `test_*` metrics, a confusion
     table (MLflow and Prefect), a confusion heatmap and a ROC curve."""

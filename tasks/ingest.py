@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from cnn.config import IngestConfig
 from cnn.dataset import build_dataset, describe_manifest
 from cnn.sources import open_source
+from tasks.retry import IO_RETRIES
 
 MAX_LOGGED_SKIPS = 20
 
@@ -33,7 +34,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("MALARIA_DATA_DIR", "data"))
 
 
-@task(name="ingest-dataset")
+@task(name="ingest-dataset", **IO_RETRIES)
 def ingest_dataset(config: IngestConfig) -> DatasetRef:
     """Build (or find, when nothing changed) the dataset for `config`."""
     logger = get_run_logger()

@@ -14,6 +14,7 @@ from cnn.predict import (
     write_predictions,
 )
 from tasks.registry import load_keras_model
+from tasks.retry import IO_RETRIES
 
 
 class PredictionSummary(BaseModel):
@@ -30,7 +31,7 @@ class PredictionSummary(BaseModel):
     seconds: float
 
 
-@task(name="predict-images")
+@task(name="predict-images", **IO_RETRIES)
 def predict_images(
     model_uri: str, input_path: str, output_path: str, batch_size: int
 ) -> PredictionSummary:

@@ -1,7 +1,9 @@
 """Model registry: load any model URI with a clear error, and champion/challenger promotion."""
 
+import re
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import keras
 import mlflow
@@ -12,12 +14,17 @@ from pydantic import BaseModel
 
 from cnn.config import PromotionConfig
 from cnn.dataset import open_dataset
+from cnn.locks import exclusive_lock
 from cnn.metrics import evaluate_predictions
 from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
+from tasks.ingest import data_dir
+from tasks.retry import IO_RETRIES
 from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking
 
 LOADED_MODELS_KEPT = 2
+PROMOTION_LOCK_SECONDS = 600
+"""Longest wait for another run's promotion (re-scoring a champion takes seconds)."""
 _loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
 _loaded_models_lock = threading.Lock()
 
@@ -58,7 +65,7 @@ def _names_fixed_model(model_uri: str) -> bool:
     return model_uri.startswith("models:/") and name_and_version.rpartition("/")[2].isdigit()
 
 
-@task(name="promote-model")
+@task(name="promote-model", **IO_RETRIES)
 def promote_model(
     registered_model: str,
     version: int,
@@ -69,22 +76,28 @@ def promote_model(
 ) -> PromotionDecision:
     """Give the new version `champion` if it beats the current champion on this dataset's
     test split (the champion is re-scored on it), else `challenger`; tag the decision and
-    both scores on the version and its run."""
+    both scores on the version and its run.
+
+    Runs promoting into the same registered model take turns (a lock in the data directory
+    that all workers share), so two at once cannot both beat the same old champion and the
+    worse one win the alias last.
+    """
     logger = get_run_logger()
     configure_tracking()
     client = mlflow.MlflowClient()
-    champion = _current_champion(client, registered_model)
-    champion_version = int(champion.version) if champion else None
-    champion_score = None
-    if champion is not None:
-        model = load_keras_model(f"models:/{registered_model}/{champion.version}")
-        scores = predict_split(model, open_dataset(dataset_path), "test")
-        evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
-        champion_score = evaluation.scores().get(config.metric)
-    decision = decide_promotion(
-        candidate_scores.get(config.metric), champion_version, champion_score, config
-    )
-    client.set_registered_model_alias(registered_model, decision.alias, str(version))
+    with exclusive_lock(promotion_lock_path(registered_model), PROMOTION_LOCK_SECONDS):
+        champion = _current_champion(client, registered_model)
+        champion_version = int(champion.version) if champion else None
+        champion_score = None
+        if champion is not None:
+            model = load_keras_model(f"models:/{registered_model}/{champion.version}")
+            scores = predict_split(model, open_dataset(dataset_path), "test")
+            evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
+            champion_score = evaluation.scores().get(config.metric)
+        decision = decide_promotion(
+            candidate_scores.get(config.metric), champion_version, champion_score, config
+        )
+        client.set_registered_model_alias(registered_model, decision.alias, str(version))
     tags = {
         "promotion.alias": decision.alias,
         "promotion.metric": decision.metric,
@@ -100,6 +113,12 @@ def promote_model(
         "%s version %s → %s: %s", registered_model, version, decision.alias, decision.reason
     )
     return decision
+
+
+def promotion_lock_path(registered_model: str) -> Path:
+    """The lock that promotions into `registered_model` take turns on."""
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", registered_model)
+    return data_dir().absolute() / "locks" / f"promote-{safe_name}.lock"
 
 
 def _current_champion(client: mlflow.MlflowClient, registered_model: str):
@@ -121,7 +140,7 @@ class ChampionRef(BaseModel):
     run_id: str | None
 
 
-@task(name="find-champion")
+@task(name="find-champion", **IO_RETRIES)
 def find_champion(registered_model: str) -> ChampionRef | None:
     """The current champion of `registered_model`, or None if no version holds the alias."""
     configure_tracking()

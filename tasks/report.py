@@ -16,6 +16,7 @@ from cnn.promotion import PromotionDecision
 from cnn.reports import build_run_report, report_cell_positions
 from tasks.evaluate import load_test_predictions
 from tasks.registry import load_keras_model
+from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
 from tasks.train import AUGMENTATION_PREVIEW
 
@@ -23,7 +24,7 @@ HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 REPORT_DIR = "report"
 
 
-@task(name="render-report")
+@task(name="render-report", **IO_RETRIES)
 def render_report(
     model_uri: str, dataset_path: str, run_id: str, promotion: PromotionDecision | None = None
 ) -> str:

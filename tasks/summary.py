@@ -6,6 +6,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.ingest import DatasetRef
 from tasks.registry import ChampionRef
+from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
 from tasks.train import VariantRun
 
@@ -13,7 +14,7 @@ SUMMARY_KEY = "retrain-summary"
 SHOWN_SCORES = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
-@task(name="summarize-retrain")
+@task(name="summarize-retrain", **IO_RETRIES)
 def summarize_retrain(
     dataset: DatasetRef,
     runs: list[VariantRun],

@@ -1,17 +1,27 @@
 """MLflow settings: where runs go, and the lifecycle of one tracked run."""
 
 import os
+import socket
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import requests
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
+from cnn.locks import process_alive
+
 DEFAULT_STORE_DIR = Path("mlflow") / "store"
+HOST_TAG, PID_TAG = "host", "pid"
+"""Run tags naming the process that runs it, so a later run can tell it was abandoned."""
+SERVER_CHECK_SECONDS = 25.0
+"""How long a flow waits for an unreachable tracking server before failing."""
 
 
 class TrackingConfig(BaseModel):
@@ -42,6 +52,62 @@ def configure_tracking() -> str:
     return uri
 
 
+class TrackingUnavailableError(ConnectionError):
+    """The MLflow tracking server does not answer; the message names it (without secrets)."""
+
+
+def require_tracking_server(timeout_seconds: float = SERVER_CHECK_SECONDS) -> str:
+    """Configure tracking and, when it is an HTTP(S) server, wait at most `timeout_seconds`
+    for its `/health` to answer; raise TrackingUnavailableError naming the URI if it does not.
+
+    MLflow's own client retries each call for minutes: checked first, an unreachable server
+    fails a run at its start, before any work that it would then have nowhere to record.
+    """
+    uri = configure_tracking()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    started = time.monotonic()
+    attempts, reason = 0, ""
+    while True:
+        attempts += 1
+        remaining = timeout_seconds - (time.monotonic() - started)
+        try:
+            response = requests.get(
+                f"{uri.rstrip('/')}/health", timeout=max(1.0, min(5.0, remaining))
+            )
+            if response.status_code < 500:  # answering (even "unauthorized") is reachable
+                return uri
+            reason = f"HTTP {response.status_code}"
+        except requests.RequestException as error:
+            reason = _short_reason(error)
+        if time.monotonic() - started + 2.0 >= timeout_seconds:
+            break
+        time.sleep(2.0)
+    raise TrackingUnavailableError(
+        f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}; {attempts} "
+        f"attempts in {time.monotonic() - started:.0f} s). Start it (`malaria stack up` serves "
+        "one on 127.0.0.1:5000) or unset MLFLOW_TRACKING_URI to track in ./mlflow/store"
+    )
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (`http://user:***@host`), for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _short_reason(error: requests.RequestException) -> str:
+    if isinstance(error, requests.ConnectTimeout | requests.ReadTimeout):
+        return "no answer"
+    if isinstance(error, requests.ConnectionError):
+        return "connection refused or host unreachable"
+    return type(error).__name__
+
+
 def ensure_experiment(name: str) -> str:
     """The experiment's id, creating it (artifacts beside a SQLite store) if needed."""
     experiment = mlflow.get_experiment_by_name(name)
@@ -60,18 +126,39 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterato
     """Create an MLflow run, yield its id, and mark it FINISHED, or FAILED on any error.
 
     Tasks resume the run by id (`mlflow.start_run(run_id=...)`): the active run is
-    thread-local, so it must not be carried across tasks.
+    thread-local, so it must not be carried across tasks. Runs left RUNNING by killed
+    processes of this host are marked KILLED first.
     """
-    configure_tracking()
+    require_tracking_server()
     client = MlflowClient()
-    run = client.create_run(ensure_experiment(experiment), run_name=run_name, tags=tags)
+    experiment_id = ensure_experiment(experiment)
+    mark_abandoned_runs(client, experiment_id)
+    owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner})
     run_id = run.info.run_id
     try:
         yield run_id
     except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        with suppress(Exception):  # the server may be away too: report the first error
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def mark_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process, on this host, no longer exists (killed
+    with SIGKILL, or its machine restarted); return their ids."""
+    host = socket.gethostname()
+    running_here = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    runs = client.search_runs([experiment_id], filter_string=running_here)
+    abandoned = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and not process_alive(int(pid)):
+            client.set_tag(run.info.run_id, "abandoned", f"process {pid} on {host} ended mid-run")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            abandoned.append(run.info.run_id)
+    return abandoned
 
 
 class ModelNotFoundError(LookupError):

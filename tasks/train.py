@@ -1,9 +1,13 @@
 """Train task: fit one variant, log params, per-epoch metrics and the model to its MLflow run."""
 
+import hashlib
+import json
 import os
 import time
+import uuid
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -11,18 +15,25 @@ import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
 from mlflow.models import Model, infer_signature
+from mlflow.models.model import ModelInfo
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
 from cnn.augmentation import augmentation_preview
 from cnn.batches import SplitBatches
+from cnn.checkpoints import CheckpointStore
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, open_dataset
-from cnn.training import predict_uninfected_probability, train_on_dataset
-from tasks.tracking import configure_tracking
+from cnn.training import TrainingResult, predict_uninfected_probability, train_on_dataset
+from tasks.ingest import data_dir
+from tasks.retry import IO_RETRIES
+from tasks.tracking import configure_tracking, redact_uri, tracking_uri
 
 AUGMENTATION_PREVIEW = "augmentation/preview.png"
+MAX_METRICS_PER_BATCH = 1000
+"""MLflow's limit for one `log_batch` call."""
 
 
 class TrainedModel(BaseModel):
@@ -48,83 +59,192 @@ class VariantRun(BaseModel):
     promotion_reason: str | None = None
 
 
-@task(name="train-model")
+@task(name="train-model", **IO_RETRIES)
 def train_model(
     dataset_path: str, variant: str, config: TrainConfig, run_id: str, registered_model: str
 ) -> TrainedModel:
     """Train `variant` on the dataset, log everything to the MLflow run `run_id`, and register
-    the model."""
+    the model.
+
+    Training checkpoints every epoch (unless `config.checkpoints` is off) and resumes from
+    the last checkpoint of an identical unfinished training, so a retry after a lost tracking
+    server or a rerun after a killed worker goes on where it stopped. A model that cannot be
+    logged is kept on disk and the error names the path.
+    """
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
     client = mlflow.MlflowClient()
-
-    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        timestamp = int(time.time() * 1000)
-        for name, value in metrics.items():
-            client.log_metric(run_id, name, value, timestamp=timestamp, step=epoch)
-        logger.info(
-            "%s epoch %d/%d: %s",
-            variant,
-            epoch,
-            config.epochs,
-            ", ".join(f"{name}={value:.4f}" for name, value in metrics.items()),
-        )
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params(
-            {
-                "variant": variant,
-                **_flatten(config.model_dump()),
-                "image_shape": dataset.image_shape,
-            }
-        )
-        mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
-        mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
-        result = train_on_dataset(dataset, variant, config, on_epoch_end=report_epoch)
-        parameters = result.model.count_params()
-        mlflow.log_params(
-            {
-                "parameters": parameters,
-                "device": result.device,
-                "batch_size_used": result.batch_size,
-            }
-        )
-        mlflow.log_metrics(
-            {
-                "train_seconds": result.seconds,
-                "epochs_run": result.epochs_run,
-                "best_epoch": result.best_epoch,
-            }
-        )
-        sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
-        policy = config.augmentation.model_copy(update={"enabled": True})  # shown even if off
-        preview = augmentation_preview(sample[0], policy, seed=config.seed)
-        mlflow.log_image(preview, AUGMENTATION_PREVIEW)
-        signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
-        info = Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=_KerasFlavor(),
-            model=result.model,
-            signature=signature,
-            input_example=sample[:1],
-            registered_model_name=registered_model,
-            pip_requirements=model_requirements(),
-        )
-        mlflow.set_tags(
-            {"model_uri": info.model_uri, "registered_version": info.registered_model_version}
-        )
+    checkpoints = (
+        CheckpointStore(checkpoint_dir(dataset, variant, config)) if config.checkpoints else None
+    )
+    epoch_log = EpochMetricLog(client, run_id, logger, f"{variant} epoch %d/{config.epochs}")
+    result = None
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params(
+                {
+                    "variant": variant,
+                    **_flatten(config.model_dump()),
+                    "image_shape": dataset.image_shape,
+                }
+            )
+            mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
+            mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
+            result = train_on_dataset(
+                dataset, variant, config, on_epoch_end=epoch_log.report, checkpoints=checkpoints
+            )
+            if result.resumed_epochs:
+                logger.info(
+                    "%s resumed after epoch %d from its checkpoint in %s",
+                    variant,
+                    result.resumed_epochs,
+                    checkpoints.root,
+                )
+                epoch_log.backfill(result.history, result.resumed_epochs)
+            epoch_log.flush()
+            info = _log_trained_model(dataset, config, result, registered_model)
+    except Exception as error:
+        if result is None:
+            raise
+        raise _model_kept(error, result.model, checkpoints, run_id) from error
+    if checkpoints is not None:
+        checkpoints.clear()  # the model is safe in MLflow now
     logger.info(
         "%s: %d parameters, %d epochs (best %d) in %.1f s → %s",
         variant,
-        parameters,
+        result.model.count_params(),
         result.epochs_run,
         result.best_epoch,
         result.seconds,
         info.model_uri,
     )
     return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
+
+
+def _log_trained_model(
+    dataset: Dataset, config: TrainConfig, result: TrainingResult, registered_model: str
+) -> ModelInfo:
+    """Log the trained model's facts, augmentation preview and the model itself (registered)
+    to the active run."""
+    mlflow.log_params(
+        {
+            "parameters": result.model.count_params(),
+            "device": result.device,
+            "batch_size_used": result.batch_size,
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "train_seconds": result.seconds,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "resumed_epochs": result.resumed_epochs,
+        }
+    )
+    sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
+    policy = config.augmentation.model_copy(update={"enabled": True})  # shown even if off
+    preview = augmentation_preview(sample[0], policy, seed=config.seed)
+    mlflow.log_image(preview, AUGMENTATION_PREVIEW)
+    signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_KerasFlavor(),
+        model=result.model,
+        signature=signature,
+        input_example=sample[:1],
+        registered_model_name=registered_model,
+        pip_requirements=model_requirements(),
+    )
+    mlflow.set_tags(
+        {"model_uri": info.model_uri, "registered_version": info.registered_model_version}
+    )
+    return info
+
+
+class ModelNotLoggedError(RuntimeError):
+    """Training finished but the model could not be logged; the message says where it is."""
+
+
+def _model_kept(
+    error: Exception, model: keras.Model, checkpoints: CheckpointStore | None, run_id: str
+) -> ModelNotLoggedError:
+    """Save the trained model beside its checkpoints (or under the data directory) and say so."""
+    folder = checkpoints.root if checkpoints is not None else data_dir() / "unlogged" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.keras"
+    temporary = folder / f".model-{uuid.uuid4().hex[:8]}.keras"
+    model.save(temporary)
+    temporary.replace(path)
+    again = (
+        "; a retry or rerun logs it from the last checkpoint without training again"
+        if checkpoints is not None
+        else ""
+    )
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelNotLoggedError(
+        f"the trained model could not be logged to MLflow ({redact_uri(tracking_uri())}: "
+        f"{first_line}); it is kept at {path}{again}"
+    )
+
+
+def checkpoint_dir(dataset: Dataset, variant: str, config: TrainConfig) -> Path:
+    """Where one training's checkpoints live: the data directory, by dataset, variant and a
+    digest of the settings (an identical training finds them; a changed one starts anew)."""
+    settings = json.dumps(
+        {"variant": variant, **config.model_dump(mode="json", exclude={"checkpoints"})},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return data_dir().absolute() / "checkpoints" / dataset.name / f"{variant}-{digest}"
+
+
+class EpochMetricLog:
+    """Logs each epoch's metrics to the run as it ends; while the tracking server is away,
+    keeps them (training goes on) and logs them with `flush`."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str, logger: Any, label: str) -> None:
+        self._client, self._run_id, self._logger, self._label = client, run_id, logger, label
+        self._pending: list[Metric] = []
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._logger.info(
+            self._label + ": %s",
+            epoch,
+            ", ".join(f"{name}={value:.4f}" for name, value in metrics.items()),
+        )
+        self._pending += _metrics_of_epoch(epoch, metrics)
+        if len(self._pending) > len(metrics):
+            return  # already failing: keep them for `flush`, do not stall training
+        try:
+            self.flush()
+        except Exception as error:  # the tracking server is away: keep on training
+            self._logger.warning(
+                "Cannot log epoch %d's metrics (%s); keeping them to log after training",
+                epoch,
+                type(error).__name__,
+            )
+
+    def backfill(self, history: dict[str, list[float]], epochs: int) -> None:
+        """Queue the first `epochs` epochs of `history` (taken from a checkpoint) that the
+        run does not have yet."""
+        logged = {metric.step for metric in self._client.get_metric_history(self._run_id, "loss")}
+        for epoch in range(1, epochs + 1):
+            if epoch not in logged:
+                values = {name: values[epoch - 1] for name, values in history.items()}
+                self._pending += _metrics_of_epoch(epoch, values)
+
+    def flush(self) -> None:
+        """Log every kept metric; raises if the server still cannot take them."""
+        while self._pending:
+            self._client.log_batch(self._run_id, metrics=self._pending[:MAX_METRICS_PER_BATCH])
+            del self._pending[:MAX_METRICS_PER_BATCH]
+
+
+def _metrics_of_epoch(epoch: int, metrics: dict[str, float]) -> list[Metric]:
+    timestamp = int(time.time() * 1000)
+    return [Metric(name, float(value), timestamp, epoch) for name, value in metrics.items()]
 
 
 class _KerasFlavor:
@@ -183,7 +303,7 @@ def _as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
     )
 
 
-@task(name="read-variant-run")
+@task(name="read-variant-run", **IO_RETRIES)
 def read_variant_run(run_id: str) -> VariantRun:
     """The finished run's summary, read back from MLflow (the record every worker shares)."""
     configure_tracking()

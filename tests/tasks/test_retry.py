@@ -1,0 +1,93 @@
+"""Retries: transient I/O failures are retried with backoff, bad input fails at once."""
+
+import sqlite3
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from prefect import flow, task
+
+from cnn.dataset import DatasetError
+from cnn.locks import LockTimeoutError
+from cnn.sources import SourceError, SourceUnavailableError
+from tasks.retry import IO_RETRIES, is_transient
+from tasks.tracking import TrackingUnavailableError
+
+
+def _raised_inside(outer: Exception, inner: Exception) -> Exception:
+    """`outer` raised while handling `inner`, the way MLflow wraps a failed request."""
+    try:
+        try:
+            raise inner
+        except Exception:
+            raise outer  # noqa: B904 (the implicit context is the point)
+    except Exception as error:
+        return error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        requests.exceptions.ConnectionError("reset by peer"),
+        requests.exceptions.ReadTimeout("read timed out"),
+        TrackingUnavailableError("MLflow tracking server http://127.0.0.1:1 is unreachable"),
+        SourceUnavailableError("data.lhncbc.nlm.nih.gov is unreachable"),
+        LockTimeoutError("lock still held"),
+        sqlite3.OperationalError("database is locked"),
+        _raised_inside(
+            MlflowException("API request to http://127.0.0.1:5000/api/2.0 failed"),
+            requests.exceptions.ConnectionError("Max retries exceeded"),
+        ),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_io_failures_are_transient(error):
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("epochs: Input should be greater than or equal to 1"),
+        SourceError("folder source '/nope' does not exist"),
+        DatasetError("dataset '/x' has no manifest.json"),
+        MlflowException("RESOURCE_DOES_NOT_EXIST: Registered Model with name=x not found"),
+        KeyError("val_loss"),
+        FileNotFoundError(2, "No such file or directory"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_bad_input_is_not_transient(error):
+    assert not is_transient(error)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(
+    ("error", "attempts"), [(ConnectionResetError("reset"), 3), (ValueError("bad input"), 1)]
+)
+def test_prefect_retries_only_transient_failures(error, attempts):
+    calls = []
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise error
+        return "done"
+
+    @flow
+    def run() -> str:
+        return flaky()
+
+    if attempts == 3:
+        assert run() == "done"
+    else:
+        with pytest.raises(ValueError, match="bad input"):
+            run()
+    assert len(calls) == attempts
+
+
+def test_io_tasks_retry_with_growing_delays():
+    delays = IO_RETRIES["retry_delay_seconds"](IO_RETRIES["retries"])
+    assert IO_RETRIES["retries"] >= 2 and delays == sorted(delays) and delays[0] < delays[-1]
