@@ -20,7 +20,7 @@ from cnn.locks import process_alive
 DEFAULT_STORE_DIR = Path("mlflow") / "store"
 HOST_TAG, PID_TAG = "host", "pid"
 """Run tags naming the process that runs it, so a later run can tell it was abandoned."""
-SERVER_CHECK_SECONDS = 25.0
+SERVER_CHECK_SECONDS = 15.0
 """How long a flow waits for an unreachable tracking server before failing."""
 
 

@@ -105,9 +105,14 @@ def train_model(
             epoch_log.flush()
             info = _log_trained_model(dataset, config, result, registered_model)
     except Exception as error:
-        if result is None:
+        kept = _keep_model(result.model if result else None, checkpoints, run_id)
+        if kept is None:  # nothing trained yet
             raise
-        raise _model_kept(error, result.model, checkpoints, run_id) from error
+        raise ModelNotLoggedError(
+            f"the trained model could not be logged to MLflow ({redact_uri(tracking_uri())}: "
+            f"{_first_line(error)}); it is kept at {kept}"
+            + ("; a retry or rerun logs it without training again" if checkpoints else "")
+        ) from error
     if checkpoints is not None:
         checkpoints.clear()  # the model is safe in MLflow now
     logger.info(
@@ -167,26 +172,25 @@ class ModelNotLoggedError(RuntimeError):
     """Training finished but the model could not be logged; the message says where it is."""
 
 
-def _model_kept(
-    error: Exception, model: keras.Model, checkpoints: CheckpointStore | None, run_id: str
-) -> ModelNotLoggedError:
-    """Save the trained model beside its checkpoints (or under the data directory) and say so."""
+def _keep_model(
+    model: keras.Model | None, checkpoints: CheckpointStore | None, run_id: str
+) -> Path | None:
+    """Save the trained model beside its checkpoints (or under the data directory) and return
+    the path; without a model, the path an earlier attempt kept it at, if any."""
     folder = checkpoints.root if checkpoints is not None else data_dir() / "unlogged" / run_id
+    path = folder.absolute() / "model.keras"
+    if model is None:
+        return path if path.is_file() else None
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.keras"
-    temporary = folder / f".model-{uuid.uuid4().hex[:8]}.keras"
+    temporary = path.with_name(f".model-{uuid.uuid4().hex[:8]}.keras")
     model.save(temporary)
     temporary.replace(path)
-    again = (
-        "; a retry or rerun logs it from the last checkpoint without training again"
-        if checkpoints is not None
-        else ""
-    )
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelNotLoggedError(
-        f"the trained model could not be logged to MLflow ({redact_uri(tracking_uri())}: "
-        f"{first_line}); it is kept at {path}{again}"
-    )
+    return path
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def checkpoint_dir(dataset: Dataset, variant: str, config: TrainConfig) -> Path:
