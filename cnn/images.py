@@ -36,6 +36,8 @@ def decode_image(payload: bytes | np.ndarray) -> Image.Image:
     """Decode bytes (or wrap pixels) as an RGB image, converting grayscale and alpha."""
     if isinstance(payload, np.ndarray):
         return Image.fromarray(payload).convert("RGB")
+    if not payload:
+        raise UnreadableImageError("empty file")
     try:
         image = Image.open(io.BytesIO(payload))
         width, height = image.size
@@ -44,6 +46,8 @@ def decode_image(payload: bytes | np.ndarray) -> Image.Image:
         image.load()
     except UnreadableImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object, not the file
+        raise UnreadableImageError("not an image in any known format") from exc
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(f"cannot decode image: {exc}") from exc
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -7,6 +7,7 @@ so subsets and splits are decided first; then it streams the payloads of chosen 
 import hashlib
 import os
 import socket
+import stat
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -27,6 +28,8 @@ MAX_ENCODED_BYTES = 64 * 1024 * 1024
 """A cell PNG is about 10 KB: a larger file is skipped without being read (memory guard)."""
 SYNTHETIC_DEFAULT_COUNT = 2_500
 """The lecture's dataset size; `--limit` draws a balanced subset of it."""
+SYNTHETIC_MAX_COUNT = 1_000_000
+"""36× the NIH set: a larger `--limit` is a typo, and listing it alone would exhaust memory."""
 SYNTHETIC_CELLS_PER_PATIENT = 10
 """About the NIH average (the sample: 2,500 cells of 144 patients)."""
 TFDS_DOWNLOAD_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
@@ -105,12 +108,24 @@ def open_source(
     check_source_spec(spec)
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
+        if limit is not None and limit > SYNTHETIC_MAX_COUNT:
+            raise SourceError(
+                f"source 'synthetic' draws at most {SYNTHETIC_MAX_COUNT:,} cells (limit {limit:,})"
+            )
         return SyntheticSource(count=limit or SYNTHETIC_DEFAULT_COUNT)
     if kind == "tfds":
         return TfdsSource(data_dir=tfds_data_dir)
     if kind == "zip":
         return ZipSource(Path(argument))
     return FolderSource(Path(argument))
+
+
+def _resolved(path: Path, kind: str) -> Path:
+    """The absolute path with links followed; a loop of links is named, not raised."""
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError on a loop
+        raise SourceError(f"{kind} source {str(path)!r} cannot be resolved: {exc}") from exc
 
 
 def patient_group(file_name: str) -> str:
@@ -160,7 +175,7 @@ class FolderSource(CellSource):
     kind = "folder"
 
     def __init__(self, root: Path) -> None:
-        self.root = root.expanduser().resolve()
+        self.root = _resolved(root, "folder")
         if not self.root.exists():
             raise SourceError(f"folder source {str(root)!r} does not exist")
         if not self.root.is_dir():
@@ -226,27 +241,51 @@ def _list_folder(root: Path) -> _FolderListing:
         names[label] = []
         for entry in candidates:
             source_id = f"{class_folder}/{entry.name}"
-            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
-                skips.append({"source_id": source_id, "reason": "links outside the source"})
+            problem = _entry_problem(entry, root)
+            if problem:
+                skips.append({"source_id": source_id, "reason": problem})
                 continue
-            if not entry.is_file():
-                continue
-            stat = entry.stat()
-            digest.update(f"{source_id}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            stats = entry.stat()
+            digest.update(f"{source_id}\0{stats.st_size}\0{stats.st_mtime_ns}\n".encode())
             names[label].append(entry.name)
         if not names[label]:
             raise SourceError(f"class folder {str(folder)!r} holds no images")
     return _FolderListing(names=names, skips=skips, digest=digest.hexdigest())
 
 
-def _read_file(path: Path) -> Payload:
+def _entry_problem(entry: os.DirEntry, root: Path) -> str | None:
+    """Why an image-named entry is not an image file of the source (None when it is one)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_ENCODED_BYTES:
-            return Unreadable(f"file too large ({size:,} bytes)")
-        return path.read_bytes()
+        if entry.is_symlink() and not Path(entry.path).resolve(strict=True).is_relative_to(root):
+            return "links outside the source"
+        if not stat.S_ISREG(entry.stat().st_mode):  # a directory, FIFO, socket or device
+            return "not a regular file"
+    except (OSError, RuntimeError) as exc:  # a dangling link, or a loop of links
+        return f"broken link: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
+def _read_file(path: Path) -> Payload:
+    """The file's bytes, checked on the open file: never blocks on a FIFO put in its place."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         return Unreadable(f"cannot read file: {exc.strerror or exc}")
+    try:
+        stats = os.fstat(descriptor)
+        if not stat.S_ISREG(stats.st_mode):
+            return Unreadable("not a regular file")
+        if stats.st_size > MAX_ENCODED_BYTES:
+            return Unreadable(f"file too large ({stats.st_size:,} bytes)")
+        with open(descriptor, "rb", closefd=False) as file:
+            data = file.read(MAX_ENCODED_BYTES + 1)
+    except OSError as exc:
+        return Unreadable(f"cannot read file: {exc.strerror or exc}")
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_ENCODED_BYTES:
+        return Unreadable("file grew too large while read")
+    return data
 
 
 class ZipSource(CellSource):
@@ -259,11 +298,15 @@ class ZipSource(CellSource):
     kind = "zip"
 
     def __init__(self, path: Path) -> None:
-        self.path = path.expanduser().resolve()
+        self.path = _resolved(path, "zip")
         if not self.path.exists():
             raise SourceError(f"zip source {str(path)!r} does not exist")
         if not self.path.is_file() or not zipfile.is_zipfile(self.path):
             raise SourceError(f"zip source {str(path)!r} is not a zip archive")
+        try:  # reads the central directory only: a corrupt one fails here, by name
+            zipfile.ZipFile(self.path).close()
+        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as exc:
+            raise SourceError(f"zip source {str(path)!r} is a corrupt zip archive: {exc}") from exc
         self._listing: _ZipListing | None = None
 
     def _listed(self, archive: zipfile.ZipFile | None = None) -> "_ZipListing":
@@ -323,15 +366,18 @@ def _list_zip(archive: zipfile.ZipFile, path: Path) -> _ZipListing:
     members: dict[str, zipfile.ZipInfo] = {}
     skips: list[dict[str, str]] = []
     for info in archive.infolist():
-        if info.is_dir():
-            continue
         if not _is_safe_member(info.filename):
             skips.append({"source_id": info.filename, "reason": "unsafe member path"})
             continue
         parts = PurePosixPath(info.filename).parts
         is_image = PurePosixPath(info.filename).suffix.lower() in IMAGE_SUFFIXES
-        if is_image and len(parts) >= 2 and parts[-2] in CLASS_FOLDERS:
-            members.setdefault(f"{parts[-2]}/{parts[-1]}", info)
+        if not (is_image and len(parts) >= 2 and parts[-2] in CLASS_FOLDERS):
+            continue
+        source_id = f"{parts[-2]}/{parts[-1]}"
+        if not _is_regular_member(info):
+            skips.append({"source_id": source_id, "reason": "not a regular file"})
+            continue
+        members.setdefault(source_id, info)
     for folder in CLASS_FOLDERS:
         if not any(source_id.startswith(f"{folder}/") for source_id in members):
             raise SourceError(f"zip source {str(path)!r} has no {folder}/ images")
@@ -347,6 +393,12 @@ def _is_safe_member(name: str) -> bool:
         or ".." in path.parts
         or (path.parts and ":" in path.parts[0])
     )
+
+
+def _is_regular_member(info: zipfile.ZipInfo) -> bool:
+    """Not a directory, nor a symbolic link or device recorded in the member's Unix mode."""
+    file_type = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+    return not info.is_dir() and file_type in (0, stat.S_IFREG)
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Payload:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+MAX_PREDICT_BATCH = 4096
+"""The predict flow's own bound on `batch_size`, checked here before any flow starts."""
 
 _OPTION_OF_FIELD = {
     "source": "--source",
@@ -58,19 +60,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         result = args.handler(args)
     except CommandError as error:
-        print(f"malaria: error: {error}", file=sys.stderr)
+        print(f"malaria: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("malaria: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a failed stage: one line, no traceback wall
-        print(f"malaria: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"malaria: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
         print(json.dumps(result, default=str))
     else:
         _print_human(args.command, result)
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message with its line breaks folded (a flow's may list several problems)."""
+    return " ".join(str(error).split())
 
 
 def _run_flow(module: str, name: str, *args: Any) -> Any:
@@ -319,12 +326,17 @@ def _train_settings(args: argparse.Namespace):
     )
     from tasks.tracking import TrackingConfig
 
-    names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
+    names = args.variants.split(",") if args.variants is not None else DEFAULT_VARIANTS
     variants = [name.strip() for name in names if name.strip()]
     variants = _validated(
         lambda: TypeAdapter(VariantNames).validate_python(variants), option="--variants"
     )
     weights = None if args.transfer_weights.lower() == "none" else args.transfer_weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise CommandError(
+            f"--transfer-weights: {weights!r} is not a weights file (or imagenet, none)",
+            EXIT_USAGE,
+        )
     given = _given(
         args,
         "epochs",
@@ -421,8 +433,14 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
     if not Path(args.input.removeprefix("folder:")).exists():
         raise CommandError(f"--input: {args.input!r} does not exist", EXIT_USAGE)
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size: must be at least 1 (got {args.batch_size})", EXIT_USAGE)
+    if not 1 <= args.batch_size <= MAX_PREDICT_BATCH:
+        raise CommandError(
+            f"--batch-size: must be 1..{MAX_PREDICT_BATCH} (got {args.batch_size})", EXIT_USAGE
+        )
+    if Path(args.output).is_dir():
+        raise CommandError(
+            f"--output: {args.output!r} is a directory; name a .parquet file", EXIT_USAGE
+        )
     _check_model_option(args.model)
     summary = _run_flow(
         "flows.predict",
@@ -473,17 +491,15 @@ def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     shape = (args.image_size, args.image_size, 3)
-    return {
-        "image_size": args.image_size,
-        "variants": [
-            {
-                "name": name,
-                "parameters": count_parameters(name, shape),
-                "description": variant.description,
-            }
-            for name, variant in VARIANTS.items()
-        ],
-    }
+    listed = []
+    for name, variant in VARIANTS.items():
+        entry = {"name": name, "parameters": None, "description": variant.description}
+        try:
+            entry["parameters"] = count_parameters(name, shape)
+        except ValueError as error:  # e.g. a pretrained backbone's smallest input
+            entry["unavailable"] = str(error)
+        listed.append(entry)
+    return {"image_size": args.image_size, "variants": listed}
 
 
 def _print_human(command: str, result: dict[str, Any]) -> None:
@@ -491,7 +507,11 @@ def _print_human(command: str, result: dict[str, Any]) -> None:
         _print_stack(result)
     elif command == "variants":
         for variant in result["variants"]:
-            print(f"{variant['name']:<10} {variant['parameters']:>12,}  {variant['description']}")
+            if variant["parameters"] is None:
+                print(f"{variant['name']:<10} {'n/a':>12}  {variant['unavailable']}")
+            else:
+                count, description = variant["parameters"], variant["description"]
+                print(f"{variant['name']:<10} {count:>12,}  {description}")
     elif command == "predict":
         print(
             f"{result['rows']} images scored ({result['parasitized']} parasitized) with "
