@@ -2,6 +2,7 @@
 
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def promote_model(
             candidate_scores.get(config.metric), champion_version, champion_score, config
         )
         client.set_registered_model_alias(registered_model, decision.alias, str(version))
+        decided_at = time.time()
     tags = {
         "promotion.alias": decision.alias,
         "promotion.metric": decision.metric,
@@ -105,6 +107,7 @@ def promote_model(
         "promotion.champion_score": _text(decision.champion_score),
         "promotion.champion_version": _text(decision.champion_version),
         "promotion.reason": decision.reason,
+        "promotion.decided_at": f"{decided_at:.3f}",
     }
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, str(version), key, value)

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from cnn.locks import process_alive
+from cnn.locks import exclusive_lock, process_alive
 
 DEFAULT_STORE_DIR = Path("mlflow") / "store"
 HOST_TAG, PID_TAG = "host", "pid"
@@ -43,13 +43,22 @@ def tracking_uri() -> str:
 
 
 def configure_tracking() -> str:
-    """Point this process's MLflow client at the tracking store; return its URI."""
+    """Point this process's MLflow client at the tracking store; return its URI.
+
+    A SQLite store is opened first under a lock: two runs starting at once on a new store
+    would otherwise both create its tables, and one fail ("table already exists").
+    """
     uri = tracking_uri()
     database = _sqlite_path(uri)
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
+    if database is not None and uri not in _opened_stores:
+        with exclusive_lock(database.parent / ".schema.lock", timeout_seconds=300):
+            MlflowClient(uri).search_experiments(max_results=1)  # creates or migrates tables
+        _opened_stores.add(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+_opened_stores: set[str] = set()
 
 
 class TrackingUnavailableError(ConnectionError):
