@@ -257,6 +257,11 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         help="the lecture's augmentation while training (default off)",
     )
     parser.add_argument(
+        "--checkpoints",
+        action=argparse.BooleanOptionalAction,
+        help="checkpoint every epoch and resume an identical unfinished training (default on)",
+    )
+    parser.add_argument(
         "--transfer-weights",
         default="imagenet",
         help="weights of the transfer variant's backbone: imagenet, none, or a weights file",
@@ -346,6 +351,7 @@ def _train_settings(args: argparse.Namespace):
         "patience",
         "reduce_lr_patience",
         "mixed_precision",
+        "checkpoints",
         "seed",
     )
     if args.augment is not None:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import requests
@@ -36,10 +36,23 @@ class TrackingConfig(BaseModel):
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else the SQLite store under ./mlflow/store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (
+    """`MLFLOW_TRACKING_URI`, else the SQLite store under ./mlflow/store.
+
+    A user and password written into the URI move to `MLFLOW_TRACKING_USERNAME` and
+    `MLFLOW_TRACKING_PASSWORD` (where MLflow reads them), and the URI is used without them:
+    MLflow prints run links made from the URI, and printed lines end up in Prefect's logs.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (
         f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').absolute()}"
     )
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        uri = urlunsplit(parts._replace(netloc=netloc))
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
 
 
 def configure_tracking() -> str:
@@ -93,20 +106,10 @@ def require_tracking_server(timeout_seconds: float = SERVER_CHECK_SECONDS) -> st
             break
         time.sleep(2.0)
     raise TrackingUnavailableError(
-        f"MLflow tracking server {redact_uri(uri)} is unreachable ({reason}; {attempts} "
+        f"MLflow tracking server {uri} is unreachable ({reason}; {attempts} "
         f"attempts in {time.monotonic() - started:.0f} s). Start it (`malaria stack up` serves "
         "one on 127.0.0.1:5000) or unset MLFLOW_TRACKING_URI to track in ./mlflow/store"
     )
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without a password (`http://user:***@host`), for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _short_reason(error: requests.RequestException) -> str:

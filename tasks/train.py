@@ -29,7 +29,7 @@ from cnn.dataset import Dataset, open_dataset
 from cnn.training import TrainingResult, predict_uninfected_probability, train_on_dataset
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
-from tasks.tracking import configure_tracking, redact_uri, tracking_uri
+from tasks.tracking import configure_tracking, tracking_uri
 
 AUGMENTATION_PREVIEW = "augmentation/preview.png"
 MAX_METRICS_PER_BATCH = 1000
@@ -109,7 +109,7 @@ def train_model(
         if kept is None:  # nothing trained yet
             raise
         raise ModelNotLoggedError(
-            f"the trained model could not be logged to MLflow ({redact_uri(tracking_uri())}: "
+            f"the trained model could not be logged to MLflow ({tracking_uri()}: "
             f"{_first_line(error)}); it is kept at {kept}"
             + ("; a retry or rerun logs it without training again" if checkpoints else "")
         ) from error

@@ -153,5 +153,14 @@ def checkpoint_epochs(data_dir: Path) -> list[int]:
     ]
 
 
-def repo_path(*parts: str) -> Path:
-    return Path(REPO, *parts)
+def prefect_log_text(api_url: str) -> str:
+    """Every log line the Prefect server holds, newest first."""
+    lines, offset = [], 0
+    while True:
+        page = requests.post(
+            f"{api_url}/logs/filter", json={"limit": 200, "offset": offset}, timeout=30
+        ).json()
+        lines += [entry["message"] for entry in page]
+        if len(page) < 200:
+            return "\n".join(lines)
+        offset += 200

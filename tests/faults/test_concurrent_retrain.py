@@ -12,10 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.faults.conftest import data_dir_of
-from tests.integration.servers import QUIET, REPO
+from tests.faults.harness import prefect_log_text
+from tests.integration.servers import QUIET, REPO, free_port
 
 pytestmark = pytest.mark.slow
 
+WEBHOOK_TOKEN = "T000-B000-webhook-secret"
 RETRAIN = """
 import json, sys
 from cnn.config import IngestConfig, TrainConfig
@@ -30,11 +32,13 @@ print(json.dumps(result.model_dump(mode="json")))
 
 
 def test_two_retrains_at_once_write_the_dataset_once_and_keep_the_better_champion(fault_env):
+    webhook = f"http://127.0.0.1:{free_port()}/hooks/{WEBHOOK_TOKEN}"  # nobody listens
+    env = {**os.environ, **QUIET, **fault_env, "MALARIA_WEBHOOK_URL": webhook}
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", RETRAIN, learning_rate],
             cwd=REPO,
-            env={**os.environ, **QUIET, **fault_env},
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -45,6 +49,10 @@ def test_two_retrains_at_once_write_the_dataset_once_and_keep_the_better_champio
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    logs = "".join(stdout + stderr for stdout, stderr in outputs)
+    logs += prefect_log_text(fault_env["PREFECT_API_URL"])
+    assert "notification to MALARIA_WEBHOOK_URL was not delivered" in logs  # it was tried
+    assert WEBHOOK_TOKEN not in logs
 
     assert sorted(result["dataset"]["cache_hit"] for result in results) == [False, True]
     assert len(list((data_dir_of(fault_env) / "datasets").glob("synthetic-*"))) == 1
