@@ -6,6 +6,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 SplitStrategy = Literal["patient", "random"]
 ImageSize = Annotated[int, Field(ge=16, le=512, description="Side of the square images, pixels")]
+MAX_SEED = 2**32 - 1
+"""The largest seed Keras (`keras.utils.set_random_seed`) and scikit-learn accept."""
 
 
 class IngestConfig(BaseModel):
@@ -26,7 +28,7 @@ class IngestConfig(BaseModel):
     split: SplitStrategy = Field(
         "patient", description="patient: no patient in two splits; random: the lecture's split"
     )
-    seed: int = Field(42, ge=0, description="Seed of the subset and the split")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the subset and the split")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of images held out")
     validation_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of the non-test images used for validation"
@@ -117,7 +119,7 @@ class TrainConfig(BaseModel):
         description="transfer only: after the new head has trained, unfreeze this many of the "
         "backbone's top convolution layers and train again at a tenth of the learning rate",
     )
-    seed: int = Field(42, ge=0, description="Seed of weights, shuffling and dropout")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of weights, shuffling and dropout")
     in_memory_limit_mb: int = Field(
         512,
         ge=0,

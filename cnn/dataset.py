@@ -167,17 +167,26 @@ def open_dataset(path: str | Path) -> Dataset:
     """Open a finished dataset, refusing anything without a complete manifest and shards."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME
+    if not path.exists():
+        reason = "is a broken link" if path.is_symlink() else "does not exist"
+        raise DatasetError(f"dataset {str(path)!r} {reason}")
     if not path.is_dir():
-        raise DatasetError(f"dataset {str(path)!r} does not exist")
+        raise DatasetError(
+            f"dataset {str(path)!r} is not a directory (a dataset is a directory of Parquet "
+            f"shards and a {MANIFEST_NAME})"
+        )
     if not manifest_path.is_file():
         raise DatasetError(f"dataset {str(path)!r} has no {MANIFEST_NAME}: not a finished dataset")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"dataset manifest {str(manifest_path)!r} is corrupt: {exc}") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DatasetError(f"dataset manifest {str(manifest_path)!r} is malformed: {problem}")
+    if manifest["format_version"] != FORMAT_VERSION:
         raise DatasetError(
-            f"dataset {str(path)!r} has format {manifest.get('format_version')!r}, "
+            f"dataset {str(path)!r} has format {manifest['format_version']!r}, "
             f"expected {FORMAT_VERSION}; ingest it again"
         )
     for shard in manifest["shards"]:
@@ -185,6 +194,65 @@ def open_dataset(path: str | Path) -> Dataset:
         if _parquet_rows(shard_path) != shard["rows"]:
             raise DatasetError(f"dataset shard {str(shard_path)!r} is missing or incomplete")
     return Dataset(path=path, manifest=manifest)
+
+
+MANIFEST_FIELDS: dict[str, type] = {
+    "name": str,
+    "fingerprint": str,
+    "source": dict,
+    "split_strategy": str,
+    "split_note": str,
+    "image_shape": list,
+    "label_names": list,
+    "rows": int,
+    "shards": list,
+    "counts": dict,
+    "skipped": list,
+}
+"""The manifest's fields that readers rely on, with their types."""
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", int: "integer"}
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes a parsed manifest unusable (None when its structure is sound)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {JSON_TYPE_NAMES.get(type(manifest), 'value')}, not an object"
+    if "format_version" not in manifest:
+        return "no 'format_version'"
+    if manifest["format_version"] != FORMAT_VERSION:
+        return None  # another format: refused by version, with advice
+    for key, kind in MANIFEST_FIELDS.items():
+        if key not in manifest:
+            return f"no {key!r}"
+        value = manifest[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key!r} is {_excerpt(value)}, not a JSON {JSON_TYPE_NAMES[kind]}"
+    shape = manifest["image_shape"]
+    if len(shape) != 3 or not all(_is_count(side) and side > 0 for side in shape):
+        return f"'image_shape' is {_excerpt(shape)}, not [height, width, channels]"
+    for index, shard in enumerate(manifest["shards"]):
+        if not (
+            isinstance(shard, dict)
+            and isinstance(shard.get("file"), str)
+            and _is_plain_file_name(shard["file"])
+            and _is_count(shard.get("rows"))
+        ):
+            return f"shard {index} is {_excerpt(shard)}, not a file name and row count"
+    return None
+
+
+def _excerpt(value: Any, length: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_plain_file_name(name: str) -> bool:
+    """A file inside the dataset directory itself: no folder, no `..`, not absolute."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def describe_manifest(manifest: dict[str, Any], path: Path, max_skipped: int = 50) -> str:

@@ -23,6 +23,7 @@ from cnn.batches import SplitBatches
 from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.sources import Unreadable, read_folder_entry
 from cnn.training import PREDICT_BATCH
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -151,17 +152,18 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
 def _folder_batches(
     folder: Path, image_size: int, batch_size: int, report: InputReport
 ) -> Iterator[Batch]:
-    files = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    )
+    """Images of the folder's image-named files, each read as a folder source reads it
+    (size-capped, links out of the folder and non-files skipped and reported)."""
+    root = folder.resolve()
     ids, images = [], []
-    for path in files:
-        source_id = str(path.relative_to(folder))
+    for entry in _image_entries(root, report):
+        source_id = str(Path(entry.path).relative_to(root))
+        payload = read_folder_entry(entry, root)
         try:
-            image = _load_image(path.read_bytes(), image_size, report)
-        except (UnreadableImageError, OSError) as error:
+            if isinstance(payload, Unreadable):
+                raise UnreadableImageError(payload.reason)
+            image = _load_image(payload, image_size, report)
+        except UnreadableImageError as error:
             report.skipped.append({"source_id": source_id, "reason": str(error)})
             continue
         ids.append(source_id)
@@ -171,6 +173,27 @@ def _folder_batches(
             ids, images = [], []
     if ids:
         yield ids, np.stack(images)
+
+
+def _image_entries(root: Path, report: InputReport) -> list[os.DirEntry]:
+    """Image-named entries under `root`, in path order; folders are searched, links to
+    folders are not followed (a folder that cannot be listed is reported)."""
+    found, folders = [], [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            reason = f"cannot list folder: {error.strerror or error}"
+            report.skipped.append({"source_id": str(folder.relative_to(root)), "reason": reason})
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(entry)
+    return sorted(found, key=lambda entry: Path(entry.path))
 
 
 def _load_image(payload: bytes, image_size: int, report: InputReport) -> np.ndarray:

@@ -265,6 +265,13 @@ def _entry_problem(entry: os.DirEntry, root: Path) -> str | None:
     return None
 
 
+def read_folder_entry(entry: os.DirEntry, root: Path) -> Payload:
+    """An image-named entry's bytes, or why it is skipped, as a folder source reports it:
+    links out of `root` (resolved), broken links and non-files are never read."""
+    problem = _entry_problem(entry, root)
+    return Unreadable(problem) if problem else _read_file(Path(entry.path))
+
+
 def _read_file(path: Path) -> Payload:
     """The file's bytes, checked on the open file: never blocks on a FIFO put in its place."""
     try:

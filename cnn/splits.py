@@ -1,11 +1,12 @@
 """Train / validation / test assignment, grouped by patient so no patient leaks across splits."""
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from cnn.config import SplitStrategy
+from cnn.config import MAX_SEED, SplitStrategy
 
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 
@@ -30,11 +31,16 @@ def assign_splits(
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
+    if strategy == "random":
+        _check_random_split(labels, test_fraction, validation_fraction)
     splits = np.full(len(labels), "train", dtype=object)
     test = _hold_out(labels, groups, test_fraction, strategy, seed)
     splits[test] = "test"
     rest = np.flatnonzero(splits == "train")
-    validation = _hold_out(labels[rest], groups[rest], validation_fraction, strategy, seed + 1)
+    validation_seed = (seed + 1) % (MAX_SEED + 1)
+    validation = _hold_out(
+        labels[rest], groups[rest], validation_fraction, strategy, validation_seed
+    )
     splits[rest[validation]] = "validation"
     return splits
 
@@ -45,7 +51,15 @@ def _hold_out(
     """Indices of a held-out share of about `fraction` of the records."""
     indices = np.arange(len(labels))
     if strategy == "random":
-        _, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+        try:
+            _, held = train_test_split(
+                indices, test_size=fraction, stratify=labels, random_state=seed
+            )
+        except ValueError as error:  # e.g. a label with a single image
+            raise SplitError(
+                f"a random split cannot hold out {fraction:.0%} of {len(labels)} images with "
+                f"every label in proportion: {error}"
+            ) from error
         return np.sort(held)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
@@ -58,3 +72,34 @@ def _hold_out(
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, held = next(folds.split(indices, labels, groups))
     return held
+
+
+def _check_random_split(
+    labels: np.ndarray, test_fraction: float, validation_fraction: float
+) -> None:
+    """Raise SplitError, saying how many images are needed, when there are too few for every
+    split to hold an image of each label (scikit-learn's own error explains nothing)."""
+    n_labels = len(np.unique(labels))
+    least_validation = _smallest_splittable(validation_fraction, n_labels, n_labels)
+    needed = _smallest_splittable(test_fraction, n_labels, least_validation)
+    if len(labels) < needed:
+        raise SplitError(
+            f"too few images for a random split: {len(labels)}; with test_fraction "
+            f"{test_fraction:g} and validation_fraction {validation_fraction:g} it needs at "
+            f"least {needed}, so that each split can hold an image of each of the {n_labels} "
+            "labels; use more images or larger fractions"
+        )
+
+
+def _smallest_splittable(fraction: float, held_needed: int, kept_needed: int) -> int:
+    """The fewest records of which `fraction`, rounded up as scikit-learn rounds it, holds at
+    least `held_needed` out and keeps at least `kept_needed`."""
+
+    def held(n: int) -> int:
+        return math.ceil(fraction * n)
+
+    lower_bound = max((held_needed - 1) / fraction, kept_needed / (1 - fraction))
+    n = max(0, math.floor(lower_bound) - 2)
+    while held(n) < held_needed or n - held(n) < kept_needed:
+        n += 1
+    return n

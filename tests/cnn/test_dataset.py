@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -114,6 +115,37 @@ def test_open_refuses_directories_without_a_finished_manifest(tmp_path):
         open_dataset(tmp_path / "missing")
     (dataset.path / MANIFEST_NAME).rename(dataset.path / "manifest.partial")
     with pytest.raises(DatasetError, match=r"no manifest\.json"):
+        open_dataset(dataset.path)
+
+
+def test_open_names_a_path_that_is_not_a_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(DatasetError, match=r"'.*file' is not a directory"):
+        open_dataset(tmp_path / "file")
+    with pytest.raises(DatasetError, match=r"'.*dangling' is a broken link"):
+        open_dataset(tmp_path / "dangling")
+
+
+def test_open_names_the_manifest_and_its_first_structural_fault(tmp_path):
+    dataset, _ = _ingest(SyntheticSource(count=40), tmp_path)
+    manifest_path = dataset.path / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    for broken, fault in [
+        ({**manifest, "shards": None}, "'shards' is null, not a JSON array"),
+        ({**manifest, "rows": True}, "'rows' is true, not a JSON integer"),
+        ({**manifest, "shards": [{"file": "../x.parquet", "rows": 1}]}, "shard 0 is"),
+    ]:
+        manifest_path.write_text(json.dumps(broken))
+        expected = f"manifest '{manifest_path}' is malformed: {fault}"
+        with pytest.raises(DatasetError, match=re.escape(expected)):
+            open_dataset(dataset.path)
+    manifest_path.write_bytes(b"\xff")
+    expected = f"manifest '{manifest_path}' is corrupt: 'utf-8'"
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        open_dataset(dataset.path)
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(DatasetError, match="has format 99, expected 1; ingest it again"):
         open_dataset(dataset.path)
 
 

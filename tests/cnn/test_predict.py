@@ -1,4 +1,5 @@
 import io
+import os
 
 import keras
 import numpy as np
@@ -20,7 +21,7 @@ from cnn.predict import (
     split_images,
     write_predictions,
 )
-from cnn.sources import SyntheticSource
+from cnn.sources import MAX_ENCODED_BYTES, SyntheticSource
 from cnn.synthetic import draw_cell
 
 
@@ -62,6 +63,34 @@ def test_a_folder_is_scored_in_batches_with_grayscale_and_odd_sizes_fixed(tmp_pa
     assert (report.scored, report.resized, report.converted_to_rgb) == (3, 3, 1)
     assert [skip["source_id"] for skip in report.skipped] == ["broken.png"]
     assert any("converted to RGB" in note for note in report.notes())
+
+
+def test_a_folder_is_read_as_a_folder_source_reads_it(tmp_path):
+    """Size-capped reads; non-files, broken links and links out of the folder reported."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(draw_cell(np.random.default_rng(0), parasitized=True)).save(folder / "a.png")
+    Image.fromarray(draw_cell(np.random.default_rng(1), parasitized=True)).save(tmp_path / "o.png")
+    (folder / "sub" / "inside.png").symlink_to("../a.png")
+    (folder / "outside.png").symlink_to(tmp_path / "o.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "gone.png").symlink_to("missing.png")
+    (folder / "linked_dir.png").symlink_to("sub")
+    os.mkfifo(folder / "fifo.png")
+    with open(folder / "huge.png", "wb") as huge:
+        os.truncate(huge.fileno(), MAX_ENCODED_BYTES + 1)
+    report = InputReport()
+    batches = list(iter_input_batches(folder, 16, batch_size=8, report=report))
+    assert [ids for ids, _ in batches] == [["a.png", "sub/inside.png"]]
+    reasons = {skip["source_id"]: skip["reason"] for skip in report.skipped}
+    assert reasons == {
+        "fifo.png": "not a regular file",
+        "gone.png": "broken link: No such file or directory",
+        "huge.png": f"file too large ({MAX_ENCODED_BYTES + 1:,} bytes)",
+        "linked_dir.png": "not a regular file",
+        "outside.png": "links outside the source",
+        "zero.png": "links outside the source",
+    }
 
 
 def test_scores_are_parasitized_probabilities_with_labels(tmp_path):

@@ -42,3 +42,26 @@ def test_few_patients_still_split_by_patient():
     assert set(splits) == {"train", "validation", "test"}
     for group in np.unique(groups):
         assert len(set(splits[groups == group])) == 1
+
+
+def test_too_few_images_for_a_random_split_say_how_many_are_needed():
+    labels = np.arange(13) % 2
+    with pytest.raises(SplitError, match=r"too few images for a random split: 13; .* least 14"):
+        assign_splits(labels, labels.astype(str), "random", 0.2, 0.1, seed=0)
+    labels = np.arange(14) % 2
+    splits = assign_splits(labels, labels.astype(str), "random", 0.2, 0.1, seed=0)
+    for split in ("train", "validation", "test"):
+        assert set(labels[splits == split]) == {0, 1}, split
+
+
+def test_a_label_too_rare_to_stratify_is_a_split_error():
+    labels = np.array([0] * 30 + [1])
+    with pytest.raises(SplitError, match="random split cannot hold out 20% of 31 images"):
+        assign_splits(labels, labels.astype(str), "random", 0.2, 0.1, seed=0)
+
+
+def test_the_largest_seed_splits():
+    labels, groups = _patients(10)
+    for strategy in ("random", "patient"):
+        splits = assign_splits(labels, groups, strategy, 0.2, 0.1, seed=2**32 - 1)
+        assert set(splits) == {"train", "validation", "test"}

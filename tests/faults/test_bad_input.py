@@ -291,8 +291,9 @@ PATH_CASES = [
     (["ingest", "--source", "zip:{corrupt_zip}"], 2, ["{corrupt_zip}", "corrupt zip archive"]),
     (["ingest", "--source", "zip:{loop}"], 2, ["--source", "{loop}", "cannot be resolved"]),
     (["ingest", "--source", "zip:{dangling}"], 2, ["--source", "{dangling}", "not exist"]),
-    (["train", "--dataset", "{file}"], 2, ["--dataset", "{file}"]),
-    (["train", "--dataset", "{fifo}"], 2, ["--dataset", "{fifo}"]),
+    # was: "does not exist"
+    (["train", "--dataset", "{file}"], 2, ["--dataset", "{file}", "not a directory"]),
+    (["train", "--dataset", "{fifo}"], 2, ["--dataset", "{fifo}", "not a directory"]),
     (["train", "--dataset", "{loop}"], 2, ["--dataset", "{loop}"]),
     (["train", "--dataset", "{empty_dir}"], 2, ["--dataset", "{empty_dir}", "no manifest.json"]),
     (["evaluate", "--model", "models:/m/1", "--dataset", "{dangling}"], 2, ["--dataset"]),
@@ -428,17 +429,33 @@ def test_unknown_flow_parameters_are_named():
         _flow("pipeline").validate_parameters({"epochs": 3})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in cnn/config.py (left alone): TrainConfig.seed has no upper bound, but "
-    "keras.utils.set_random_seed refuses seeds of 2**32 and more, so such a run fails in "
-    "training, after the ingest",
+@pytest.mark.parametrize(
+    ("flow_name", "parameters", "named"),
+    [
+        ("train", {"dataset": "d", "training": {"seed": 2**32}}, "training.seed"),
+        ("ingest", {"config": {"seed": 2**32}}, "config.seed"),
+    ],
+    ids=["train", "ingest"],
 )
-def test_a_seed_keras_refuses_is_refused_before_the_run():
+def test_a_seed_keras_refuses_is_refused_before_the_run(flow_name, parameters, named):
+    """Was: accepted, then keras.utils.set_random_seed refused it in training, after the ingest."""
     from prefect.exceptions import ParameterTypeError
 
-    with pytest.raises(ParameterTypeError, match=r"training\.seed"):
-        _flow("train").validate_parameters({"dataset": "d", "training": {"seed": 2**32}})
+    with pytest.raises(ParameterTypeError) as raised:
+        _flow(flow_name).validate_parameters(parameters)
+    assert f" {named}:" in str(raised.value)
+
+
+def test_the_largest_seed_is_accepted_by_the_split_and_keras():
+    import keras
+
+    from cnn.config import MAX_SEED, TrainConfig
+    from cnn.splits import assign_splits
+
+    labels = [0, 1] * 10
+    splits = assign_splits(labels, labels, "random", 0.2, 0.1, IngestConfig(seed=MAX_SEED).seed)
+    assert set(splits) == {"train", "validation", "test"}
+    keras.utils.set_random_seed(TrainConfig(seed=MAX_SEED).seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +562,43 @@ def test_a_file_replaced_after_listing_is_reported_when_read(tmp_path, replace, 
             decode_image(payload)
     else:
         assert isinstance(payload, Unreadable) and reason in payload.reason
+
+
+PREDICT_FOLDER_CASES = [case for case in FOLDER_CASES if case[0] != "y.png"]
+"""The hostile entries that `predict` skips: a directory (y.png) it searches, as any folder."""
+
+
+@pytest.fixture(scope="module")
+def hostile_folder_predict_report(hostile_folder):
+    """The hostile folder as `predict` reads it: the ids it would score, and its report."""
+    from cnn.predict import InputReport, iter_input_batches
+
+    report = InputReport()
+    with deadline():
+        batches = iter_input_batches(hostile_folder, 16, batch_size=8, report=report)
+        scored = [source_id for ids, _ in batches for source_id in ids]
+    return scored, report
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [(name, reason) for name, _, reason in PREDICT_FOLDER_CASES],
+    ids=[name for name, _, _ in PREDICT_FOLDER_CASES],
+)
+def test_predict_skips_and_reports_hostile_folder_entries(
+    hostile_folder_predict_report, name, reason
+):
+    """Was: a 1 GB file read whole, links out of the folder followed (/dev/zero, a file
+    outside), FIFOs and broken links left out with no word."""
+    _, report = hostile_folder_predict_report
+    skipped = {entry["source_id"]: entry["reason"] for entry in report.skipped}
+    assert reason in skipped[f"Parasitized/{name}"]
+
+
+def test_predict_scores_every_good_image_of_a_hostile_folder(hostile_folder_predict_report):
+    scored, report = hostile_folder_predict_report
+    assert len(scored) == report.scored == 20
+    assert len(report.skipped) == len(PREDICT_FOLDER_CASES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,31 +760,89 @@ def test_a_synthetic_limit_too_large_to_list_is_refused_at_once():
 
 
 # ---------------------------------------------------------------------------------------------
-# Known bugs outside this sweep's files, recorded so that a fix shows up here (strict xfail).
+# Too few images for a random split, and datasets whose manifest is not what it should be.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in cnn/splits.py (left alone): a random split of a few images fails with "
-    "scikit-learn's 'The test_size = 1 should be greater or equal to the number of classes'",
-)
 def test_too_few_images_for_a_random_split_are_named(tmp_path):
+    """Was: scikit-learn's 'The test_size = 1 should be greater or equal to the number of
+    classes', with nothing saying that there were too few images."""
     from cnn.splits import SplitError
 
     root = write_nih_folder(tmp_path / "cells", per_class=5)
     config = IngestConfig(source=f"folder:{root}", image_size=16, split="random")
-    with deadline(), pytest.raises(SplitError):
+    with deadline(), pytest.raises(SplitError, match=r"too few images .*: 10; .* at least 14"):
         build_dataset(open_source(config.source), config, tmp_path / "datasets", workers=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in cnn/dataset.py (left alone): open_dataset trusts the manifest's "
-    "structure; `[]` gives AttributeError, a manifest without shards KeyError (exit 1)",
+def test_malaria_ingest_names_too_few_images_on_one_line(
+    tmp_path, capsys, data_dir, mlflow_uri, prefect_harness
+):
+    root = write_nih_folder(tmp_path / "cells", per_class=5)
+    argv = ["ingest", "--source", f"folder:{root}", "--image-size", "16", "--split", "random"]
+    assert_one_line_error(*malaria(argv, capsys), 1, "SplitError", "too few images", "14")
+
+
+VALID_MANIFEST = {
+    "format_version": 1,
+    "name": "synthetic-16px-0123456789abcdef",
+    "fingerprint": "0123456789abcdef",
+    "source": {"kind": "synthetic"},
+    "split_strategy": "random",
+    "split_note": "",
+    "image_shape": [16, 16, 3],
+    "label_names": ["parasitized", "uninfected"],
+    "rows": 0,
+    "shards": [],
+    "counts": {},
+    "skipped": [],
+}
+"""The fields a reader relies on, well formed (with no shards: the cases break one thing)."""
+
+MANIFEST_CASES = [
+    # manifest.json's content, what the error must say (besides the manifest's path)
+    (b"[]", "a JSON array, not an object"),  # was: AttributeError
+    (b'{"format_version": 1}', "no 'name'"),  # was: KeyError
+    (json.dumps({**VALID_MANIFEST, "shards": None}).encode(), "'shards' is null"),  # TypeError
+    (
+        json.dumps({k: v for k, v in VALID_MANIFEST.items() if k != "shards"}).encode(),
+        "no 'shards'",  # was: KeyError
+    ),
+    (json.dumps({**VALID_MANIFEST, "rows": "many"}).encode(), "'rows' is \"many\""),
+    (json.dumps({**VALID_MANIFEST, "image_shape": [16, 16]}).encode(), "'image_shape'"),
+    (
+        json.dumps({**VALID_MANIFEST, "shards": [{"file": "/etc/passwd", "rows": 1}]}).encode(),
+        "shard 0",  # was: read from outside the dataset
+    ),
+    (json.dumps({**VALID_MANIFEST, "shards": ["part-0.parquet"]}).encode(), "shard 0"),
+    (b"\xff\xfe{}", "is corrupt: 'utf-8' codec"),  # was: an error that named no file
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    MANIFEST_CASES,
+    ids=[
+        "list",
+        "only-format",
+        "null-shards",
+        "no-shards",
+        "text-rows",
+        "2d-shape",
+        "absolute-shard",
+        "shard-not-object",
+        "not-utf8",
+    ],
 )
-@pytest.mark.parametrize("manifest", ["[]", '{"format_version": 1}'], ids=["list", "no-shards"])
-def test_a_malformed_manifest_is_named(tmp_path, manifest, capsys, data_dir, mlflow_uri):
+def test_a_malformed_manifest_is_named(tmp_path, content, message, capsys, data_dir, mlflow_uri):
     (tmp_path / "dataset").mkdir()
-    (tmp_path / "dataset" / "manifest.json").write_text(manifest)
+    (tmp_path / "dataset" / "manifest.json").write_bytes(content)
     code, out, err = malaria(["train", "--dataset", str(tmp_path / "dataset")], capsys)
-    assert_one_line_error(code, out, err, 2, "--dataset", str(tmp_path / "dataset"))
+    manifest = str(tmp_path / "dataset" / "manifest.json")
+    assert_one_line_error(code, out, err, 2, "--dataset", manifest, message)
+
+
+def test_a_well_formed_manifest_passes_the_structure_check(tmp_path):
+    from cnn.dataset import open_dataset
+
+    (tmp_path / "manifest.json").write_text(json.dumps(VALID_MANIFEST))
+    assert open_dataset(tmp_path).rows == 0
