@@ -242,12 +242,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         head_weights: list[np.ndarray] | None = None,
     ) -> None:
         super().__init__()
-        self._store, self._phase, self._phase_start, self._phase_end = (
-            store,
-            phase,
-            phase_start,
-            phase_end,
-        )
+        self._store = store
+        self._phase, self._phase_start, self._phase_end = phase, phase_start, phase_end
         self._history = {name: list(values) for name, values in history.items()}
         self._early_stopping, self._schedule = early_stopping, schedule
         self._head_best, self._head_weights = head_best, head_weights or []

@@ -115,7 +115,10 @@ def _start_temporary_prefect_server() -> threading.Event:
 
 
 def _quiet_environment() -> None:
-    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter."""
+    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter, and time for
+    Prefect's temporary server to start on a busy machine (its 20 s ran out in a soak test
+    while another pipeline used both cores)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
