@@ -55,6 +55,10 @@ def tracking_uri() -> str:
     return uri
 
 
+_opened_stores: set[str] = set()
+"""SQLite stores this process has opened (and so created) already."""
+
+
 def configure_tracking() -> str:
     """Point this process's MLflow client at the tracking store; return its URI.
 
@@ -69,9 +73,6 @@ def configure_tracking() -> str:
         _opened_stores.add(uri)
     mlflow.set_tracking_uri(uri)
     return uri
-
-
-_opened_stores: set[str] = set()
 
 
 class TrackingUnavailableError(ConnectionError):
