@@ -1,15 +1,18 @@
-"""Soak benchmark: many small pipeline runs back to back in one long-lived process, the way a
-Prefect worker runs the weekly retrain for months.
+"""Soak benchmark: many small pipeline runs back to back, the way a worker runs the weekly
+retrain for months.
 
-    python benchmarks/soak.py --runs 30
+    python benchmarks/soak.py --runs 30          # all in this one process
+    python benchmarks/soak.py --runs 10 --cli    # each its own `malaria pipeline` process
 
 Each run is the whole `pipeline` flow (ingest, a cache hit after the first; train `simple`
 for 2 epochs on 60 synthetic cells of 24 px; evaluate, register, promote, report) against a
 SQLite MLflow store and Prefect's temporary server in a temporary directory. Reported:
+Prefect temporary servers still running after each run (a leak if they outlive their run),
 failures (must be 0), seconds per run and their drift (the last third's median over the
 first third's), the process's memory after each run and its growth per run (least squares
 over the runs after the first), open file descriptors and threads after each run, and the
-child processes left at the end. Printed and saved to benchmarks/results/soak.json.
+child processes left at the end. Printed and saved to benchmarks/results/soak.json
+(soak-cli.json with --cli, where memory is each run's peak over its process tree).
 """
 
 import argparse
@@ -49,10 +52,27 @@ def describe(child) -> str:
         return f"zombie: {child.name()} (pid {child.pid})"
 
 
+def temporary_prefect_servers() -> int:
+    """Prefect temporary servers running on this machine (left behind, if the runs ended)."""
+    import psutil
+
+    count = 0
+    for process in psutil.process_iter(["cmdline"]):
+        if "prefect.server.api.server:create_app" in " ".join(process.info["cmdline"] or []):
+            count += 1
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="each run its own `malaria pipeline` process, as a Prefect process worker runs "
+        "each flow run (default: all runs in this one process, the worst case for leaks)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="malaria-soak-"))
@@ -69,43 +89,63 @@ def main() -> None:
         }
     )
     import psutil
-
-    from cnn.config import IngestConfig, TrainConfig
-    from flows.pipeline import pipeline
+    from _measure import measure
 
     process = psutil.Process()
-    data = IngestConfig(source="synthetic", limit=60, image_size=24)
-    training = TrainConfig(epochs=args.epochs, batch_size=16, patience=20)
+    servers_before = temporary_prefect_servers()
+    command = [
+        sys.executable, "-m", "flows.cli", "pipeline", "--source", "synthetic", "--limit", "60",
+        "--image-size", "24", "--variants", "simple", "--batch-size", "16",
+        "--epochs", str(args.epochs), "--json",
+    ]  # fmt: skip
+
+    def run_in_a_new_process() -> dict:
+        measured = measure(command, cwd=REPO)
+        if measured.returncode != 0:
+            raise RuntimeError(measured.stderr.strip().splitlines()[-1])
+        return {"peak_rss_mib": round(measured.peak_rss_bytes / 2**20, 1)}
+
+    def run_here() -> dict:
+        from cnn.config import IngestConfig, TrainConfig
+        from flows.pipeline import pipeline
+
+        pipeline(
+            data=IngestConfig(source="synthetic", limit=60, image_size=24),
+            variants=["simple"],
+            training=TrainConfig(epochs=args.epochs, batch_size=16, patience=20),
+        )
+        return {"rss_mib": round(process.memory_info().rss / 2**20, 1)}
+
+    run_once = run_in_a_new_process if args.cli else run_here
     runs, failures = [], []
     for index in range(args.runs):
         started = time.perf_counter()
         try:
-            result = pipeline(data=data, variants=["simple"], training=training)
-            ok, champion = True, result.champion.version if result.champion else None
+            measured, ok = run_once(), True
         except Exception as error:
-            ok, champion = False, None
+            measured, ok = {}, False
             failures.append({"run": index + 1, "error": traceback.format_exception_only(error)})
-        seconds = time.perf_counter() - started
         runs.append(
             {
                 "run": index + 1,
                 "ok": ok,
-                "seconds": round(seconds, 2),
-                "rss_mib": round(process.memory_info().rss / 2**20, 1),
+                "seconds": round(time.perf_counter() - started, 2),
+                **measured,
                 "open_files": process.num_fds(),
                 "threads": threading.active_count(),
-                "champion_version": champion,
+                "prefect_servers_left": temporary_prefect_servers() - servers_before,
             }
         )
         print(runs[-1], flush=True)
 
     seconds = [run["seconds"] for run in runs]
-    rss = [run["rss_mib"] for run in runs]
+    memory_key = "peak_rss_mib" if args.cli else "rss_mib"
+    memory = [run.get(memory_key, 0.0) for run in runs]
     third = max(1, len(runs) // 3)
-    children = [describe(child) for child in process.children(recursive=True)]
     save(
-        "soak",
+        "soak-cli" if args.cli else "soak",
         {
+            "mode": "a process per run" if args.cli else "one process",
             "runs": args.runs,
             "epochs": args.epochs,
             "failures": len(failures),
@@ -118,12 +158,15 @@ def main() -> None:
             if len(runs) > 3
             else None,
             "seconds_slope_per_run": round(slope(seconds[1:]), 3),
-            "rss_mib_after_first": rss[0],
-            "rss_mib_after_last": rss[-1],
-            "rss_growth_mib_per_run": round(slope(rss[1:]), 2),
+            f"{memory_key}_first": memory[0],
+            f"{memory_key}_last": memory[-1],
+            f"{memory_key}_growth_per_run": round(slope(memory[1:]), 2),
             "open_files_first_last": [runs[0]["open_files"], runs[-1]["open_files"]],
             "threads_first_last": [runs[0]["threads"], runs[-1]["threads"]],
-            "child_processes_at_end": children,
+            "prefect_servers_left_at_end": runs[-1]["prefect_servers_left"],
+            "child_processes_at_end": [
+                describe(child) for child in process.children(recursive=True)
+            ],
             "per_run": runs,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         },
