@@ -53,12 +53,15 @@ def describe(child) -> str:
 
 
 def temporary_prefect_servers() -> int:
-    """Prefect temporary servers running on this machine (left behind, if the runs ended)."""
+    """Prefect temporary servers running on this machine that this process did not start
+    (with --cli: those its finished runs left behind)."""
     import psutil
 
+    own = {child.pid for child in psutil.Process().children(recursive=True)}
     count = 0
     for process in psutil.process_iter(["cmdline"]):
-        if "prefect.server.api.server:create_app" in " ".join(process.info["cmdline"] or []):
+        command = " ".join(process.info["cmdline"] or [])
+        if "prefect.server.api.server:create_app" in command and process.pid not in own:
             count += 1
     return count
 
