@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 import warnings
+from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, open_dataset
+from cnn.locks import LockTimeoutError, exclusive_lock
 from cnn.training import TrainingResult, predict_uninfected_probability, train_on_dataset
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
@@ -74,10 +76,59 @@ def train_model(
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
-    client = mlflow.MlflowClient()
-    checkpoints = (
-        CheckpointStore(checkpoint_dir(dataset, variant, config)) if config.checkpoints else None
+    with ExitStack() as held:
+        checkpoints = _claim_checkpoints(dataset, variant, config, held, logger)
+        result, info = _train_and_log(
+            dataset, variant, config, run_id, registered_model, checkpoints, logger
+        )
+        if checkpoints is not None:
+            checkpoints.clear()  # the model is safe in MLflow now
+    logger.info(
+        "%s: %d parameters, %d epochs (best %d) in %.1f s → %s",
+        variant,
+        result.model.count_params(),
+        result.epochs_run,
+        result.best_epoch,
+        result.seconds,
+        info.model_uri,
     )
+    return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
+
+
+def _claim_checkpoints(
+    dataset: Dataset, variant: str, config: TrainConfig, held: ExitStack, logger: Any
+) -> CheckpointStore | None:
+    """This training's checkpoint store, locked for as long as `held` is open; None when
+    checkpoints are off, or when an identical training (another run with the same dataset,
+    variant and settings) holds it: two trainings must not write one checkpoint."""
+    if not config.checkpoints:
+        return None
+    store = CheckpointStore(checkpoint_dir(dataset, variant, config))
+    try:
+        held.enter_context(
+            exclusive_lock(store.root.parent / f"{store.root.name}.lock", timeout_seconds=0)
+        )
+    except LockTimeoutError:
+        logger.warning(
+            "An identical training is running and holds %s: this one trains without checkpoints",
+            store.root,
+        )
+        return None
+    return store
+
+
+def _train_and_log(
+    dataset: Dataset,
+    variant: str,
+    config: TrainConfig,
+    run_id: str,
+    registered_model: str,
+    checkpoints: CheckpointStore | None,
+    logger: Any,
+) -> tuple[TrainingResult, ModelInfo]:
+    """Train (resuming from `checkpoints`), log the run and the registered model; if the
+    model cannot be logged, keep it on disk and say where."""
+    client = mlflow.MlflowClient()
     epoch_log = EpochMetricLog(client, run_id, logger, f"{variant} epoch %d/{config.epochs}")
     result = None
     try:
@@ -103,7 +154,7 @@ def train_model(
                 )
                 epoch_log.backfill(result.history, result.resumed_epochs)
             epoch_log.flush()
-            info = _log_trained_model(dataset, config, result, registered_model)
+            return result, _log_trained_model(dataset, config, result, registered_model)
     except Exception as error:
         kept = _keep_model(result.model if result else None, checkpoints, run_id)
         if kept is None:  # nothing trained yet
@@ -113,18 +164,6 @@ def train_model(
             f"{_first_line(error)}); it is kept at {kept}"
             + ("; a retry or rerun logs it without training again" if checkpoints else "")
         ) from error
-    if checkpoints is not None:
-        checkpoints.clear()  # the model is safe in MLflow now
-    logger.info(
-        "%s: %d parameters, %d epochs (best %d) in %.1f s → %s",
-        variant,
-        result.model.count_params(),
-        result.epochs_run,
-        result.best_epoch,
-        result.seconds,
-        info.model_uri,
-    )
-    return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
 
 
 def _log_trained_model(

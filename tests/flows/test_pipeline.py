@@ -155,7 +155,7 @@ def test_ingest_leaves_prefect_artifacts_with_counts_and_validation(finished_pip
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
             )
-        return artifacts[-1]
+        return max(artifacts, key=lambda artifact: artifact.created)  # other tests made some
 
     validation = asyncio.run(latest("dataset-validation"))
     assert result.dataset.name in validation.data
@@ -243,7 +243,7 @@ def test_run_summary_artifact_says_where_the_report_is(finished_pipeline):
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-report"]))
             )
-        return artifacts[-1]
+        return max(artifacts, key=lambda artifact: artifact.created)  # other tests made some
 
     summary = asyncio.run(latest()).data
     assert result.runs[0].run_id in summary

@@ -1,0 +1,49 @@
+"""Where a training's checkpoints live, and that two identical trainings never share them."""
+
+import logging
+from contextlib import ExitStack
+
+import pytest
+
+from cnn.config import IngestConfig, TrainConfig
+from cnn.dataset import build_dataset
+from cnn.sources import SyntheticSource
+from tasks.train import _claim_checkpoints, checkpoint_dir
+
+LOGGER = logging.getLogger("test-train-checkpoints")
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MALARIA_DATA_DIR", str(tmp_path / "data"))
+    config = IngestConfig(source="synthetic", image_size=16, limit=40)
+    built, _ = build_dataset(SyntheticSource(count=40), config, tmp_path / "data" / "datasets")
+    return built
+
+
+def test_checkpoints_are_kept_per_dataset_variant_and_settings(dataset, tmp_path):
+    config = TrainConfig()
+    folder = checkpoint_dir(dataset, "simple", config)
+    assert folder.is_relative_to(tmp_path / "data" / "checkpoints" / dataset.name)
+    assert checkpoint_dir(dataset, "simple", config.model_copy(update={"checkpoints": False})) == (
+        folder
+    )
+    assert checkpoint_dir(dataset, "resnet", config) != folder
+    assert checkpoint_dir(dataset, "simple", config.model_copy(update={"epochs": 3})) != folder
+
+
+def test_an_identical_training_running_at_once_trains_without_checkpoints(dataset, caplog):
+    config = TrainConfig()
+    with ExitStack() as first, ExitStack() as second:
+        claimed = _claim_checkpoints(dataset, "simple", config, first, LOGGER)
+        assert claimed is not None
+        with caplog.at_level(logging.WARNING):
+            assert _claim_checkpoints(dataset, "simple", config, second, LOGGER) is None
+        assert "identical training is running" in caplog.text
+        changed = config.model_copy(update={"learning_rate": 0.01})
+        assert _claim_checkpoints(dataset, "simple", changed, second, LOGGER) is not None
+    with ExitStack() as later:  # released when the first training ended
+        assert _claim_checkpoints(dataset, "simple", config, later, LOGGER).root == claimed.root
+    off = config.model_copy(update={"checkpoints": False})
+    with ExitStack() as unused:
+        assert _claim_checkpoints(dataset, "simple", off, unused, LOGGER) is None
