@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cnn.dataset import write_json_durably
+
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.npz"
@@ -74,10 +76,8 @@ class CheckpointStore:
             scalars = {
                 key: value for key, value in asdict(state).items() if key not in ARRAY_GROUPS
             }
-            with open(temporary / STATE_FILE, "w") as handle:
-                json.dump({"format_version": FORMAT_VERSION, **scalars}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+            scalars["format_version"] = FORMAT_VERSION
+            write_json_durably(temporary / STATE_FILE, scalars)
             final = self.root / name
             shutil.rmtree(final, ignore_errors=True)
             temporary.rename(final)

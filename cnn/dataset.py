@@ -156,7 +156,7 @@ def _write_dataset(
         }
         if manifest["rows"] == 0:
             raise DatasetError(f"no image of source {source.kind!r} could be decoded")
-        _write_json_durably(temporary_path / MANIFEST_NAME, manifest)
+        write_json_durably(temporary_path / MANIFEST_NAME, manifest)
         _publish(temporary_path, final_path)
     finally:
         shutil.rmtree(temporary_path, ignore_errors=True)
@@ -549,7 +549,8 @@ def _split_note(requested: str, used: str) -> str:
     )
 
 
-def _write_json_durably(path: Path, content: dict[str, Any]) -> None:
+def write_json_durably(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON and fsync it, so a rename that publishes it never exposes an empty file."""
     with open(path, "w") as handle:
         json.dump(content, handle, indent=2)
         handle.flush()

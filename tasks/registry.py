@@ -21,7 +21,7 @@ from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
-from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking
+from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking, first_line
 
 LOADED_MODELS_KEPT = 2
 PROMOTION_LOCK_SECONDS = 600
@@ -47,8 +47,9 @@ def load_keras_model(model_uri: str) -> keras.Model:
     try:
         model = mlflow.keras.load_model(model_uri)
     except (MlflowException, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise ModelNotFoundError(f"model {model_uri!r} cannot be loaded: {first_line}") from error
+        raise ModelNotFoundError(
+            f"model {model_uri!r} cannot be loaded: {first_line(error)}"
+        ) from error
     if immutable:
         with _loaded_models_lock:
             _loaded_models[model_uri] = model

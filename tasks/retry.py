@@ -7,22 +7,19 @@ missing file or a corrupt dataset fails at once: retrying would fail the same wa
 """
 
 import os
-import sqlite3
 from typing import Any
 
 import requests
 from prefect.tasks import exponential_backoff
 
-from cnn.locks import LockTimeoutError
 from cnn.sources import SourceUnavailableError
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,  # includes refused and reset connections
-    TimeoutError,  # includes LockTimeoutError
+    TimeoutError,  # includes cnn.locks.LockTimeoutError
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     SourceUnavailableError,
-    LockTimeoutError,
 )
 TRANSIENT_MESSAGES = (
     "database is locked",  # SQLite store busy with another writer
@@ -42,8 +39,6 @@ def is_transient(error: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, TRANSIENT_ERRORS):
-            return True
-        if isinstance(current, sqlite3.OperationalError) and "locked" in str(current):
             return True
         if any(message in str(current) for message in TRANSIENT_MESSAGES):
             return True

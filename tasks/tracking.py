@@ -174,6 +174,13 @@ def mark_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return abandoned
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type when it has none), for one-line errors:
+    MLflow's messages go on for pages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ModelNotFoundError(LookupError):
     """A model URI that names nothing loadable; the message says what was looked for."""
 

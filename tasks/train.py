@@ -31,7 +31,7 @@ from cnn.locks import LockTimeoutError, exclusive_lock
 from cnn.training import TrainingResult, predict_uninfected_probability, train_on_dataset
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
-from tasks.tracking import configure_tracking, tracking_uri
+from tasks.tracking import configure_tracking, first_line, tracking_uri
 
 AUGMENTATION_PREVIEW = "augmentation/preview.png"
 MAX_METRICS_PER_BATCH = 1000
@@ -161,7 +161,7 @@ def _train_and_log(
             raise
         raise ModelNotLoggedError(
             f"the trained model could not be logged to MLflow ({tracking_uri()}: "
-            f"{_first_line(error)}); it is kept at {kept}"
+            f"{first_line(error)}); it is kept at {kept}"
             + ("; a retry or rerun logs it without training again" if checkpoints else "")
         ) from error
 
@@ -225,11 +225,6 @@ def _keep_model(
     model.save(temporary)
     temporary.replace(path)
     return path
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def checkpoint_dir(dataset: Dataset, variant: str, config: TrainConfig) -> Path:
