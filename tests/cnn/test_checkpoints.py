@@ -31,6 +31,27 @@ def _interrupt_after(epoch: int):
     return report
 
 
+def _interrupted(dataset, variant: str, config, store, after_epoch: int) -> None:
+    """Train until the checkpoint of `after_epoch` is written, then stop as a kill would."""
+    with pytest.raises(Interrupted):
+        train_on_dataset(
+            dataset, variant, config, on_epoch_end=_interrupt_after(after_epoch), checkpoints=store
+        )
+
+
+def _resumed(dataset, variant: str, config, store):
+    """Train again from `store`; the result, and the epochs this call trained."""
+    reported = []
+    result = train_on_dataset(
+        dataset,
+        variant,
+        config,
+        on_epoch_end=lambda epoch, _: reported.append(epoch),
+        checkpoints=store,
+    )
+    return result, reported
+
+
 def _steps_per_epoch(dataset, batch_size: int) -> int:
     return math.ceil(sum(dataset.manifest["counts"]["train"].values()) / batch_size)
 
@@ -38,21 +59,11 @@ def _steps_per_epoch(dataset, batch_size: int) -> int:
 def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset, tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints")
     config = TrainConfig(epochs=4, batch_size=32, patience=10)
-    with pytest.raises(Interrupted):
-        train_on_dataset(
-            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(2), checkpoints=store
-        )
+    _interrupted(tiny_dataset, "simple", config, store, after_epoch=2)
     interrupted = store.latest()
     assert interrupted.epochs_done == 2 and not interrupted.phase_finished
 
-    reported = []
-    result = train_on_dataset(
-        tiny_dataset,
-        "simple",
-        config,
-        on_epoch_end=lambda epoch, _: reported.append(epoch),
-        checkpoints=store,
-    )
+    result, reported = _resumed(tiny_dataset, "simple", config, store)
     assert reported == [3, 4]
     assert result.resumed_epochs == 2 and result.epochs_run == 4
     assert result.history["val_loss"][:2] == interrupted.history["val_loss"]
@@ -68,14 +79,7 @@ def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
     first = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
     assert first.epochs_run < 40 and store.latest().phase_finished  # stopped early
 
-    reported = []
-    again = train_on_dataset(
-        tiny_dataset,
-        "simple",
-        config,
-        on_epoch_end=lambda epoch, _: reported.append(epoch),
-        checkpoints=store,
-    )
+    again, reported = _resumed(tiny_dataset, "simple", config, store)
     assert reported == [] and again.epochs_run == first.epochs_run
     for restored, trained in zip(again.model.get_weights(), first.model.get_weights(), strict=True):
         np.testing.assert_array_equal(restored, trained)  # the best epoch's weights
@@ -88,10 +92,7 @@ def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
     config = TrainConfig(epochs=40, batch_size=32, patience=1, learning_rate=1e-9)
     uninterrupted = train_on_dataset(tiny_dataset, "simple", config)
     assert (uninterrupted.best_epoch, uninterrupted.epochs_run) == (1, 2)
-    with pytest.raises(Interrupted):
-        train_on_dataset(
-            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(1), checkpoints=store
-        )
+    _interrupted(tiny_dataset, "simple", config, store, after_epoch=1)
     resumed = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
     # Epoch 1's val_loss came back as the best so far: a forgotten best would take epoch 2
     # as an improvement and train a third epoch.
@@ -102,10 +103,7 @@ def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
 def test_a_half_written_or_unreadable_checkpoint_is_never_used(tiny_dataset, tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints")
     config = TrainConfig(epochs=2, batch_size=32, patience=10)
-    with pytest.raises(Interrupted):
-        train_on_dataset(
-            tiny_dataset, "simple", config, on_epoch_end=_interrupt_after(1), checkpoints=store
-        )
+    _interrupted(tiny_dataset, "simple", config, store, after_epoch=1)
     (store.root / ".tmp-epoch-0002-phase-0-deadbeef").mkdir()  # a crash mid-write
     (store.root / "epoch-0003-phase-0").mkdir()  # no state.json: never published
     corrupt = store.root / "epoch-0002-phase-0"
@@ -122,18 +120,8 @@ def test_resuming_into_fine_tuning_skips_the_finished_head_phase(tiny_dataset, t
         fine_tune_layers=2,
         variant_options={"transfer": {"weights": None}},
     )
-    with pytest.raises(Interrupted):
-        train_on_dataset(
-            tiny_dataset, "transfer", config, on_epoch_end=_interrupt_after(1), checkpoints=store
-        )
-    reported = []
-    result = train_on_dataset(
-        tiny_dataset,
-        "transfer",
-        config,
-        on_epoch_end=lambda epoch, _: reported.append(epoch),
-        checkpoints=store,
-    )
+    _interrupted(tiny_dataset, "transfer", config, store, after_epoch=1)
+    result, reported = _resumed(tiny_dataset, "transfer", config, store)
     assert reported == [2]  # only the fine-tuning epoch
     assert result.epochs_run == 2 and result.fine_tuned_layers == 2
     assert store.latest().phase == 1

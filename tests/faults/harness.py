@@ -25,6 +25,11 @@ TINY_PIPELINE = [
 """Seconds-long runs: 60 synthetic cells of 24 px, the `simple` variant."""
 
 
+def tiny_pipeline(epochs: int) -> list[str]:
+    """`malaria` arguments of a tiny pipeline run of `epochs` epochs, ending in JSON."""
+    return ["pipeline", *TINY_PIPELINE, "--epochs", str(epochs), "--json"]
+
+
 @dataclass
 class Finished:
     returncode: int

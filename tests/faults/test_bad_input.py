@@ -507,21 +507,6 @@ def hostile_folder_dataset(hostile_folder, tmp_path_factory) -> Dataset:
     return dataset
 
 
-@pytest.mark.parametrize(
-    ("name", "reason"),
-    [(name, reason) for name, _, reason in FOLDER_CASES],
-    ids=[name for name, _, _ in FOLDER_CASES],
-)
-def test_hostile_folder_entries_are_skipped_and_reported(hostile_folder_dataset, name, reason):
-    skipped = reasons_by_id(hostile_folder_dataset)
-    assert reason in skipped[f"Parasitized/{name}"]
-
-
-def test_hostile_folder_entries_cost_no_good_image(hostile_folder_dataset):
-    assert hostile_folder_dataset.rows == 20
-    assert len(hostile_folder_dataset.manifest["skipped"]) == len(FOLDER_CASES)
-
-
 def test_malaria_ingest_reports_the_skipped_entries(
     hostile_folder, capsys, data_dir, mlflow_uri, prefect_harness
 ):
@@ -687,19 +672,25 @@ def _break_the_crc_of(archive: Path, name: str, written: bytes) -> None:
     archive.write_bytes(bytes(data))
 
 
+HOSTILE_CASES = {"folder": FOLDER_CASES, "zip": ZIP_CASES}
+"""Each source kind's hostile entries: (name, how it is made, the reason it is skipped)."""
+
+
 @pytest.mark.parametrize(
-    ("name", "reason"),
-    [(name, reason) for name, _, reason in ZIP_CASES],
-    ids=[name for name, _, _ in ZIP_CASES],
+    ("kind", "name", "reason"),
+    [(kind, name, reason) for kind, cases in HOSTILE_CASES.items() for name, _, reason in cases],
+    ids=[f"{kind}-{name}" for kind, cases in HOSTILE_CASES.items() for name, _, _ in cases],
 )
-def test_hostile_zip_members_are_skipped_and_reported(hostile_zip_dataset, name, reason):
-    skipped = reasons_by_id(hostile_zip_dataset)
-    assert reason in skipped[f"Parasitized/{name}"]
+def test_hostile_entries_are_skipped_and_reported(request, kind, name, reason):
+    dataset = request.getfixturevalue(f"hostile_{kind}_dataset")
+    assert reason in reasons_by_id(dataset)[f"Parasitized/{name}"]
 
 
-def test_hostile_zip_members_cost_no_good_image(hostile_zip_dataset):
-    assert hostile_zip_dataset.rows == 20
-    assert len(hostile_zip_dataset.manifest["skipped"]) == len(ZIP_CASES)
+@pytest.mark.parametrize("kind", HOSTILE_CASES)
+def test_hostile_entries_cost_no_good_image(request, kind):
+    dataset = request.getfixturevalue(f"hostile_{kind}_dataset")
+    assert dataset.rows == 20
+    assert len(dataset.manifest["skipped"]) == len(HOSTILE_CASES[kind])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,18 +11,18 @@ from mlflow.tracking import MlflowClient
 
 from tests.faults.conftest import data_dir_of
 from tests.faults.harness import (
-    TINY_PIPELINE,
     checkpoint_epochs,
     finish,
     kill_group,
     malaria,
+    tiny_pipeline,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 6
-ARGUMENTS = ["pipeline", *TINY_PIPELINE, "--epochs", str(EPOCHS), "--json"]
+ARGUMENTS = tiny_pipeline(EPOCHS)
 
 
 @pytest.mark.parametrize("seed", range(2))

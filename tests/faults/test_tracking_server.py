@@ -13,18 +13,18 @@ from mlflow.tracking import MlflowClient
 
 from tests.faults.conftest import data_dir_of
 from tests.faults.harness import (
-    TINY_PIPELINE,
     DroppingProxy,
     checkpoint_epochs,
     prefect_log_text,
     run_malaria,
+    tiny_pipeline,
 )
 from tests.integration.servers import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 5
-ARGUMENTS = ["pipeline", *TINY_PIPELINE, "--epochs", str(EPOCHS), "--json"]
+ARGUMENTS = tiny_pipeline(EPOCHS)
 QUICK_GIVE_UP = {  # MLflow's client retries each call for ~4 minutes by default
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
