@@ -1,15 +1,20 @@
-"""Recipe benchmark: test accuracy against training time, epoch by epoch, per recipe.
+"""Recipe benchmark: accuracy, ROC-AUC, sensitivity and specificity on unseen patients.
 
-    python benchmarks/recipe.py --folder ../shared/data/malaria-sample \
-        [--recipes "resnet@64 resnet@100:base_filters=16"] [--epochs 30]
+    python benchmarks/recipe.py --folder ../shared/data/malaria-dev \
+        [--recipes "default lecture resnet@64:augment=none"] [--folds 5] [--fold-limit K]
 
-A recipe is `variant@image_size`, optionally `:key=value,...` for training settings
-(`lr`, `batch`, `patience`, `plateau` = epochs before the learning rate is cut,
-`augment=lecture|flips`) and variant options (e.g. `resnet@64:base_filters=16`). Each one
-ingests the folder at its image size (patient-grouped split, the pipeline's defaults), trains
-as the pipeline does (streamed batches, early stopping on val_loss, best weights restored) and,
-after every epoch, scores the test split. The time axis is training time: the test scoring
-is not counted. Prints and saves benchmarks/results/recipe.json.
+A recipe is `default` (the pipeline's own settings), `lecture` (the lecture's recipe),
+`before` (the default of 2026-11-26), or `variant@image_size[:key=value,...]` over the
+pipeline's defaults. Keys: `epochs`, `lr`, `batch`, `wd`, `schedule`, `warmup`, `patience`
+(0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), and any other
+key is a variant option (e.g. `resnet@64:base_filters=16`).
+
+`--folds 5`: patient-grouped stratified 5-fold cross-validation (`StratifiedGroupKFold`;
+each fold's validation split is a further patient-grouped tenth of its training patients);
+every recipe sees the same folds. `--folds 0`: the pipeline's own fixed patient split, for
+quick ablations. Each recipe trains as the pipeline does (`cnn.training.train_on_dataset`),
+chooses its threshold on validation, and is scored on the held-out patients with and without
+test-time augmentation. Prints and saves benchmarks/results/<output>.json and .md.
 """
 
 import argparse
@@ -21,141 +26,260 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _measure import save
+from _measure import RESULTS_DIR
 
 TRAINING_KEYS = {
+    "epochs": "epochs",
     "lr": "learning_rate",
     "batch": "batch_size",
+    "wd": "weight_decay",
+    "schedule": "schedule",
+    "warmup": "warmup_epochs",
     "patience": "patience",
-    "plateau": "reduce_lr_patience",
+    "augment": "augment",
+    "tta": "test_time_augmentation",
+    "target": "target_sensitivity",
 }
-
-AUGMENTATIONS = {
-    "lecture": {"enabled": True},
-    "flips": {
-        "enabled": True,
-        **dict.fromkeys(("rotation_degrees", "zoom", "width_shift", "height_shift", "shear"), 0),
-        "vertical_flip": True,
-    },
+NAMED_RECIPES = {
+    "default": "",
+    "lecture": "simple@100:epochs=50,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
+    "before": "resnet@64:epochs=30,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
 }
+METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 
 
-def parse_recipe(text: str) -> tuple[str, int, dict, dict]:
-    """`variant@size[:key=value,...]` → variant, size, training settings, variant options."""
+def parse_recipe(text: str) -> tuple[str | None, int | None, dict, dict]:
+    """`variant@size[:key=value,...]` (or a named recipe) → variant, size, training settings,
+    variant options; None where the pipeline's default applies."""
+    text = NAMED_RECIPES.get(text, text)
     head, _, settings = text.partition(":")
     variant, _, size = head.partition("@")
     training, options = {}, {}
     for pair in filter(None, settings.split(",")):
         key, _, value = pair.partition("=")
-        if key == "augment":
-            training["augmentation"] = AUGMENTATIONS[value]
-            continue
-        number = float(value) if "." in value or "e" in value else int(value)
-        if key in TRAINING_KEYS:
-            training[TRAINING_KEYS[key]] = number
+        if key not in TRAINING_KEYS:
+            options[key] = _number(value)
+        elif key in ("augment", "schedule"):
+            training[TRAINING_KEYS[key]] = value
+        elif key == "tta":
+            training[TRAINING_KEYS[key]] = value == "1"
+        elif key in ("patience", "target"):
+            training[TRAINING_KEYS[key]] = _number(value) or None
         else:
-            options[key] = number
-    return variant, int(size or 100), training, options
+            training[TRAINING_KEYS[key]] = _number(value)
+    return variant or None, int(size) if size else None, training, options
 
 
-def run_recipe(folder: Path, text: str, epochs: int, datasets_dir: Path) -> dict:
-    import keras
-    import numpy as np
+def _number(value: str) -> int | float:
+    return float(value) if "." in value or "e" in value else int(value)
 
-    from cnn.batches import SplitBatches
+
+def fold_splits(dataset, folds: int, seed: int) -> list[np.ndarray]:
+    """Each fold's split name per row (in the dataset's row order), patient-grouped."""
+    import pyarrow.parquet as pq
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    table = pq.read_table(dataset.shard_paths, columns=["label", "group"])
+    labels, groups = table["label"].to_numpy(), table["group"].to_numpy(zero_copy_only=False)
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignments = []
+    for rest, test in outer.split(labels, labels, groups):
+        splits = np.full(len(labels), "train", dtype=object)
+        splits[test] = "test"
+        inner = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+        _, validation = next(inner.split(rest, labels[rest], groups[rest]))
+        splits[rest[validation]] = "validation"
+        assignments.append(splits)
+    return assignments
+
+
+def with_splits(dataset, splits: np.ndarray, path: Path):
+    """A copy of `dataset` at `path` whose rows carry `splits` (one shard, new counts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cnn.dataset import MANIFEST_NAME, open_dataset, write_json_durably
+
+    table = pq.read_table(dataset.shard_paths)
+    column = table.schema.get_field_index("split")
+    table = table.set_column(column, "split", pa.array(splits.astype(str)).dictionary_encode())
+    path.mkdir(parents=True)
+    pq.write_table(table, path / "part-0.parquet", row_group_size=256, compression="zstd")
+    names = dataset.manifest["label_names"]
+    labels = table["label"].to_numpy()
+    counts = {
+        split: {
+            name: int(np.sum((splits == split) & (labels == i))) for i, name in enumerate(names)
+        }
+        for split in ("train", "validation", "test")
+    }
+    manifest = {
+        **dataset.manifest,
+        "name": path.name,
+        "shards": [{"file": "part-0.parquet", "rows": table.num_rows}],
+        "counts": counts,
+        "split_note": "benchmark fold",
+    }
+    write_json_durably(path / MANIFEST_NAME, manifest)
+    return open_dataset(path)
+
+
+def run_once(dataset, variant: str, config, label: str) -> dict:
+    """Train on the dataset's train split and score its test split as the pipeline does."""
+    from cnn.augmentation import with_test_time_augmentation
+    from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
+    from cnn.predict import predict_split
+    from cnn.training import train_on_dataset
+
+    result = train_on_dataset(dataset, variant, config)
+    scored = {}
+    for tta, model in (
+        (False, result.model),
+        (True, with_test_time_augmentation(result.model)),
+    ):
+        validation = predict_split(model, dataset, "validation")
+        test = predict_split(model, dataset, "test")
+        threshold = DEFAULT_THRESHOLD
+        if config.target_sensitivity:
+            threshold = threshold_for_sensitivity(
+                validation.labels, validation.uninfected_probability, config.target_sensitivity
+            )
+        evaluation = evaluate_predictions(test.labels, test.uninfected_probability, threshold)
+        at_half = evaluate_predictions(test.labels, test.uninfected_probability)
+        scored["tta" if tta else "plain"] = {
+            **{name: round(evaluation.scores()[name], 4) for name in METRICS},
+            "threshold": round(threshold, 4),
+            "accuracy_at_0.5": round(at_half.accuracy, 4),
+            "sensitivity_at_0.5": round(at_half.sensitivity, 4),
+            "confusion_matrix": evaluation.confusion_matrix,
+        }
+    run = {
+        "fold": label,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.seconds, 1),
+        "val_accuracy": [round(v, 4) for v in result.history["val_accuracy"]],
+        "parameters": result.model.count_params(),
+        **scored,
+    }
+    print(label, json.dumps({k: v for k, v in run.items() if k != "val_accuracy"}), flush=True)
+    return run
+
+
+def summarise(runs: list[dict], served: str) -> dict:
+    """Mean and std over folds of each score of the `served` (tta/plain) predictions."""
+    summary = {}
+    for name in (*METRICS, "threshold"):
+        values = np.array([run[served][name] for run in runs])
+        summary[name] = {
+            "mean": round(float(values.mean()), 4),
+            "std": round(float(values.std()), 4),
+        }
+    for name in ("epochs_run", "train_seconds"):
+        values = np.array([run[name] for run in runs])
+        summary[name] = {
+            "mean": round(float(values.mean()), 1),
+            "std": round(float(values.std()), 1),
+        }
+    return summary
+
+
+def run_recipe(folder: Path, text: str, folds: int, fold_limit: int, scratch: Path) -> dict:
     from cnn.config import IngestConfig, TrainConfig
     from cnn.dataset import build_dataset
-    from cnn.metrics import evaluate_predictions
     from cnn.sources import open_source
-    from cnn.training import PREDICT_BATCH, train_on_dataset
 
     variant, size, training, options = parse_recipe(text)
-    started = time.perf_counter()
-    dataset, cached = build_dataset(
-        open_source(f"folder:{folder}"), IngestConfig(image_size=size), datasets_dir
+    from cnn.config import DEFAULT_VARIANTS
+
+    variant = variant or DEFAULT_VARIANTS[0]
+    ingest = IngestConfig(source=f"folder:{folder}", **({"image_size": size} if size else {}))
+    dataset, _ = build_dataset(open_source(ingest.source), ingest, scratch / "datasets")
+    config = TrainConfig(
+        **training, checkpoints=False, variant_options={variant: options} if options else {}
     )
-    ingest_seconds = time.perf_counter() - started
-    test = SplitBatches(dataset, "test", PREDICT_BATCH)
-    config = TrainConfig(epochs=epochs, **training, variant_options={variant: options})
-
-    class TestCurve(keras.callbacks.Callback):
-        """After each epoch: training seconds so far (scoring excluded) and test accuracy."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.points: list[dict] = []
-            self.scoring_seconds = 0.0
-
-        def on_train_begin(self, logs=None) -> None:
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
-            scoring_started = time.perf_counter()
-            seconds = scoring_started - self.started - self.scoring_seconds
-            probability = np.asarray(self.model.predict(test, verbose=0)).reshape(-1)
-            accuracy = evaluate_predictions(test.labels, probability).accuracy
-            self.points.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_seconds": round(seconds, 1),
-                    "val_accuracy": round(float(logs["val_accuracy"]), 4),
-                    "test_accuracy": round(accuracy, 4),
-                }
+    if folds:
+        runs = []
+        for index, splits in enumerate(fold_splits(dataset, folds, ingest.seed)[:fold_limit]):
+            fold = with_splits(
+                dataset, splits, scratch / f"{dataset.name}-fold{index}-{time.time_ns()}"
             )
-            self.scoring_seconds += time.perf_counter() - scoring_started
-            print(text, json.dumps(self.points[-1]), flush=True)
-
-    curve = TestCurve()
-    result = train_on_dataset(dataset, variant, config, callbacks=[curve])
-    probability = np.asarray(result.model.predict(test, verbose=0)).reshape(-1)
-    final = evaluate_predictions(test.labels, probability)
+            runs.append(run_once(fold, variant, config, f"{text} fold {index + 1}/{folds}"))
+    else:
+        runs = [run_once(dataset, variant, config, f"{text} fixed split")]
+    served = "tta" if config.test_time_augmentation else "plain"
     return {
         "recipe": text,
         "variant": variant,
-        "image_size": size,
-        "training": config.model_dump(
-            include={"epochs", "batch_size", "learning_rate", "patience"}
-        ),
+        "image_size": ingest.image_size,
+        "training": config.model_dump(mode="json", exclude={"variant_options", "checkpoints"}),
         "variant_options": options,
-        "parameters": result.model.count_params(),
-        "ingest_seconds": round(ingest_seconds, 1),
-        "ingest_cached": cached,
-        "train_seconds": round(curve.points[-1]["train_seconds"], 1),
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "test_accuracy": round(final.accuracy, 4),
-        "confusion_matrix": final.confusion_matrix,
-        "curve": curve.points,
+        "folds": folds or "fixed",
+        "served": served,
+        "summary": summarise(runs, served),
+        "summary_other": summarise(runs, "plain" if served == "tta" else "tta"),
+        "runs": runs,
     }
+
+
+def markdown(results: list[dict]) -> str:
+    """One row per recipe: mean ± std of each score, epochs and training time."""
+    lines = [
+        "| recipe | folds | accuracy | ROC-AUC | sensitivity | specificity | threshold | "
+        "epochs | training s | accuracy (other TTA) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        s, other = result["summary"], result["summary_other"]
+
+        def pm(name: str, percent: bool = True, source: dict = s) -> str:
+            mean, std = source[name]["mean"], source[name]["std"]
+            return f"{100 * mean:.2f} ± {100 * std:.2f}%" if percent else f"{mean:g} ± {std:g}"
+
+        lines.append(
+            f"| `{result['recipe']}` ({result['served']}) | {result['folds']} | {pm('accuracy')} | "
+            f"{pm('roc_auc', False)} | {pm('sensitivity')} | {pm('specificity')} | "
+            f"{pm('threshold', False)} | {pm('epochs_run', False)} | "
+            f"{pm('train_seconds', False)} | {pm('accuracy', source=other)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, type=Path, help="NIH-layout image folder")
-    parser.add_argument(
-        "--recipes", default="simple@100 resnet@64 resnet@100", help="space-separated recipes"
-    )
-    parser.add_argument("--epochs", type=int, default=30, help="most epochs per recipe")
-    parser.add_argument("--output", default="recipe", help="results file name (no .json)")
+    parser.add_argument("--recipes", default="default lecture before", help="space-separated")
+    parser.add_argument("--folds", type=int, default=5, help="grouped folds (0: fixed split)")
+    parser.add_argument("--fold-limit", type=int, default=99, help="run only the first K folds")
+    parser.add_argument("--output", default="recipe", help="results file name (no suffix)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.recipes.split():
-            results.append(run_recipe(args.folder, text, args.epochs, Path(scratch)))
-            summary = {key: value for key, value in results[-1].items() if key != "curve"}
-            print(json.dumps(summary), flush=True)
-    save(
-        args.output,
-        {
-            "benchmark": "recipe",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
-            "folder": str(args.folder),
-            "results": results,
-        },
-    )
+            results.append(
+                run_recipe(args.folder, text, args.folds, args.fold_limit, Path(scratch))
+            )
+            print(json.dumps({"recipe": text, **results[-1]["summary"]}), flush=True)
+            table = markdown(results)
+            RESULTS_DIR.mkdir(exist_ok=True)
+            (RESULTS_DIR / f"{args.output}.md").write_text(table)
+            (RESULTS_DIR / f"{args.output}.json").write_text(
+                json.dumps(
+                    {
+                        "benchmark": "recipe",
+                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        "folder": str(args.folder),
+                        "results": results,
+                    },
+                    indent=1,
+                )
+            )
+    print(table, f"saved {RESULTS_DIR / args.output}.json and .md", sep="\n")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,99 @@
-"""The lecture's augmentation policy as Keras preprocessing layers, applied in training only.
+"""Augmentation policies as Keras layers applied in training only, and test-time augmentation.
 
-The layers wrap the model while it trains (so they run on the accelerator, on each batch);
-the model that is saved and registered never contains them: it needs none to predict, and
-Keras 3.15 cannot reload a saved `RandomShear`.
+The random layers wrap the model while it trains (so they run on the accelerator, on each
+batch); the model that is saved and registered never contains them: it needs none to
+predict, and Keras 3.15 cannot reload a saved `RandomShear`. Test-time augmentation is the
+opposite: deterministic, part of the saved model, and the same for every caller.
 """
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
-from cnn.config import AugmentationPolicy
+from cnn.config import AUGMENTATIONS, AugmentationPolicy, AugmentName
+
+DIHEDRAL_VIEWS = 8
+"""The flips and quarter turns of a square: identity, 3 rotations, 4 mirror images."""
+
+
+@keras.saving.register_keras_serializable(package="malaria")
+class RandomDihedral(layers.Layer):
+    """Each image turned into one of its 8 dihedral views at random (training only)."""
+
+    def __init__(self, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed = seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        batch = ops.shape(images)[0]
+        coins = keras.random.uniform((3, batch, 1, 1, 1), seed=self._generator) < 0.5
+        images = ops.where(coins[0], ops.flip(images, axis=1), images)
+        images = ops.where(coins[1], ops.flip(images, axis=2), images)
+        return ops.where(coins[2], ops.transpose(images, (0, 2, 1, 3)), images)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="malaria")
+class RandomStain(layers.Layer):
+    """Per-image colour jitter of 0..255 pixels (training only): brightness, contrast,
+    saturation, and a gain per channel, which is how stain differences between slides look."""
+
+    def __init__(
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        stain: float = 0.0,
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.brightness, self.contrast = brightness, contrast
+        self.saturation, self.stain, self.seed = saturation, stain, seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        batch = ops.shape(images)[0]
+
+        def factor(spread: float, channels: int = 1):
+            shape = (batch, 1, 1, channels)
+            return 1.0 + keras.random.uniform(shape, -spread, spread, seed=self._generator)
+
+        images = ops.cast(images, "float32")
+        if self.stain:
+            gains = keras.random.uniform(
+                (batch, 1, 1, 3), -self.stain, self.stain, seed=self._generator
+            )
+            images = images * ops.exp(gains)
+        if self.brightness:
+            images = images * factor(self.brightness)
+        if self.contrast:
+            mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+            images = (images - mean) * factor(self.contrast) + mean
+        if self.saturation:
+            gray = ops.mean(images, axis=3, keepdims=True)
+            images = (images - gray) * factor(self.saturation) + gray
+        return ops.clip(images, 0.0, 255.0)
+
+    def get_config(self) -> dict:
+        names = ("brightness", "contrast", "saturation", "stain", "seed")
+        return {**super().get_config(), **{name: getattr(self, name) for name in names}}
 
 
 def build_augmenter(policy: AugmentationPolicy, seed: int | None = None) -> keras.Sequential | None:
-    """The policy's layers in the lecture's order, or None when augmentation is off."""
-    if not policy.enabled:
-        return None
+    """The policy's layers (geometry first, in the lecture's order, then colour), or None
+    when the policy changes nothing."""
     fill = {"fill_mode": policy.fill_mode}
     steps: list[layers.Layer] = []
+    if policy.dihedral:
+        steps.append(RandomDihedral(seed=seed))
     if policy.rotation_degrees:
         steps.append(layers.RandomRotation(policy.rotation_degrees / 360.0, seed=seed, **fill))
     if policy.zoom:
@@ -28,14 +104,19 @@ def build_augmenter(policy: AugmentationPolicy, seed: int | None = None) -> kera
         )
     if policy.shear:
         steps.append(layers.RandomShear(policy.shear, policy.shear, seed=seed, **fill))
-    flip = {
-        (True, False): "horizontal",
-        (False, True): "vertical",
-        (True, True): "horizontal_and_vertical",
-    }.get((policy.horizontal_flip, policy.vertical_flip))
-    if flip:
-        steps.append(layers.RandomFlip(flip, seed=seed))
+    if policy.horizontal_flip and not policy.dihedral:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    colour = {
+        name: getattr(policy, name) for name in ("brightness", "contrast", "saturation", "stain")
+    }
+    if any(colour.values()):
+        steps.append(RandomStain(**colour, seed=seed))
     return keras.Sequential(steps, name="augmentation") if steps else None
+
+
+def named_augmenter(name: AugmentName, seed: int | None = None) -> keras.Sequential | None:
+    """`build_augmenter` of a named policy (`cnn.config.AUGMENTATIONS`)."""
+    return build_augmenter(AUGMENTATIONS[name], seed=seed)
 
 
 def with_augmentation(model: keras.Model, augmenter: keras.Sequential | None) -> keras.Model:
@@ -61,3 +142,58 @@ def augmentation_preview(
     tiles += [np.zeros_like(image)] * (2 * columns - len(tiles))
     rows = [np.concatenate(tiles[row * columns : (row + 1) * columns], axis=1) for row in (0, 1)]
     return np.concatenate(rows, axis=0)
+
+
+def dihedral_views(images):
+    """The 8 dihedral views of a batch, stacked along the batch axis (view-major)."""
+    turned = ops.transpose(images, (0, 2, 1, 3))
+    views = []
+    for base in (images, turned):
+        flipped_rows = ops.flip(base, axis=1)
+        views += [base, flipped_rows, ops.flip(base, axis=2), ops.flip(flipped_rows, axis=2)]
+    return ops.concatenate(views, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="malaria")
+class DihedralViews(layers.Layer):
+    """(B, H, W, C) → (8B, H, W, C): every image in each of its 8 dihedral views."""
+
+    def call(self, images):
+        return dihedral_views(images)
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else DIHEDRAL_VIEWS * input_shape[0]
+        return (batch, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="malaria")
+class ViewMean(layers.Layer):
+    """(8B, …) → (B, …): the mean over each image's 8 views."""
+
+    def call(self, outputs):
+        per_view = ops.reshape(outputs, (DIHEDRAL_VIEWS, -1, *outputs.shape[1:]))
+        return ops.mean(per_view, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] // DIHEDRAL_VIEWS
+        return (batch, *input_shape[1:])
+
+
+TTA_SUFFIX = "_tta"
+
+
+def with_test_time_augmentation(model: keras.Model) -> keras.Model:
+    """A model whose output is `model`'s mean over the 8 dihedral views of each input image;
+    it shares every weight with `model`, and saves and loads as one Keras model."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    views = DihedralViews(name="views")(inputs)
+    outputs = ViewMean(name="view_mean", dtype="float32")(model(views))
+    return keras.Model(inputs, outputs, name=f"{model.name}{TTA_SUFFIX}")
+
+
+def without_test_time_augmentation(model: keras.Model) -> keras.Model:
+    """The network inside a test-time-augmented model (for pictures of its layers); any other
+    model as it is."""
+    if not any(isinstance(layer, DihedralViews) for layer in model.layers):
+        return model
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))

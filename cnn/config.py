@@ -2,9 +2,10 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SplitStrategy = Literal["patient", "random"]
+LearningRateSchedule = Literal["cosine", "constant"]
 ImageSize = Annotated[int, Field(ge=16, le=512, description="Side of the square images, pixels")]
 MAX_SEED = 2**32 - 1
 """The largest seed Keras (`keras.utils.set_random_seed`) and scikit-learn accept."""
@@ -44,25 +45,56 @@ class IngestConfig(BaseModel):
 
 
 class AugmentationPolicy(BaseModel):
-    """Random transformations of training images (the lecture's ImageDataGenerator values)."""
+    """Random transformations of training images; every field at its default does nothing."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = Field(
+    rotation_degrees: float = Field(0.0, ge=0.0, le=180.0, description="Rotate by ± this")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0, description="Zoom in or out by ± this share")
+    width_shift: float = Field(0.0, ge=0.0, lt=1.0, description="Shift by ± this share of width")
+    height_shift: float = Field(0.0, ge=0.0, lt=1.0, description="Shift by ± this share of height")
+    shear: float = Field(0.0, ge=0.0, le=1.0, description="Shear factor (Keras RandomShear)")
+    horizontal_flip: bool = Field(False, description="Mirror left-right at random")
+    dihedral: bool = Field(
         False,
-        description="Apply the policy while training. Off by default: with the lecture's "
-        "early stopping (patience 5) on 2,500 images it stops before the network learns",
+        description="One of the 8 flips and quarter turns at random (a cell has no up); "
+        "includes the horizontal flip",
     )
-    rotation_degrees: float = Field(30.0, ge=0.0, le=180.0, description="Rotate by ± this")
-    zoom: float = Field(0.15, ge=0.0, lt=1.0, description="Zoom in or out by ± this share")
-    width_shift: float = Field(0.2, ge=0.0, lt=1.0, description="Shift by ± this share of width")
-    height_shift: float = Field(0.2, ge=0.0, lt=1.0, description="Shift by ± this share of height")
-    shear: float = Field(0.15, ge=0.0, le=1.0, description="Shear factor (Keras RandomShear)")
-    horizontal_flip: bool = Field(True, description="Mirror left-right at random")
-    vertical_flip: bool = Field(False, description="Mirror up-down at random (cells have no up)")
+    brightness: float = Field(0.0, ge=0.0, lt=1.0, description="Scale brightness by 1 ± this")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Scale contrast by 1 ± this")
+    saturation: float = Field(0.0, ge=0.0, lt=1.0, description="Scale saturation by 1 ± this")
+    stain: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Scale each colour channel by exp(± this) (stain tint shifts hue)",
+    )
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
         "nearest", description="How pixels moved in from outside the image are filled"
     )
+
+
+_LECTURE = {
+    "rotation_degrees": 30.0,
+    "zoom": 0.15,
+    "width_shift": 0.2,
+    "height_shift": 0.2,
+    "shear": 0.15,
+    "horizontal_flip": True,
+}
+_MILD_AFFINE = {"zoom": 0.1, "width_shift": 0.05, "height_shift": 0.05, "fill_mode": "reflect"}
+_STAIN = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.15, "stain": 0.05}
+AUGMENTATIONS: dict[str, AugmentationPolicy] = {
+    "none": AugmentationPolicy(),
+    "lecture": AugmentationPolicy(**_LECTURE),
+    "dihedral": AugmentationPolicy(dihedral=True),
+    "dihedral+affine": AugmentationPolicy(dihedral=True, **_MILD_AFFINE),
+    "dihedral+stain": AugmentationPolicy(dihedral=True, **_STAIN),
+    "dihedral+affine+stain": AugmentationPolicy(dihedral=True, **_MILD_AFFINE, **_STAIN),
+}
+"""The named policies: the lecture's ImageDataGenerator values, and the ones measured on
+malaria-dev (README "Measured": the ablation table)."""
+AugmentName = Literal[tuple(AUGMENTATIONS)]  # type: ignore[valid-type]
 
 
 def check_variant(name: str) -> str:
@@ -86,7 +118,8 @@ DEFAULT_VARIANTS = ("resnet",)
 
 
 class TrainConfig(BaseModel):
-    """How to train a CNN variant (the lecture's Adam, batch 100 and early stopping)."""
+    """How to train a CNN variant: AdamW on a warm-up + cosine schedule, augmented, with the
+    lecture's batch of 100; the decision threshold chosen for a target sensitivity."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,15 +136,27 @@ class TrainConfig(BaseModel):
         description="Compute in float16 with float32 weights (Keras mixed_float16): faster on "
         "GPUs with tensor cores, slower on CPUs",
     )
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate")
-    patience: int = Field(
-        5, ge=0, description="Epochs without val_loss improvement before stopping"
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak learning rate")
+    weight_decay: float = Field(
+        1e-4, ge=0.0, lt=1.0, description="AdamW's decoupled weight decay (0: plain Adam)"
+    )
+    schedule: LearningRateSchedule = Field(
+        "cosine",
+        description="cosine: linear warm-up, then cosine decay to zero over `epochs`; "
+        "constant: the lecture's fixed rate",
+    )
+    warmup_epochs: int = Field(1, ge=0, description="cosine only: epochs of linear warm-up")
+    patience: int | None = Field(
+        None,
+        ge=0,
+        description="Stop after this many epochs without val_loss improvement (unset: train "
+        "every epoch); the best epoch's weights are kept either way",
     )
     reduce_lr_patience: int | None = Field(
         None,
         ge=0,
-        description="Cut the learning rate to a fifth after this many epochs without val_loss "
-        "improvement (unset: constant learning rate)",
+        description="constant schedule only: cut the learning rate to a fifth after this many "
+        "epochs without val_loss improvement",
     )
     fine_tune_layers: int = Field(
         0,
@@ -133,13 +178,33 @@ class TrainConfig(BaseModel):
         "training (same dataset, variant and settings) from its last one; off: no checkpoints, "
         "every training starts at epoch 1",
     )
-    augmentation: AugmentationPolicy = Field(
-        default_factory=AugmentationPolicy, description="Random transformations while training"
+    augment: AugmentName = Field(
+        "dihedral+stain", description="Augmentation policy while training (none: off)"
+    )
+    test_time_augmentation: bool = Field(
+        True,
+        description="The registered model averages its output over the 8 flips and quarter "
+        "turns of each image",
+    )
+    target_sensitivity: float | None = Field(
+        0.97,
+        gt=0.0,
+        lt=1.0,
+        description="Choose the decision threshold on the validation split to find this "
+        "share of parasitized cells (unset: P(parasitized) > 0.5)",
     )
     variant_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Per-variant factory options, e.g. {"transfer": {"weights": null}}',
     )
+
+    @model_validator(mode="after")
+    def _plateau_cuts_need_a_constant_rate(self) -> "TrainConfig":
+        if self.reduce_lr_patience is not None and self.schedule != "constant":
+            raise ValueError(
+                "reduce_lr_patience cuts a constant learning rate; it needs schedule='constant'"
+            )
+        return self
 
 
 PromotionMetric = Literal["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"]

@@ -74,16 +74,53 @@ class BinaryEvaluation:
         return {**asdict(self), **self.scores(), "confusion_matrix": self.confusion_matrix}
 
 
+DEFAULT_THRESHOLD = 0.5
+"""Predicted parasitized when P(parasitized) is above this, unless an operating point says
+otherwise."""
+
+
+def threshold_for_sensitivity(
+    labels: np.ndarray, uninfected_probability: np.ndarray, target: float
+) -> float:
+    """The P(parasitized) threshold that finds at least `target` of the parasitized cells
+    here, halfway to the next score so it is not balanced on one cell, and never above
+    `DEFAULT_THRESHOLD`: the operating point only trades specificity for sensitivity."""
+    labels = np.asarray(labels).ravel()
+    scores = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    positives = np.sort(scores[labels == PARASITIZED])[::-1]
+    if not 0.0 < target < 1.0 or positives.size == 0:
+        raise ValueError(
+            f"a target sensitivity in (0, 1) and parasitized cells are needed, got {target} "
+            f"and {positives.size} parasitized cells"
+        )
+    needed = int(np.ceil(target * positives.size))
+    lowest_kept = positives[needed - 1]
+    below = positives[needed] if needed < positives.size else 0.0
+    halfway = (lowest_kept + below) / 2 if below < lowest_kept else np.nextafter(lowest_kept, -1)
+    return float(min(DEFAULT_THRESHOLD, halfway))
+
+
+def predicted_labels(
+    uninfected_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
+    """Label per image (int8): parasitized where P(parasitized) > `threshold`."""
+    parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    return np.where(parasitized_score > threshold, PARASITIZED, 1 - PARASITIZED).astype(np.int8)
+
+
 def evaluate_predictions(
-    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float = 0.5
+    labels: np.ndarray,
+    uninfected_probability: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> BinaryEvaluation:
-    """Score sigmoid outputs (probability of label 1, uninfected) against true labels."""
+    """Score sigmoid outputs (probability of label 1, uninfected) against true labels;
+    parasitized is predicted where P(parasitized) > `threshold`."""
     labels = np.asarray(labels).ravel()
     parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
     if labels.shape != parasitized_score.shape or labels.size == 0:
         raise ValueError("labels and probabilities must be non-empty and of equal length")
     truly_parasitized = labels == PARASITIZED
-    predicted_parasitized = parasitized_score > threshold
+    predicted_parasitized = predicted_labels(uninfected_probability, threshold) == PARASITIZED
     both_classes = 0 < truly_parasitized.sum() < labels.size
     return BinaryEvaluation(
         true_positive=int(np.sum(truly_parasitized & predicted_parasitized)),

@@ -1,6 +1,6 @@
 """CNN variants: one factory per variant, chosen by name from a registry (Keras 3 API only)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ class Variant:
     description: str
     offline_options: dict[str, Any] = field(default_factory=dict)
     """Options that build the same architecture without downloading anything."""
+    check_downloads: Callable[..., None] | None = None
+    """Given the variant's options, fetches what building it downloads (once, into Keras'
+    cache) or raises `WeightsUnavailableError`: run before any training starts."""
 
 
 def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -198,6 +201,16 @@ def build_transfer(
     return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
 
 
+SMALLEST_BACKBONE_INPUT = (32, 32, 3)
+"""The smallest input every backbone accepts; their weights do not depend on the input size."""
+
+
+def _fetch_transfer_weights(backbone: str = "resnet50", weights: str | None = "imagenet") -> None:
+    """Download the backbone's ImageNet weights now, if they are asked for."""
+    if weights == "imagenet":
+        build_transfer(SMALLEST_BACKBONE_INPUT, backbone=backbone, weights=weights)
+
+
 def backbone_of(model: keras.Model) -> keras.Model | None:
     """The pretrained backbone nested in a transfer model, or None."""
     return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
@@ -233,6 +246,7 @@ VARIANTS: dict[str, Variant] = {
         build_transfer,
         "frozen Keras Applications ResNet50 (ImageNet weights) + new head",
         offline_options={"weights": None},
+        check_downloads=_fetch_transfer_weights,
     ),
 }
 
@@ -240,6 +254,15 @@ VARIANTS: dict[str, Variant] = {
 def count_parameters(variant: str, input_shape: tuple[int, int, int]) -> int:
     """The variant's parameter count at `input_shape`, without downloading weights."""
     return build_model(variant, input_shape, **VARIANTS[variant].offline_options).count_params()
+
+
+def check_downloads(variants: Sequence[str], variant_options: dict[str, dict[str, Any]]) -> None:
+    """Raise `WeightsUnavailableError` now if building any of `variants` would need a download
+    that fails (ImageNet weights offline), rather than after the others have trained."""
+    for variant in variants:
+        check = VARIANTS[variant].check_downloads
+        if check is not None:
+            check(**variant_options.get(variant, {}))
 
 
 def build_model(variant: str, input_shape: tuple[int, int, int], **options: Any) -> keras.Model:

@@ -22,7 +22,8 @@ from PIL import Image
 from cnn.batches import SplitBatches
 from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
 from cnn.images import UnreadableImageError, decode_image, resize_square
-from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.labels import LABEL_NAMES
+from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
 from cnn.sources import Unreadable, read_folder_entry
 from cnn.training import PREDICT_BATCH
 
@@ -114,15 +115,18 @@ def iter_input_batches(
         raise PredictionInputError(f"input {str(path)!r} holds no readable image")
 
 
-def score_batches(model: keras.Model, batches: Iterator[Batch]) -> pa.Table:
-    """One row per image: source id, P(parasitized), predicted label and its name."""
+def score_batches(
+    model: keras.Model, batches: Iterator[Batch], threshold: float = DEFAULT_THRESHOLD
+) -> pa.Table:
+    """One row per image: source id, P(parasitized), predicted label (parasitized where
+    P(parasitized) > `threshold`) and its name."""
     source_ids, scores = [], []
     for ids, images in batches:
         uninfected = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
         source_ids.extend(ids)
         scores.append(1.0 - uninfected)
     parasitized = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    labels = np.where(parasitized > 0.5, PARASITIZED, 1 - PARASITIZED).astype(np.int8)
+    labels = predicted_labels(1.0 - parasitized, threshold)
     return pa.table(
         [
             pa.array(source_ids, pa.string()),

@@ -18,12 +18,15 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
+from cnn.augmentation import without_test_time_augmentation
 from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
 from cnn.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
+    DEFAULT_THRESHOLD,
     BinaryEvaluation,
     evaluate_predictions,
+    predicted_labels,
 )
 
 TILE_INCHES = 1.3
@@ -68,8 +71,11 @@ def confusion_heatmap(evaluation: BinaryEvaluation) -> Figure:
     return figure
 
 
-def roc_curve_figure(labels: np.ndarray, uninfected_probability: np.ndarray) -> Figure:
-    """ROC with parasitized as the positive class (score = 1 − P(uninfected)) and its AUC.
+def roc_curve_figure(
+    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float | None = None
+) -> Figure:
+    """ROC with parasitized as the positive class (score = 1 − P(uninfected)) and its AUC,
+    with the operating point at `threshold` marked when given.
 
     With a single class in `labels` the curve is undefined: the title says so.
     """
@@ -83,6 +89,16 @@ def roc_curve_figure(labels: np.ndarray, uninfected_probability: np.ndarray) -> 
         false_positive_rate, true_positive_rate, _ = roc_curve(truly_parasitized, parasitized_score)
         area = auc(false_positive_rate, true_positive_rate)
         ax.plot(false_positive_rate, true_positive_rate, label=f"AUC = {area:.3f}")
+        if threshold is not None:
+            point = evaluate_predictions(labels, uninfected_probability, threshold)
+            ax.plot(
+                1 - point.specificity,
+                point.sensitivity,
+                "o",
+                color="crimson",
+                label=f"threshold {threshold:.3f}: sensitivity {point.sensitivity:.1%}, "
+                f"specificity {point.specificity:.1%}",
+            )
         ax.set_title("ROC (positive = parasitized)")
     else:
         only = LABEL_NAMES[PARASITIZED] if positives else LABEL_NAMES[UNINFECTED]
@@ -118,29 +134,33 @@ def learning_curves(history: dict[str, list[float]]) -> Figure:
 
 
 def worst_mistakes(
-    labels: np.ndarray, uninfected_probability: np.ndarray, limit: int = 16
+    labels: np.ndarray,
+    uninfected_probability: np.ndarray,
+    limit: int = 16,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> np.ndarray:
-    """Indices of misclassified cells, most confident mistake first (at most `limit`).
-
-    Predicted parasitized means P(parasitized) > 0.5, as in `cnn.metrics.evaluate_predictions`.
-    """
+    """Indices of cells misclassified at `threshold`, most confident mistake first (at most
+    `limit`)."""
     labels = np.asarray(labels).ravel()
     uninfected = np.asarray(uninfected_probability, dtype=np.float64).ravel()
     if labels.shape != uninfected.shape:
         raise ValueError("labels and probabilities must be of equal length")
-    predicted = np.where(1.0 - uninfected > 0.5, PARASITIZED, UNINFECTED)
-    wrong = np.flatnonzero(predicted != labels)
+    wrong = np.flatnonzero(predicted_labels(uninfected, threshold) != labels)
     wrong_class_probability = np.where(labels == PARASITIZED, uninfected, 1.0 - uninfected)
     order = np.argsort(-wrong_class_probability[wrong], kind="stable")
     return wrong[order][:limit]
 
 
 def misclassified_gallery(
-    images: np.ndarray, labels: np.ndarray, uninfected_probability: np.ndarray, limit: int = 16
+    images: np.ndarray,
+    labels: np.ndarray,
+    uninfected_probability: np.ndarray,
+    limit: int = 16,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Figure | None:
     """The most confidently misclassified cells, each titled with its true label and
     P(parasitized); None when every cell is right."""
-    worst = worst_mistakes(labels, uninfected_probability, limit)
+    worst = worst_mistakes(labels, uninfected_probability, limit, threshold)
     if worst.size == 0:
         return None
     labels = np.asarray(labels).ravel()
@@ -247,6 +267,7 @@ def grad_cam_figure(
     images: np.ndarray,
     labels: np.ndarray,
     uninfected_probability: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Figure:
     """Each cell beside its Grad-CAM overlay (for the predicted class), four pairs to a row."""
     heatmaps = grad_cam(model, images)
@@ -255,7 +276,7 @@ def grad_cam_figure(
     figure, axes = _tile_grid(2 * len(images), columns=8)
     for index, image in enumerate(images):
         cell_ax, overlay_ax = axes[2 * index], axes[2 * index + 1]
-        predicted = PARASITIZED if 1 - uninfected[index] > 0.5 else UNINFECTED
+        predicted = predicted_labels(uninfected[index : index + 1], threshold)[0]
         cell_ax.imshow(image)
         cell_ax.set_title(f"true: {LABEL_NAMES[labels[index]]}", fontsize=8)
         overlay_ax.imshow(image)
@@ -521,15 +542,18 @@ GRAD_CAM_CELLS_PER_CLASS = 4
 GALLERY_LIMIT = 16
 
 
-def report_cell_positions(labels: np.ndarray, uninfected_probability: np.ndarray) -> np.ndarray:
-    """Positions (in the test split) of the cells the report shows: the worst mistakes, and
-    the first few cells of each class (the first parasitized one gives the feature maps)."""
+def report_cell_positions(
+    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> np.ndarray:
+    """Positions (in the test split) of the cells the report shows: the worst mistakes at
+    `threshold`, and the first few cells of each class (the first parasitized one gives the
+    feature maps)."""
     labels = np.asarray(labels).ravel()
     firsts = [
         np.flatnonzero(labels == label)[:GRAD_CAM_CELLS_PER_CLASS]
         for label in (PARASITIZED, UNINFECTED)
     ]
-    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT)
+    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT, threshold)
     return np.unique(np.concatenate([*firsts, mistakes]).astype(int))
 
 
@@ -541,16 +565,22 @@ def build_run_report(
     uninfected_probability: np.ndarray,
     cells: dict[int, np.ndarray],
     history: dict[str, list[float]],
-    augmentation_grid: np.ndarray | None = None,
+    augmentation_grids: dict[str, np.ndarray] | None = None,
+    augmentation_used: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> RunReport:
     """Every picture of the report and the HTML page that embeds them.
 
     `labels` and `uninfected_probability` cover the whole test split; `cells` holds the
-    images (at the model's input size) at `report_cell_positions` of it.
+    images (at the model's input size) at `report_cell_positions` of it. Scores are at the
+    model's `threshold`; the pictures of layers show the network inside a test-time-augmented
+    model. `augmentation_grids`: a preview per augmentation policy (its name → image), the
+    one this run trained with (`augmentation_used`) first.
     """
     labels = np.asarray(labels).ravel()
     uninfected_probability = np.asarray(uninfected_probability).ravel()
-    evaluation = evaluate_predictions(labels, uninfected_probability)
+    evaluation = evaluate_predictions(labels, uninfected_probability, threshold)
+    model = without_test_time_augmentation(model)
 
     def shown(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images = np.stack([cells[int(position)] for position in positions])
@@ -558,7 +588,10 @@ def build_run_report(
 
     figures: dict[str, tuple[str, Figure]] = {
         "confusion_matrix.png": ("Confusion matrix (test split)", confusion_heatmap(evaluation)),
-        "roc_curve.png": ("ROC curve", roc_curve_figure(labels, uninfected_probability)),
+        "roc_curve.png": (
+            "ROC curve and operating point",
+            roc_curve_figure(labels, uninfected_probability, threshold),
+        ),
     }
     if history:
         figures["learning_curves.png"] = ("Learning curves", learning_curves(history))
@@ -573,21 +606,24 @@ def build_run_report(
         "First conv layer feature maps of a test cell",
         feature_maps(model, cells[int(examples[0])]),
     )
-    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT)
+    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT, threshold)
     if mistakes.size:
         figures["misclassified.png"] = (
             "Misclassified test cells",
-            misclassified_gallery(*shown(mistakes), limit=GALLERY_LIMIT),
+            misclassified_gallery(*shown(mistakes), limit=GALLERY_LIMIT, threshold=threshold),
         )
     figures["grad_cam.png"] = (
         "Grad-CAM: where the network looks",
-        grad_cam_figure(model, *shown(examples)),
+        grad_cam_figure(model, *shown(examples), threshold=threshold),
     )
     pictures = {name: figure_png(figure) for name, (_, figure) in figures.items()}
     headings = {name: heading for name, (heading, _) in figures.items()}
-    if augmentation_grid is not None:
-        pictures["augmentation_preview.png"] = array_png(augmentation_grid)
-        headings["augmentation_preview.png"] = "Augmentation preview (one cell, ten copies)"
+    grids = augmentation_grids or {}
+    for policy in sorted(grids, key=lambda policy: policy != augmentation_used):
+        name = f"augmentation_{policy.replace('+', '-')}.png"
+        pictures[name] = array_png(grids[policy])
+        used = " (this run trained with it)" if policy == augmentation_used else ""
+        headings[name] = f"Augmentation policy {policy}{used}: one cell, ten copies"
     sections = [(headings[name], png) for name, png in pictures.items()]
     page = html_report(title, summary, sections, tables=[confusion_table(evaluation)])
     return RunReport(pictures=pictures, html=page)

@@ -9,11 +9,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from cnn.augmentation import build_augmenter, with_augmentation
+from cnn.augmentation import named_augmenter, with_augmentation, with_test_time_augmentation
 from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset, load_split
+from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
 
 
@@ -31,6 +32,11 @@ class TrainingResult:
     fine_tuned_layers: int = 0
     resumed_epochs: int = 0
     """Epochs taken from a checkpoint rather than trained in this call."""
+    served: keras.Model | None = None
+    """The model to register: `model`, averaged over the 8 dihedral views when test-time
+    augmentation is on (it shares `model`'s weights)."""
+    threshold: float = DEFAULT_THRESHOLD
+    """The operating point on P(parasitized), chosen on the validation split."""
 
 
 PREDICT_BATCH = 256
@@ -76,9 +82,34 @@ def dtype_policy(mixed_precision: bool) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+def learning_rate_schedule(
+    config: TrainConfig, peak: float, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The configured rate: constant, or a linear warm-up to `peak` then cosine decay to zero
+    by the last epoch (the rate follows the optimizer's step count, so a resumed training
+    continues on the same curve)."""
+    if config.schedule == "constant":
+        return peak
+    warmup = min(config.warmup_epochs, config.epochs - 1) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(config: TrainConfig, peak: float, steps_per_epoch: int):
+    """AdamW (decoupled weight decay) on the configured schedule; Adam without decay."""
+    rate = learning_rate_schedule(config, peak, steps_per_epoch)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
@@ -109,18 +140,22 @@ def train_on_dataset(
     on_gpu = gpu_present()
     batch_size = training_batch_size(config, on_gpu)
     inputs = fit_inputs(dataset, batch_size, config)
+    steps_per_epoch = -(-_split_rows(dataset, "train") // batch_size)
     options = config.variant_options.get(variant, {})
     with dtype_policy(config.mixed_precision):
         model = build_model(variant, dataset.image_shape, **options)
-        augmenter = build_augmenter(config.augmentation, seed=config.seed)
+        augmenter = named_augmenter(config.augment, seed=config.seed)
     resumed = checkpoints.latest() if checkpoints else None
     reporting = [*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks]
 
     def fit(phase: int, learning_rate: float, phase_start: int, history: dict, **carried) -> dict:
         """Run (or finish a resumed) phase from `history`'s end; return the whole history."""
-        trainer = compile_model(with_augmentation(model, augmenter), learning_rate)
+        optimizer = make_optimizer(config, learning_rate, steps_per_epoch)
+        trainer = compile_model(with_augmentation(model, augmenter), optimizer)
         early_stopping = _ResumableEarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
+            monitor="val_loss",
+            patience=config.epochs if config.patience is None else config.patience,
+            restore_best_weights=True,
         )
         schedule = []
         if config.reduce_lr_patience is not None:
@@ -181,7 +216,10 @@ def train_on_dataset(
             model.set_weights(head_weights)
     seconds = time.perf_counter() - started
     losses = history["val_loss"]
+    served = with_test_time_augmentation(model) if config.test_time_augmentation else model
     return TrainingResult(
+        served=served,
+        threshold=operating_threshold(served, dataset, config.target_sensitivity),
         model=model,
         history=history,
         epochs_run=len(losses),
@@ -301,8 +339,7 @@ def fit_inputs(dataset: Dataset, batch_size: int, config: TrainConfig) -> dict[s
     own array input (shuffled each epoch) trained `resnet` at 107 images/s on 2 cores where
     streamed batches made 66. Larger splits stream from Parquet in bounded memory.
     """
-    counts = dataset.manifest["counts"]
-    rows = sum(sum(counts[split].values()) for split in ("train", "validation"))
+    rows = _split_rows(dataset, "train") + _split_rows(dataset, "validation")
     if rows * int(np.prod(dataset.image_shape)) <= config.in_memory_limit_mb * MIB:
         images, labels = load_split(dataset, "train")
         return {
@@ -317,6 +354,20 @@ def fit_inputs(dataset: Dataset, batch_size: int, config: TrainConfig) -> dict[s
         "x": SplitBatches(dataset, "train", batch_size, shuffle=True, seed=config.seed),
         "validation_data": SplitBatches(dataset, "validation", PREDICT_BATCH),
     }
+
+
+def operating_threshold(model: keras.Model, dataset: Dataset, target: float | None) -> float:
+    """The threshold on P(parasitized) that finds `target` of the validation split's
+    parasitized cells (`DEFAULT_THRESHOLD` when no target is set)."""
+    if target is None:
+        return DEFAULT_THRESHOLD
+    validation = SplitBatches(dataset, "validation", PREDICT_BATCH)
+    probability = predict_uninfected_probability(model, validation)
+    return threshold_for_sensitivity(validation.labels, probability, target)
+
+
+def _split_rows(dataset: Dataset, split: str) -> int:
+    return sum(dataset.manifest["counts"][split].values())
 
 
 def predict_uninfected_probability(

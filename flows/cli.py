@@ -33,6 +33,12 @@ _OPTION_OF_FIELD = {
     "patience": "--patience",
     "gpu_batch_size": "--gpu-batch-size",
     "reduce_lr_patience": "--reduce-lr-patience",
+    "weight_decay": "--weight-decay",
+    "schedule": "--schedule",
+    "warmup_epochs": "--warmup-epochs",
+    "augment": "--augment",
+    "test_time_augmentation": "--tta",
+    "target_sensitivity": "--target-sensitivity",
     "experiment": "--experiment",
     "registered_model": "--registered-model",
     "metric": "--promotion-metric",
@@ -220,7 +226,7 @@ def _add_ingest_options(parser: argparse.ArgumentParser, source_required: bool) 
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from cnn.config import DEFAULT_VARIANTS, PromotionConfig, TrainConfig
+    from cnn.config import AUGMENTATIONS, DEFAULT_VARIANTS, PromotionConfig, TrainConfig
 
     parser.add_argument(
         "--variants",
@@ -229,7 +235,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs",
         type=int,
-        help=f"most epochs; early stopping may end sooner ({_default(TrainConfig, 'epochs')})",
+        help=f"epochs of the schedule; early stopping may end sooner "
+        f"({_default(TrainConfig, 'epochs')})",
     )
     parser.add_argument("--batch-size", type=int, help=_default(TrainConfig, "batch_size"))
     parser.add_argument(
@@ -237,17 +244,31 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="images per step when a GPU is present (default: --batch-size)",
     )
-    parser.add_argument("--learning-rate", type=float, help=_default(TrainConfig, "learning_rate"))
+    parser.add_argument(
+        "--learning-rate", type=float, help=f"peak rate ({_default(TrainConfig, 'learning_rate')})"
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        help=f"AdamW's weight decay, 0 for Adam ({_default(TrainConfig, 'weight_decay')})",
+    )
+    parser.add_argument(
+        "--schedule",
+        help="cosine (warm-up, then cosine decay) or constant "
+        f"({_default(TrainConfig, 'schedule')})",
+    )
+    parser.add_argument("--warmup-epochs", type=int, help=_default(TrainConfig, "warmup_epochs"))
     parser.add_argument(
         "--patience",
         type=int,
-        help=f"early-stopping patience ({_default(TrainConfig, 'patience')})",
+        help="stop after N epochs without val_loss improvement "
+        f"({_default(TrainConfig, 'patience')}: train every epoch)",
     )
     parser.add_argument(
         "--reduce-lr-patience",
         type=int,
-        help="cut the learning rate to a fifth after N epochs without val_loss improvement "
-        f"({_default(TrainConfig, 'reduce_lr_patience')})",
+        help="constant schedule: cut the rate to a fifth after N epochs without val_loss "
+        f"improvement ({_default(TrainConfig, 'reduce_lr_patience')})",
     )
     parser.add_argument(
         "--mixed-precision",
@@ -256,8 +277,21 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--augment",
+        metavar="POLICY",
+        help=f"augmentation while training: {', '.join(AUGMENTATIONS)} "
+        f"({_default(TrainConfig, 'augment')})",
+    )
+    parser.add_argument(
+        "--tta",
+        dest="test_time_augmentation",
         action=argparse.BooleanOptionalAction,
-        help="the lecture's augmentation while training (default off)",
+        help="the registered model averages over the 8 flips and quarter turns "
+        f"({_default(TrainConfig, 'test_time_augmentation')})",
+    )
+    parser.add_argument(
+        "--target-sensitivity",
+        help="choose the threshold on validation to find this share of parasitized cells, "
+        f"or none for 0.5 ({_default(TrainConfig, 'target_sensitivity')})",
     )
     parser.add_argument(
         "--checkpoints",
@@ -327,7 +361,6 @@ def _train_settings(args: argparse.Namespace):
 
     from cnn.config import (
         DEFAULT_VARIANTS,
-        AugmentationPolicy,
         PromotionConfig,
         TrainConfig,
         VariantNames,
@@ -351,14 +384,21 @@ def _train_settings(args: argparse.Namespace):
         "batch_size",
         "gpu_batch_size",
         "learning_rate",
+        "weight_decay",
+        "schedule",
+        "warmup_epochs",
         "patience",
         "reduce_lr_patience",
         "mixed_precision",
         "checkpoints",
+        "augment",
+        "test_time_augmentation",
         "seed",
     )
-    if args.augment is not None:
-        given["augmentation"] = AugmentationPolicy(enabled=args.augment)
+    if args.target_sensitivity is not None:
+        given["target_sensitivity"] = (
+            None if args.target_sensitivity.lower() == "none" else args.target_sensitivity
+        )
     training = _validated(
         lambda: TrainConfig(**given, variant_options={"transfer": {"weights": weights}})
     )

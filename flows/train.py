@@ -15,7 +15,13 @@ from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.registry import promote_model
 from tasks.report import render_report
 from tasks.tracking import TrackingConfig, require_tracking_server, tracked_run
-from tasks.train import VariantRun, find_variant_run, read_variant_run, train_model
+from tasks.train import (
+    VariantRun,
+    check_variant_downloads,
+    find_variant_run,
+    read_variant_run,
+    train_model,
+)
 
 
 @flow(name="train-variant", log_prints=True)
@@ -62,6 +68,7 @@ def train(
         work_pool: Run each variant on this work pool's workers (unset: here, in turn).
     """
     require_tracking_server()
+    check_variant_downloads(list(variants), training)
     if work_pool is None:
         return [
             train_variant(dataset, variant, training, tracking, promotion) for variant in variants

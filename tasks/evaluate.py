@@ -13,7 +13,7 @@ from cnn.dataset import open_dataset
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, evaluate_predictions
 from cnn.predict import SplitScores, predict_split
 from cnn.reports import confusion_heatmap, roc_curve_figure
-from tasks.registry import load_keras_model
+from tasks.registry import load_keras_model, model_threshold
 from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
 
@@ -23,8 +23,8 @@ TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
 
 @task(name="evaluate-model", **IO_RETRIES)
 def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
-    """Test-split scores of `model_uri`, logged to the run as `test_*` metrics, a confusion
-    table (MLflow and Prefect), a confusion heatmap and a ROC curve."""
+    """Test-split scores of `model_uri` at its operating point, logged to the run as `test_*`
+    metrics, a confusion table (MLflow and Prefect), a confusion heatmap and a ROC curve."""
     logger = get_run_logger()
     configure_tracking()
     dataset = open_dataset(dataset_path)
@@ -36,23 +36,33 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
             model.input_shape[1],
             scores.resized_from,
         )
-    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
+    threshold = model_threshold(model_uri)
+    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
     confusion = pd.DataFrame(
         evaluation.confusion_matrix, index=list(CONFUSION_ROWS), columns=list(CONFUSION_COLUMNS)
     ).reset_index(names="actual")
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{name}": value for name, value in evaluation.scores().items()})
-        mlflow.log_dict(evaluation.as_dict(), "evaluation/test_scores.json")
+        mlflow.log_metrics(
+            {
+                **{f"test_{name}": value for name, value in evaluation.scores().items()},
+                "test_threshold": threshold,
+            }
+        )
+        mlflow.log_dict(
+            {**evaluation.as_dict(), "threshold": threshold}, "evaluation/test_scores.json"
+        )
         _log_test_predictions(scores)
         mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
         mlflow.log_figure(
-            roc_curve_figure(scores.labels, scores.uninfected_probability),
+            roc_curve_figure(scores.labels, scores.uninfected_probability, threshold),
             "evaluation/roc_curve.png",
         )
     logger.info(
-        "Test accuracy %.3f on %d images; confusion (rows true:yes/no, cols pred:yes/no) %s",
+        "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "
+        "cols pred:yes/no) %s",
         evaluation.accuracy,
+        threshold,
         evaluation.count,
         evaluation.confusion_matrix,
     )
@@ -61,7 +71,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
     )
-    return evaluation.as_dict()
+    return {**evaluation.as_dict(), "threshold": threshold}
 
 
 def _log_test_predictions(scores: SplitScores) -> None:

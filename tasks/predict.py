@@ -13,7 +13,7 @@ from cnn.predict import (
     score_batches,
     write_predictions,
 )
-from tasks.registry import load_keras_model
+from tasks.registry import load_keras_model, model_threshold
 from tasks.retry import IO_RETRIES
 
 
@@ -35,13 +35,14 @@ class PredictionSummary(BaseModel):
 def predict_images(
     model_uri: str, input_path: str, output_path: str, batch_size: int
 ) -> PredictionSummary:
-    """Score every image of the input with the model, in batches, at the model's image size."""
+    """Score every image of the input with the model, in batches, at the model's image size;
+    labels at the model's operating point."""
     logger = get_run_logger()
     started = time.perf_counter()
     model = load_keras_model(model_uri)
     report = InputReport()
     batches = iter_input_batches(input_path, model_image_size(model), batch_size, report)
-    table = score_batches(model, batches)
+    table = score_batches(model, batches, model_threshold(model_uri))
     write_predictions(table, output_path, {"model_uri": model_uri, "input": input_path})
     for note in report.notes():
         logger.warning("%s", note)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from cnn.config import PromotionConfig
 from cnn.dataset import open_dataset
 from cnn.locks import exclusive_lock
-from cnn.metrics import evaluate_predictions
+from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions
 from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
 from tasks.ingest import data_dir
@@ -58,6 +58,18 @@ def load_keras_model(model_uri: str) -> keras.Model:
     return model
 
 
+def model_threshold(model_uri: str) -> float:
+    """The model's operating point on P(parasitized), from its MLmodel metadata (0.5 for
+    models logged without one)."""
+    try:
+        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    except (MlflowException, OSError) as error:
+        raise ModelNotFoundError(
+            f"model {model_uri!r} cannot be loaded: {first_line(error)}"
+        ) from error
+    return float(metadata.get("threshold", DEFAULT_THRESHOLD))
+
+
 def _names_fixed_model(model_uri: str) -> bool:
     """Whether the URI always names the same model: a logged model id, a run's artifact, or a
     registered version (not an alias, not `latest`)."""
@@ -92,9 +104,11 @@ def promote_model(
         champion_version = int(champion.version) if champion else None
         champion_score = None
         if champion is not None:
-            model = load_keras_model(f"models:/{registered_model}/{champion.version}")
-            scores = predict_split(model, open_dataset(dataset_path), "test")
-            evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
+            champion_uri = f"models:/{registered_model}/{champion.version}"
+            scores = predict_split(load_keras_model(champion_uri), open_dataset(dataset_path))
+            evaluation = evaluate_predictions(
+                scores.labels, scores.uninfected_probability, model_threshold(champion_uri)
+            )
             champion_score = evaluation.scores().get(config.metric)
         decision = decide_promotion(
             candidate_scores.get(config.metric), champion_version, champion_score, config

@@ -9,16 +9,17 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from cnn.config import AUGMENTATIONS
 from cnn.dataset import open_dataset
 from cnn.metrics import evaluate_predictions
 from cnn.predict import fit_images, model_image_size, split_images
 from cnn.promotion import PromotionDecision
 from cnn.reports import build_run_report, report_cell_positions
 from tasks.evaluate import load_test_predictions
-from tasks.registry import load_keras_model
+from tasks.registry import load_keras_model, model_threshold
 from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
-from tasks.train import AUGMENTATION_PREVIEW
+from tasks.train import augmentation_preview_path
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 REPORT_DIR = "report"
@@ -36,11 +37,12 @@ def render_report(
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     model = load_keras_model(model_uri)
+    threshold = model_threshold(model_uri)
     dataset = open_dataset(dataset_path)
     scores = load_test_predictions(run.info.artifact_uri)
-    positions = report_cell_positions(scores.labels, scores.uninfected_probability)
+    positions = report_cell_positions(scores.labels, scores.uninfected_probability, threshold)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
-    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability)
+    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
     params = run.data.params
     summary = {
         "variant": params.get("variant") or model.name,
@@ -48,6 +50,7 @@ def render_report(
         "model": model_uri,
         "dataset": f"{dataset.name} ({dataset.rows} images)",
         "test images": evaluation.count,
+        "threshold": round(threshold, 4),
         **{name: round(value, 4) for name, value in evaluation.scores().items()},
     }
     if promotion is not None:
@@ -60,7 +63,9 @@ def render_report(
         uninfected_probability=scores.uninfected_probability,
         cells=dict(zip(positions.tolist(), images, strict=True)),
         history=_history(client, run_id),
-        augmentation_grid=_augmentation_preview(run.info.artifact_uri),
+        augmentation_grids=_augmentation_previews(run.info.artifact_uri),
+        augmentation_used=params.get("augment"),
+        threshold=threshold,
     )
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -88,11 +93,18 @@ def _history(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[float]]
     return history
 
 
-def _augmentation_preview(artifact_uri: str) -> np.ndarray | None:
-    try:
-        return np.asarray(mlflow.artifacts.load_image(f"{artifact_uri}/{AUGMENTATION_PREVIEW}"))
-    except (MlflowException, OSError):
-        return None
+def _augmentation_previews(artifact_uri: str) -> dict[str, np.ndarray]:
+    """The previews the train task logged, by policy (none for an evaluation run)."""
+    previews = {}
+    for policy in AUGMENTATIONS:
+        try:
+            image = mlflow.artifacts.load_image(
+                f"{artifact_uri}/{augmentation_preview_path(policy)}"
+            )
+        except (MlflowException, OSError):
+            continue
+        previews[policy] = np.asarray(image)
+    return previews
 
 
 def _markdown(summary: dict, report_uri: str, tracking_uri: str, run) -> str:

@@ -18,22 +18,29 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models import Model, infer_signature
-from mlflow.models.model import ModelInfo
+from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 from prefect import get_run_logger, task
 from pydantic import BaseModel, Field
 
 from cnn.augmentation import augmentation_preview
 from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore
-from cnn.config import TrainConfig
+from cnn.config import AUGMENTATIONS, TrainConfig
 from cnn.dataset import Dataset, open_dataset
 from cnn.locks import LockTimeoutError, exclusive_lock
-from cnn.training import TrainingResult, predict_uninfected_probability, train_on_dataset
+from cnn.models import check_downloads
+from cnn.serving import ServedModel, write_operating_point
+from cnn.training import TrainingResult, train_on_dataset
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking, first_line, tracking_uri
 
-AUGMENTATION_PREVIEW = "augmentation/preview.png"
+
+def augmentation_preview_path(policy: str) -> str:
+    """Where a run keeps the preview of a named augmentation policy."""
+    return f"augmentation/{policy}.png"
+
+
 MAX_METRICS_PER_BATCH = 1000
 """MLflow's limit for one `log_batch` call."""
 
@@ -59,6 +66,12 @@ class VariantRun(BaseModel):
     test_scores: dict
     alias: str | None = Field(None, description="champion or challenger, after promotion")
     promotion_reason: str | None = None
+
+
+@task(name="check-downloads")
+def check_variant_downloads(variants: list[str], config: TrainConfig) -> None:
+    """Fail before any training if a variant needs weights that cannot be downloaded."""
+    check_downloads(variants, config.variant_options)
 
 
 @task(name="train-model", **IO_RETRIES)
@@ -156,7 +169,7 @@ def _train_and_log(
             epoch_log.flush()
             return result, _log_trained_model(dataset, config, result, registered_model)
     except Exception as error:
-        kept = _keep_model(result.model if result else None, checkpoints, run_id)
+        kept = _keep_model(result.served if result else None, checkpoints, run_id)
         if kept is None:  # nothing trained yet
             raise
         raise ModelNotLoggedError(
@@ -186,20 +199,29 @@ def _log_trained_model(
             "resumed_epochs": result.resumed_epochs,
         }
     )
+    mlflow.log_metric("operating_threshold", result.threshold)
     sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
-    policy = config.augmentation.model_copy(update={"enabled": True})  # shown even if off
-    preview = augmentation_preview(sample[0], policy, seed=config.seed)
-    mlflow.log_image(preview, AUGMENTATION_PREVIEW)
-    signature = infer_signature(sample, predict_uninfected_probability(result.model, sample))
+    for policy in AUGMENTATIONS:
+        if policy != "none":  # every named policy's preview, so runs can be compared
+            preview = augmentation_preview(sample[0], AUGMENTATIONS[policy], seed=config.seed)
+            mlflow.log_image(preview, augmentation_preview_path(policy))
+    served = ServedModel(result.served, result.threshold)
+    signature = infer_signature(sample, served.predict(sample))
     info = Model.log(
         artifact_path=None,
         name="model",
         flavor=_KerasFlavor(),
-        model=result.model,
+        model=result.served,
         signature=signature,
         input_example=sample[:1],
         registered_model_name=registered_model,
         pip_requirements=model_requirements(),
+        metadata={"threshold": result.threshold},
+        operating_point={
+            "threshold": result.threshold,
+            "target_sensitivity": config.target_sensitivity,
+            "test_time_augmentation": config.test_time_augmentation,
+        },
     )
     mlflow.set_tags(
         {"model_uri": info.model_uri, "registered_version": info.registered_model_version}
@@ -286,16 +308,23 @@ def _metrics_of_epoch(epoch: int, metrics: dict[str, float]) -> list[Metric]:
 
 
 class _KerasFlavor:
-    """`mlflow.keras` for `Model.log`, except that the model directory exists before the input
-    example is written into it: mlflow 3.17.2's `mlflow.keras.save_model` writes the example
-    first and fails with FileNotFoundError (`mlflow.keras.log_model(input_example=...)`)."""
+    """`mlflow.keras` for `Model.log` with the model's operating point, and the model directory
+    made before the input example is written into it: mlflow 3.17.2's
+    `mlflow.keras.save_model` writes the example first and fails with FileNotFoundError
+    (`mlflow.keras.log_model(input_example=...)`)."""
 
     __name__ = "mlflow.keras"
 
     @staticmethod
-    def save_model(path: str, **kwargs: Any) -> None:
+    def save_model(path: str, operating_point: dict[str, Any], **kwargs: Any) -> None:
+        """Save as `mlflow.keras` does, plus the operating point, with `cnn.serving` as the
+        `python_function` loader (labels at the model's threshold)."""
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
+        write_operating_point(path, **operating_point)
+        model = kwargs["mlflow_model"]
+        model.flavors["python_function"]["loader_module"] = "cnn.serving"
+        model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 
 def model_requirements() -> list[str]:

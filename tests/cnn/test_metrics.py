@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from cnn.metrics import BinaryEvaluation, evaluate_predictions
+from cnn.labels import PARASITIZED, UNINFECTED
+from cnn.metrics import (
+    DEFAULT_THRESHOLD,
+    BinaryEvaluation,
+    evaluate_predictions,
+    predicted_labels,
+    threshold_for_sensitivity,
+)
 
 
 def test_the_lectures_confusion_matrix_gives_its_766_accuracy():
@@ -37,3 +44,39 @@ def test_auc_is_left_out_when_only_one_class_is_present():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError):
         evaluate_predictions(np.array([0, 1]), np.array([0.5]))
+
+
+def test_threshold_for_sensitivity_finds_the_target_share_of_parasitized_cells():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([PARASITIZED, UNINFECTED], 200)
+    uninfected = np.clip(np.where(labels == PARASITIZED, 0.3, 0.7) + rng.normal(0, 0.2, 400), 0, 1)
+    for target in (0.9, 0.97, 0.99):
+        threshold = threshold_for_sensitivity(labels, uninfected, target)
+        sensitivity = evaluate_predictions(labels, uninfected, threshold).sensitivity
+        assert target <= sensitivity < target + 0.01, (target, sensitivity)
+
+
+def test_the_operating_point_never_calls_fewer_parasitized_cells_than_half():
+    labels = np.repeat([PARASITIZED, UNINFECTED], 100)
+    certain = np.where(labels == PARASITIZED, np.linspace(0.0, 0.1, 200), 0.95)
+    assert threshold_for_sensitivity(labels, certain, 0.97) == DEFAULT_THRESHOLD
+
+
+def test_tied_scores_still_reach_the_target():
+    labels = np.array([PARASITIZED] * 4 + [UNINFECTED] * 2)
+    uninfected = np.array([0.8, 0.8, 0.8, 0.8, 0.9, 0.9])
+    threshold = threshold_for_sensitivity(labels, uninfected, 0.97)
+    assert evaluate_predictions(labels, uninfected, threshold).sensitivity == 1.0
+
+
+def test_a_target_needs_parasitized_cells_and_a_share():
+    with pytest.raises(ValueError, match="parasitized"):
+        threshold_for_sensitivity(np.array([UNINFECTED]), np.array([0.9]), 0.97)
+    with pytest.raises(ValueError, match="target"):
+        threshold_for_sensitivity(np.array([PARASITIZED]), np.array([0.1]), 1.5)
+
+
+def test_labels_follow_the_threshold():
+    uninfected = np.array([0.05, 0.4, 0.6, 0.95])
+    assert predicted_labels(uninfected).tolist() == [PARASITIZED, PARASITIZED, 1, 1]
+    assert predicted_labels(uninfected, threshold=0.3).tolist() == [PARASITIZED] * 3 + [1]

@@ -10,9 +10,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnn.augmentation import without_test_time_augmentation
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import load_split, open_dataset
+from cnn.labels import PARASITIZED
+from cnn.metrics import predicted_labels, threshold_for_sensitivity
+from cnn.predict import predict_split
 from flows.pipeline import pipeline
+from flows.predict import predict
 from flows.train import train_variant
 from tasks.tracking import TrackingConfig
 
@@ -87,8 +92,9 @@ def test_every_test_prediction_is_logged_and_agrees_with_the_scores(finished_pip
     test_counts = result.dataset.counts["test"]
     assert len(predictions) == sum(test_counts.values())
     assert (predictions["label"] == 0).sum() == test_counts["parasitized"]
-    right = (predictions["uninfected_probability"] >= 0.5) == (predictions["label"] == 1)
-    assert right.mean() == pytest.approx(run_result.test_accuracy)
+    threshold = run_result.test_scores["threshold"]
+    predicted = predicted_labels(predictions["uninfected_probability"], threshold)
+    assert np.mean(predicted == predictions["label"]) == pytest.approx(run_result.test_accuracy)
 
 
 def test_logged_model_is_registered_and_reproduces_the_test_accuracy(finished_pipeline):
@@ -97,10 +103,56 @@ def test_logged_model_is_registered_and_reproduces_the_test_accuracy(finished_pi
     mlflow.set_tracking_uri(uri)
     version = MlflowClient(uri).get_model_version("malaria-cnn", str(run_result.registered_version))
     assert version.run_id == run_result.run_id
-    model = mlflow.keras.load_model(f"models:/malaria-cnn/{run_result.registered_version}")
+    model_uri = f"models:/malaria-cnn/{run_result.registered_version}"
+    model = mlflow.keras.load_model(model_uri)
     images, labels = load_split(open_dataset(result.dataset.path), "test")
-    predicted_uninfected = model.predict(images, verbose=0).reshape(-1) > 0.5
-    assert np.mean(predicted_uninfected == (labels == 1)) == pytest.approx(run_result.test_accuracy)
+    threshold = mlflow.models.get_model_info(model_uri).metadata["threshold"]
+    predicted = predicted_labels(model.predict(images, verbose=0), threshold)
+    assert np.mean(predicted == labels) == pytest.approx(run_result.test_accuracy)
+
+
+def test_the_operating_point_goes_from_validation_through_the_registry_to_labels(
+    finished_pipeline, tmp_path
+):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    mlflow.set_tracking_uri(uri)
+    run = MlflowClient(uri).get_run(run_result.run_id)
+    model_uri = f"models:/malaria-cnn/{run_result.registered_version}"
+    dataset = open_dataset(result.dataset.path)
+    keras_model = mlflow.keras.load_model(model_uri)
+    validation = predict_split(keras_model, dataset, "validation")
+    chosen = threshold_for_sensitivity(
+        validation.labels, validation.uninfected_probability, TrainConfig().target_sensitivity
+    )
+    threshold = mlflow.models.get_model_info(model_uri).metadata["threshold"]
+    assert threshold == pytest.approx(chosen)
+    assert run.data.metrics["operating_threshold"] == pytest.approx(threshold)
+    assert run_result.test_scores["threshold"] == pytest.approx(threshold)
+    images, _ = load_split(dataset, "test")
+    probability = keras_model.predict(images, verbose=0).reshape(-1)
+    expected = predicted_labels(probability, threshold)
+    served = mlflow.pyfunc.load_model(model_uri).predict(images)
+    np.testing.assert_array_equal(served["predicted_label"], expected)
+    np.testing.assert_allclose(served["parasitized_probability"], 1 - probability, atol=1e-6)
+    summary = predict(result.dataset.path, str(tmp_path / "scored.parquet"), model_uri)
+    scored = pd.read_parquet(summary.output)  # every split of the dataset
+    labels = predicted_labels(1 - scored["parasitized_probability"], threshold)
+    np.testing.assert_array_equal(scored["predicted_label"], labels)
+    assert summary.parasitized == int(np.sum(labels == PARASITIZED))
+
+
+def test_the_registered_model_averages_the_8_dihedral_views(finished_pipeline):
+    result, uri = finished_pipeline
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.keras.load_model(f"models:/malaria-cnn/{result.runs[0].registered_version}")
+    network = without_test_time_augmentation(model)
+    assert network is not model
+    images, _ = load_split(open_dataset(result.dataset.path), "test")
+    views = [np.rot90(images[:4], turns, axes=(1, 2)) for turns in range(4)]
+    views += [np.rot90(images[:4, :, ::-1], turns, axes=(1, 2)) for turns in range(4)]
+    mean = np.mean([network.predict(view, verbose=0) for view in views], axis=0)
+    np.testing.assert_allclose(model.predict(images[:4], verbose=0), mean, atol=1e-5)
 
 
 def test_dataset_is_logged_as_the_runs_input(finished_pipeline):
@@ -186,7 +238,7 @@ REPORT_FILES = {
     "filters.png",
     "feature_maps.png",
     "grad_cam.png",
-    "augmentation_preview.png",
+    f"augmentation_{TrainConfig().augment.replace('+', '-')}.png",
     "report.html",
 }
 

@@ -4,7 +4,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnn.config import AugmentationPolicy, IngestConfig, TrainConfig
+from cnn.augmentation import without_test_time_augmentation
+from cnn.config import AUGMENTATIONS, IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.models import VARIANTS
 from cnn.sources import SyntheticSource
@@ -25,7 +26,7 @@ def test_variant_trains_one_epoch_and_is_tracked(variant, small_dataset, mlflow_
     training = TrainConfig(
         epochs=1,
         batch_size=32,
-        augmentation=AugmentationPolicy(enabled=True),
+        augment="lecture",
         variant_options={"transfer": {"weights": None}},
     )
     run = train_variant(small_dataset, variant, training)
@@ -33,11 +34,12 @@ def test_variant_trains_one_epoch_and_is_tracked(variant, small_dataset, mlflow_
     tracked = client.get_run(run.run_id)
     assert tracked.info.status == "FINISHED"
     assert tracked.data.params["variant"] == variant
-    assert tracked.data.params["augmentation.rotation_degrees"] == "30.0"
+    assert tracked.data.params["augment"] == "lecture"
     assert len(client.get_metric_history(run.run_id, "val_loss")) == 1
     assert 0.0 <= tracked.data.metrics["test_accuracy"] <= 1.0
     artifacts = {item.path for item in client.list_artifacts(run.run_id, "augmentation")}
-    assert artifacts == {"augmentation/preview.png"}
+    assert artifacts == {f"augmentation/{name}.png" for name in AUGMENTATIONS if name != "none"}
     model = mlflow.keras.load_model(run.model_uri)
     assert model.count_params() == run.parameters
-    assert not any(type(layer).__name__.startswith("Random") for layer in model.layers)
+    layers = [*model.layers, *without_test_time_augmentation(model).layers]
+    assert not any(type(layer).__name__.startswith("Random") for layer in layers)

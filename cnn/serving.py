@@ -1,0 +1,62 @@
+"""The served model's decision rule, and its MLflow `python_function` loader.
+
+A registered model is a Keras model of P(uninfected) plus an operating point: the threshold on
+P(parasitized) chosen on validation. It is stored beside the Keras file as
+`operating_point.json`, so `mlflow.pyfunc.load_model` users get labels at that point with no
+code of theirs (`_load_pyfunc` is the loader MLflow calls; this module imports no MLflow).
+"""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from cnn.labels import LABEL_NAMES
+from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
+
+OPERATING_POINT_FILE = "operating_point.json"
+KERAS_FILE = Path("data") / "model.keras"
+"""Where `mlflow.keras.save_model` puts the Keras model inside an MLflow model directory."""
+
+
+def write_operating_point(model_dir: str | Path, threshold: float, **facts: float | None) -> None:
+    """Record the threshold (and how it was chosen) in an MLflow model directory."""
+    content = {"threshold": threshold, **facts}
+    (Path(model_dir) / OPERATING_POINT_FILE).write_text(json.dumps(content, indent=1))
+
+
+def read_threshold(model_dir: str | Path) -> float:
+    """The model's threshold on P(parasitized); 0.5 for models saved without one."""
+    path = Path(model_dir) / OPERATING_POINT_FILE
+    if not path.is_file():
+        return DEFAULT_THRESHOLD
+    return float(json.loads(path.read_text())["threshold"])
+
+
+class ServedModel:
+    """What `mlflow.pyfunc.load_model` returns: uint8 images (N × H × W × 3) in, one row per
+    image out (P(parasitized), predicted label and name at the model's threshold)."""
+
+    def __init__(self, model: keras.Model, threshold: float) -> None:
+        self.model, self.threshold = model, threshold
+
+    def predict(self, data, params: dict | None = None) -> pd.DataFrame:
+        images = np.asarray(data.values if isinstance(data, pd.DataFrame) else data)
+        uninfected = np.asarray(self.model.predict(images, verbose=0), np.float32).reshape(-1)
+        labels = predicted_labels(uninfected, self.threshold)
+        return pd.DataFrame(
+            {
+                "parasitized_probability": 1.0 - uninfected,
+                "predicted_label": labels,
+                "predicted_name": [LABEL_NAMES[label] for label in labels],
+            }
+        )
+
+
+def _load_pyfunc(path: str) -> ServedModel:
+    """MLflow's `python_function` entry point: `path` is the MLflow model directory."""
+    from cnn import augmentation, models  # noqa: F401  (they register the custom layers)
+
+    return ServedModel(keras.saving.load_model(Path(path) / KERAS_FILE), read_threshold(path))
