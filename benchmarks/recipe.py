@@ -39,6 +39,7 @@ TRAINING_KEYS = {
     "wd": "weight_decay",
     "schedule": "schedule",
     "warmup": "warmup_epochs",
+    "smooth": "label_smoothing",
     "patience": "patience",
     "augment": "augment",
     "tta": "test_time_augmentation",

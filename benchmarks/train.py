@@ -84,7 +84,7 @@ def throughput(
         keras.utils.set_random_seed(0)
         with dtype_policy(mixed_precision):
             model = build_model(variant, dataset.image_shape, **VARIANTS[variant].offline_options)
-            compile_model(model, 1e-3)
+            compile_model(model, keras.optimizers.Adam(1e-3))
         model.fit(train, epochs=1, verbose=0)  # warm-up: graph building, first reads
         train.input_seconds = 0.0
         started = time.perf_counter()

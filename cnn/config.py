@@ -146,6 +146,9 @@ class TrainConfig(BaseModel):
         "constant: the lecture's fixed rate",
     )
     warmup_epochs: int = Field(1, ge=0, description="cosine only: epochs of linear warm-up")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Train toward 1 − this / 2 instead of 1 (noisy labels)"
+    )
     patience: int | None = Field(
         None,
         ge=0,
@@ -192,6 +195,12 @@ class TrainConfig(BaseModel):
         lt=1.0,
         description="Choose the decision threshold on the validation split to find this "
         "share of parasitized cells (unset: P(parasitized) > 0.5)",
+    )
+    ensemble: int = Field(
+        0,
+        ge=0,
+        description="After the variants, also register one model averaging this many "
+        "best of them (by validation loss); 0: none",
     )
     variant_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

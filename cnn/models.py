@@ -22,10 +22,26 @@ class Variant:
     cache) or raises `WeightsUnavailableError`: run before any training starts."""
 
 
-def _inputs(input_shape: tuple[int, int, int]) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """uint8-valued pixels in, scaled to [0, 1] inside the model: the served model needs no
-    preprocessing of its own."""
+@keras.saving.register_keras_serializable(package="malaria")
+class PerImageStandardization(layers.Layer):
+    """Each image's channels to zero mean and unit variance: what stays is the cell's own
+    contrast, not the slide's stain colour or the microscope's brightness."""
+
+    def call(self, images):
+        images = keras.ops.cast(images, self.compute_dtype)
+        mean = keras.ops.mean(images, axis=(1, 2), keepdims=True)
+        deviation = keras.ops.std(images, axis=(1, 2), keepdims=True)
+        return (images - mean) / keras.ops.maximum(deviation, 1.0)
+
+
+def _inputs(
+    input_shape: tuple[int, int, int], per_image: bool = False
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """uint8-valued pixels in, scaled to [0, 1] (or standardized per image) inside the model:
+    the served model needs no preprocessing of its own."""
     inputs = keras.Input(shape=input_shape, name="pixels")
+    if per_image:
+        return inputs, PerImageStandardization(name="standardize")(inputs)
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
@@ -93,16 +109,20 @@ steps that 2,500 images give: validation then predicts one class. 0.9 settles in
 
 
 def build_resnet(
-    input_shape: tuple[int, int, int], depth: int = 18, base_filters: int = 32
+    input_shape: tuple[int, int, int],
+    depth: int = 18,
+    base_filters: int = 32,
+    per_image: bool = False,
 ) -> keras.Model:
     """A ResNet-18/34-style network of basic residual blocks (two 3×3 convs, identity or
     1×1 projection shortcut), global average pooling and one sigmoid output.
 
     `base_filters` is the first stage's width (ResNet's own is 64; 32 trains 4× cheaper).
+    `per_image`: standardize each image's channels instead of scaling to [0, 1].
     """
     if depth not in RESNET_STAGES:
         raise ValueError(f"resnet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-    inputs, x = _inputs(input_shape)
+    inputs, x = _inputs(input_shape, per_image=bool(per_image))
     x = _conv_bn(x, base_filters, 7, strides=2, name="stem")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, blocks in enumerate(RESNET_STAGES[depth]):

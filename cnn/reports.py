@@ -19,6 +19,7 @@ from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
 from cnn.augmentation import without_test_time_augmentation
+from cnn.ensembles import ensemble_members
 from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
 from cnn.metrics import (
     CONFUSION_COLUMNS,
@@ -574,13 +575,13 @@ def build_run_report(
     `labels` and `uninfected_probability` cover the whole test split; `cells` holds the
     images (at the model's input size) at `report_cell_positions` of it. Scores are at the
     model's `threshold`; the pictures of layers show the network inside a test-time-augmented
-    model. `augmentation_grids`: a preview per augmentation policy (its name → image), the
-    one this run trained with (`augmentation_used`) first.
+    model (an ensemble's first member). `augmentation_grids`: a preview per augmentation
+    policy (its name → image), the one this run trained with (`augmentation_used`) first.
     """
     labels = np.asarray(labels).ravel()
     uninfected_probability = np.asarray(uninfected_probability).ravel()
     evaluation = evaluate_predictions(labels, uninfected_probability, threshold)
-    model = without_test_time_augmentation(model)
+    model = without_test_time_augmentation(ensemble_members(model)[0])
 
     def shown(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images = np.stack([cells[int(position)] for position in positions])

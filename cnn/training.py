@@ -107,10 +107,12 @@ def make_optimizer(config: TrainConfig, peak: float, steps_per_epoch: int):
     return keras.optimizers.Adam(rate)
 
 
-def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+def compile_model(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, label_smoothing: float = 0.0
+) -> keras.Model:
     model.compile(
         optimizer=optimizer,
-        loss="binary_crossentropy",
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -151,7 +153,9 @@ def train_on_dataset(
     def fit(phase: int, learning_rate: float, phase_start: int, history: dict, **carried) -> dict:
         """Run (or finish a resumed) phase from `history`'s end; return the whole history."""
         optimizer = make_optimizer(config, learning_rate, steps_per_epoch)
-        trainer = compile_model(with_augmentation(model, augmenter), optimizer)
+        trainer = compile_model(
+            with_augmentation(model, augmenter), optimizer, config.label_smoothing
+        )
         early_stopping = _ResumableEarlyStopping(
             monitor="val_loss",
             patience=config.epochs if config.patience is None else config.patience,

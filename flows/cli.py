@@ -39,6 +39,7 @@ _OPTION_OF_FIELD = {
     "augment": "--augment",
     "test_time_augmentation": "--tta",
     "target_sensitivity": "--target-sensitivity",
+    "ensemble": "--ensemble",
     "experiment": "--experiment",
     "registered_model": "--registered-model",
     "metric": "--promotion-metric",
@@ -294,6 +295,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         f"or none for 0.5 ({_default(TrainConfig, 'target_sensitivity')})",
     )
     parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="also register one model averaging the K best variants "
+        f"({_default(TrainConfig, 'ensemble')}: none)",
+    )
+    parser.add_argument(
         "--checkpoints",
         action=argparse.BooleanOptionalAction,
         help="checkpoint every epoch and resume an identical unfinished training (default on)",
@@ -365,6 +373,7 @@ def _train_settings(args: argparse.Namespace):
         TrainConfig,
         VariantNames,
     )
+    from cnn.ensembles import check_ensemble_size
     from tasks.tracking import TrackingConfig
 
     names = args.variants.split(",") if args.variants is not None else DEFAULT_VARIANTS
@@ -393,6 +402,7 @@ def _train_settings(args: argparse.Namespace):
         "checkpoints",
         "augment",
         "test_time_augmentation",
+        "ensemble",
         "seed",
     )
     if args.target_sensitivity is not None:
@@ -402,6 +412,10 @@ def _train_settings(args: argparse.Namespace):
     training = _validated(
         lambda: TrainConfig(**given, variant_options={"transfer": {"weights": weights}})
     )
+    try:
+        check_ensemble_size(training.ensemble, variants)
+    except ValueError as error:
+        raise CommandError(f"--ensemble: {error}", EXIT_USAGE) from error
     tracking = _validated(lambda: TrackingConfig(**_given(args, "experiment", "registered_model")))
     promotion = _validated(lambda: PromotionConfig(**_given(args, "metric", "min_margin")))
     return variants, training, tracking, promotion

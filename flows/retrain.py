@@ -31,7 +31,7 @@ def retrain(
     Args:
         data: Where the images come from and how they become a dataset.
         variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
-        training: Epochs, batch size, learning rate, early stopping, augmentation.
+        training: Epochs, schedule, augmentation, operating point, ensemble size.
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).

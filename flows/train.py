@@ -10,6 +10,8 @@ from cnn.config import (
     VariantName,
     VariantNames,
 )
+from cnn.ensembles import ENSEMBLE, check_ensemble_size
+from tasks.ensemble import log_ensemble
 from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.registry import promote_model
@@ -45,6 +47,27 @@ def train_variant(
     return read_variant_run(run_id)
 
 
+@flow(name="train-ensemble", log_prints=True)
+def train_ensemble(
+    dataset: str,
+    candidates: list[VariantRun],
+    training: TrainConfig = TrainConfig(),
+    tracking: TrackingConfig = TrackingConfig(),
+    promotion: PromotionConfig = PromotionConfig(),
+) -> VariantRun:
+    """Average the best `training.ensemble` of the trained variants into one model, then
+    evaluate, register, promote and report it as any variant."""
+    tags = {"variant": ENSEMBLE, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
+    with tracked_run(tracking.experiment, run_name=ENSEMBLE, tags=tags) as run_id:
+        model = log_ensemble(dataset, candidates, training, run_id, tracking.registered_model)
+        scores = evaluate_model(model.model_uri, dataset, run_id)
+        decision = promote_model(
+            tracking.registered_model, model.version, dataset, scores, run_id, promotion
+        )
+        render_report(model.model_uri, dataset, run_id, decision)
+    return read_variant_run(run_id)
+
+
 @flow(name="train", log_prints=True)
 def train(
     dataset: str,
@@ -57,18 +80,34 @@ def train(
     """Train each variant as its own `train-variant` flow run.
 
     Without a work pool they run here, one after another. With one, each is submitted to the
-    pool's `train-variant` deployment at once, and this flow waits for all of them.
+    pool's `train-variant` deployment at once, and this flow waits for all of them. With
+    `training.ensemble` set, the best that many are then averaged into one more model.
 
     Args:
         dataset: Path of an ingested dataset (`malaria ingest` prints it).
         variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
-        training: Epochs, batch size, learning rate, early stopping, augmentation.
+        training: Epochs, schedule, augmentation, operating point, ensemble size.
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Run each variant on this work pool's workers (unset: here, in turn).
     """
     require_tracking_server()
+    check_ensemble_size(training.ensemble, variants)
     check_variant_downloads(list(variants), training)
+    runs = _train_variants(dataset, variants, training, tracking, promotion, work_pool)
+    if training.ensemble:
+        runs.append(train_ensemble(dataset, runs, training, tracking, promotion))
+    return runs
+
+
+def _train_variants(
+    dataset: str,
+    variants: list[str],
+    training: TrainConfig,
+    tracking: TrackingConfig,
+    promotion: PromotionConfig,
+    work_pool: str | None,
+) -> list[VariantRun]:
     if work_pool is None:
         return [
             train_variant(dataset, variant, training, tracking, promotion) for variant in variants

@@ -153,7 +153,7 @@ def _train_and_log(
                     "image_shape": dataset.image_shape,
                 }
             )
-            mlflow.log_input(_as_mlflow_dataset(dataset), context="training")
+            mlflow.log_input(as_mlflow_dataset(dataset), context="training")
             mlflow.log_dict(dataset.manifest, "dataset/manifest.json")
             result = train_on_dataset(
                 dataset, variant, config, on_epoch_end=epoch_log.report, checkpoints=checkpoints
@@ -199,26 +199,38 @@ def _log_trained_model(
             "resumed_epochs": result.resumed_epochs,
         }
     )
-    mlflow.log_metric("operating_threshold", result.threshold)
     sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
     for policy in AUGMENTATIONS:
         if policy != "none":  # every named policy's preview, so runs can be compared
             preview = augmentation_preview(sample[0], AUGMENTATIONS[policy], seed=config.seed)
             mlflow.log_image(preview, augmentation_preview_path(policy))
-    served = ServedModel(result.served, result.threshold)
-    signature = infer_signature(sample, served.predict(sample))
+    return log_served_model(dataset, result.served, result.threshold, config, registered_model)
+
+
+def log_served_model(
+    dataset: Dataset,
+    model: keras.Model,
+    threshold: float,
+    config: TrainConfig,
+    registered_model: str,
+) -> ModelInfo:
+    """Log and register `model` with its operating point to the active run; tag the run with
+    where it went."""
+    mlflow.log_metric("operating_threshold", threshold)
+    sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
+    signature = infer_signature(sample, ServedModel(model, threshold).predict(sample))
     info = Model.log(
         artifact_path=None,
         name="model",
         flavor=_KerasFlavor(),
-        model=result.served,
+        model=model,
         signature=signature,
         input_example=sample[:1],
         registered_model_name=registered_model,
         pip_requirements=model_requirements(),
-        metadata={"threshold": result.threshold},
+        metadata={"threshold": threshold},
         operating_point={
-            "threshold": result.threshold,
+            "threshold": threshold,
             "target_sensitivity": config.target_sensitivity,
             "test_time_augmentation": config.test_time_augmentation,
         },
@@ -358,7 +370,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
+def as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
     """The dataset as an MLflow input: its location and content fingerprint as digest."""
     with warnings.catch_warnings():  # MLflow registers its local source class twice
         warnings.simplefilter("ignore", UserWarning)
