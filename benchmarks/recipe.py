@@ -129,14 +129,41 @@ def with_splits(dataset, splits: np.ndarray, path: Path):
     return open_dataset(path)
 
 
-def run_once(dataset, variant: str, config, label: str) -> dict:
+def test_curve(dataset):
+    """A Keras callback that scores the test split (no TTA, threshold 0.5) after each epoch."""
+    import keras
+
+    from cnn.metrics import evaluate_predictions
+    from cnn.predict import predict_split
+
+    class TestCurve(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.points: list[dict] = []
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            scores = predict_split(self.model, dataset, "test")
+            accuracy = evaluate_predictions(scores.labels, scores.uninfected_probability).accuracy
+            self.points.append(
+                {
+                    "epoch": epoch + 1,
+                    "val_accuracy": round(float(logs["val_accuracy"]), 4),
+                    "test_accuracy": round(accuracy, 4),
+                }
+            )
+
+    return TestCurve()
+
+
+def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> dict:
     """Train on the dataset's train split and score its test split as the pipeline does."""
     from cnn.augmentation import with_test_time_augmentation
     from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
     from cnn.predict import predict_split
     from cnn.training import train_on_dataset
 
-    result = train_on_dataset(dataset, variant, config)
+    callbacks = [test_curve(dataset)] if curve else []
+    result = train_on_dataset(dataset, variant, config, callbacks=callbacks)
     scored = {}
     for tta, model in (
         (False, result.model),
@@ -164,6 +191,7 @@ def run_once(dataset, variant: str, config, label: str) -> dict:
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 1),
         "val_accuracy": [round(v, 4) for v in result.history["val_accuracy"]],
+        **({"test_curve": callbacks[0].points} if curve else {}),
         "parameters": result.model.count_params(),
         **scored,
     }
@@ -189,7 +217,9 @@ def summarise(runs: list[dict], served: str) -> dict:
     return summary
 
 
-def run_recipe(folder: Path, text: str, folds: int, fold_limit: int, scratch: Path) -> dict:
+def run_recipe(
+    folder: Path, text: str, folds: int, fold_limit: int, scratch: Path, curve: bool = False
+) -> dict:
     from cnn.config import IngestConfig, TrainConfig
     from cnn.dataset import build_dataset
     from cnn.sources import open_source
@@ -211,7 +241,7 @@ def run_recipe(folder: Path, text: str, folds: int, fold_limit: int, scratch: Pa
             )
             runs.append(run_once(fold, variant, config, f"{text} fold {index + 1}/{folds}"))
     else:
-        runs = [run_once(dataset, variant, config, f"{text} fixed split")]
+        runs = [run_once(dataset, variant, config, f"{text} fixed split", curve)]
     served = "tta" if config.test_time_augmentation else "plain"
     return {
         "recipe": text,
@@ -257,12 +287,19 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="grouped folds (0: fixed split)")
     parser.add_argument("--fold-limit", type=int, default=99, help="run only the first K folds")
     parser.add_argument("--output", default="recipe", help="results file name (no suffix)")
+    parser.add_argument(
+        "--test-curve",
+        action="store_true",
+        help="fixed split: also score the test split after every epoch (slower)",
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.recipes.split():
             results.append(
-                run_recipe(args.folder, text, args.folds, args.fold_limit, Path(scratch))
+                run_recipe(
+                    args.folder, text, args.folds, args.fold_limit, Path(scratch), args.test_curve
+                )
             )
             print(json.dumps({"recipe": text, **results[-1]["summary"]}), flush=True)
             table = markdown(results)

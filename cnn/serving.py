@@ -4,6 +4,7 @@ A registered model is a Keras model of P(uninfected) plus an operating point: th
 P(parasitized) chosen on validation. It is stored beside the Keras file as
 `operating_point.json`, so `mlflow.pyfunc.load_model` users get labels at that point with no
 code of theirs (`_load_pyfunc` is the loader MLflow calls; this module imports no MLflow).
+Importing it registers the custom layers a saved model may hold.
 """
 
 import json
@@ -13,6 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cnn import augmentation, models  # noqa: F401  (importing them registers the custom layers)
 from cnn.labels import LABEL_NAMES
 from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
 
@@ -57,6 +59,4 @@ class ServedModel:
 
 def _load_pyfunc(path: str) -> ServedModel:
     """MLflow's `python_function` entry point: `path` is the MLflow model directory."""
-    from cnn import augmentation, models  # noqa: F401  (they register the custom layers)
-
     return ServedModel(keras.saving.load_model(Path(path) / KERAS_FILE), read_threshold(path))

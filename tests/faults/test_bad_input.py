@@ -212,6 +212,8 @@ OPTION_CASES = [
     (["pipeline", "--augment", "sideways"], 2, "--augment"),
     (["pipeline", "--target-sensitivity", "1.5"], 2, "--target-sensitivity"),
     (["pipeline", "--schedule", "linear"], 2, "--schedule"),
+    (["pipeline", "--ensemble", "3", "--variants", "simple,lenet5"], 2, "--ensemble"),
+    (["pipeline", "--ensemble", "-1"], 2, "--ensemble"),
     (["pipeline", "--min-margin", "1.5"], 2, "--min-margin"),
     (["pipeline", "--min-margin", "nan"], 2, "--min-margin"),
     (["pipeline", "--experiment", ""], 2, "--experiment"),
