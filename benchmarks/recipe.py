@@ -51,6 +51,8 @@ NAMED_RECIPES = {
     "before": "resnet@64:epochs=30,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
 }
 METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
+VALIDATION_TARGETS = (0.95, 0.97, 0.98, 0.99, 0.995)
+"""Target sensitivities on validation whose thresholds are also scored on test."""
 
 
 def parse_recipe(text: str) -> tuple[str | None, int | None, dict, dict]:
@@ -178,12 +180,23 @@ def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> 
             )
         evaluation = evaluate_predictions(test.labels, test.uninfected_probability, threshold)
         at_half = evaluate_predictions(test.labels, test.uninfected_probability)
+        targets = {}
+        for target in VALIDATION_TARGETS:
+            chosen = threshold_for_sensitivity(
+                validation.labels, validation.uninfected_probability, target
+            )
+            point = evaluate_predictions(test.labels, test.uninfected_probability, chosen)
+            targets[str(target)] = {
+                name: round(point.scores()[name], 4)
+                for name in ("accuracy", "sensitivity", "specificity")
+            }
         scored["tta" if tta else "plain"] = {
             **{name: round(evaluation.scores()[name], 4) for name in METRICS},
             "threshold": round(threshold, 4),
             "accuracy_at_0.5": round(at_half.accuracy, 4),
             "sensitivity_at_0.5": round(at_half.sensitivity, 4),
             "confusion_matrix": evaluation.confusion_matrix,
+            "at_validation_targets": targets,
         }
     run = {
         "fold": label,
@@ -208,6 +221,18 @@ def summarise(runs: list[dict], served: str) -> dict:
             "mean": round(float(values.mean()), 4),
             "std": round(float(values.std()), 4),
         }
+    summary["at_validation_targets"] = {
+        target: {
+            name: round(
+                float(
+                    np.mean([run[served]["at_validation_targets"][target][name] for run in runs])
+                ),
+                4,
+            )
+            for name in ("accuracy", "sensitivity", "specificity")
+        }
+        for target in runs[0][served]["at_validation_targets"]
+    }
     for name in ("epochs_run", "train_seconds"):
         values = np.array([run[name] for run in runs])
         summary[name] = {

@@ -130,7 +130,8 @@ def train_on_dataset(
     """Train `variant` on the dataset's train split, validating on its validation split.
 
     Augmentation (if on) wraps the model only while it trains; the returned model is the
-    bare one, with the best weights (early stopping on val_loss) restored. A model with a
+    bare one, with the weights of its lowest-val_loss epoch restored, beside the model to
+    serve (test-time augmentation) and its threshold chosen on validation. A model with a
     pretrained backbone and `fine_tune_layers` trains twice: the new head on the frozen
     backbone, then with the backbone's top layers unfrozen at a tenth of the learning rate
     (each phase up to `epochs`); the second phase is kept only if it lowers val_loss.
