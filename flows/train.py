@@ -18,6 +18,7 @@ from tasks.registry import promote_model
 from tasks.report import render_report
 from tasks.tracking import TrackingConfig, require_tracking_server, tracked_run
 from tasks.train import (
+    TrainedModel,
     VariantRun,
     check_variant_downloads,
     find_variant_run,
@@ -39,11 +40,7 @@ def train_variant(
     tags = {"variant": variant, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
     with tracked_run(tracking.experiment, run_name=variant, tags=tags) as run_id:
         model = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        scores = evaluate_model(model.model_uri, dataset, run_id)
-        decision = promote_model(
-            tracking.registered_model, model.version, dataset, scores, run_id, promotion
-        )
-        render_report(model.model_uri, dataset, run_id, decision)
+        _evaluate_promote_report(model, dataset, run_id, tracking, promotion)
     return read_variant_run(run_id)
 
 
@@ -60,12 +57,23 @@ def train_ensemble(
     tags = {"variant": ENSEMBLE, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
     with tracked_run(tracking.experiment, run_name=ENSEMBLE, tags=tags) as run_id:
         model = log_ensemble(dataset, candidates, training, run_id, tracking.registered_model)
-        scores = evaluate_model(model.model_uri, dataset, run_id)
-        decision = promote_model(
-            tracking.registered_model, model.version, dataset, scores, run_id, promotion
-        )
-        render_report(model.model_uri, dataset, run_id, decision)
+        _evaluate_promote_report(model, dataset, run_id, tracking, promotion)
     return read_variant_run(run_id)
+
+
+def _evaluate_promote_report(
+    model: TrainedModel,
+    dataset: str,
+    run_id: str,
+    tracking: TrackingConfig,
+    promotion: PromotionConfig,
+) -> None:
+    """Score a registered model on the test split, decide its alias, render its report."""
+    scores = evaluate_model(model.model_uri, dataset, run_id)
+    decision = promote_model(
+        tracking.registered_model, model.version, dataset, scores, run_id, promotion
+    )
+    render_report(model.model_uri, dataset, run_id, decision)
 
 
 @flow(name="train", log_prints=True)
