@@ -48,7 +48,8 @@ TRAINING_KEYS = {
 NAMED_RECIPES = {
     "default": "",
     "lecture": "simple@100:epochs=50,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
-    "before": "resnet@64:epochs=30,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
+    "before": "resnet@64:epochs=30,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0,"
+    "base_filters=32,per_image=0",
 }
 METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 VALIDATION_TARGETS = (0.95, 0.97, 0.98, 0.99, 0.995)

@@ -123,7 +123,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(30, ge=1, le=1000, description="Most epochs; early stopping may end sooner")
+    epochs: int = Field(
+        20, ge=1, le=1000, description="Epochs of the schedule; early stopping may end sooner"
+    )
     batch_size: int = Field(100, ge=1, le=4096, description="Images per training step")
     gpu_batch_size: int | None = Field(
         None,

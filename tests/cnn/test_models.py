@@ -75,3 +75,21 @@ def test_transfer_without_reachable_imagenet_weights_says_what_to_do(tmp_path):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="'vgg99'"):
         build_model("vgg99", (100, 100, 3))
+
+
+def test_per_image_standardization_removes_a_slides_tint_and_brightness(tmp_path):
+    from cnn.models import PerImageStandardization
+
+    rng = np.random.default_rng(0)
+    cell = rng.integers(40, 200, size=(1, 16, 16, 3)).astype("float32")
+    tinted = np.clip(cell * np.array([1.2, 0.9, 1.1]) + 10, 0, 255)
+    layer = PerImageStandardization()
+    standardized = np.asarray(layer(np.concatenate([cell, tinted])))
+    np.testing.assert_allclose(standardized.mean(axis=(1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(axis=(1, 2)), 1, atol=1e-3)
+    np.testing.assert_allclose(standardized[0], standardized[1], atol=1e-4)
+    model = build_model("resnet", (32, 32, 3), base_filters=8, per_image=True)
+    model.save(tmp_path / "model.keras")
+    assert isinstance(
+        keras.models.load_model(tmp_path / "model.keras").layers[1], PerImageStandardization
+    )
