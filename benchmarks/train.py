@@ -3,7 +3,8 @@
     python benchmarks/train.py --dataset data/datasets/<name> [--variants simple,resnet]
 
 1. Throughput: for each variant, one timed training epoch (after a warm-up epoch) over the
-   dataset's train split as the pipeline streams it, and one inference pass over the test split.
+   dataset's train split as the pipeline streams it, and one inference pass over the test split
+   with and without test-time augmentation (8 views an image).
 2. Overhead: the whole `malaria train --dataset D --variants V --epochs E` command (Prefect,
    MLflow, evaluation, report, model logging included) against a bare Keras script that loads
    the same train/validation arrays and fits the same network (`cnn.models.build_model`) for
@@ -60,6 +61,7 @@ def throughput(
     loop's thread, so that share is time the accelerator waits for input)."""
     import keras
 
+    from cnn.augmentation import with_test_time_augmentation
     from cnn.batches import SplitBatches
     from cnn.dataset import open_dataset
     from cnn.models import VARIANTS, build_model
@@ -90,17 +92,24 @@ def throughput(
         started = time.perf_counter()
         model.fit(train, epochs=1, verbose=0)
         train_seconds = time.perf_counter() - started
-        model.predict(test, verbose=0)
-        started = time.perf_counter()
-        model.predict(test, verbose=0)
-        predict_seconds = time.perf_counter() - started
+        rates = {}
+        for name, served in (
+            ("predict", model),
+            ("predict_tta", with_test_time_augmentation(model)),
+        ):
+            served.predict(test, verbose=0)
+            started = time.perf_counter()
+            served.predict(test, verbose=0)
+            rates[f"{name}_images_per_second"] = round(
+                test._count / (time.perf_counter() - started), 1
+            )
         results.append(
             {
                 "variant": variant,
                 "parameters": model.count_params(),
                 "train_images_per_second": round(train._count / train_seconds, 1),
                 "input_share_of_step_time": round(train.input_seconds / train_seconds, 3),
-                "predict_images_per_second": round(test._count / predict_seconds, 1),
+                **rates,
             }
         )
         print(json.dumps(results[-1]), flush=True)
