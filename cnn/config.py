@@ -114,7 +114,7 @@ VariantNames = Annotated[
     list[VariantName], Field(min_length=1, description="CNN variants to train, one run each")
 ]
 DEFAULT_VARIANTS = ("resnet",)
-"""The default recipe (with 64 px images): see the README's accuracy-versus-time table."""
+"""The default recipe (with 64 px images): see "Model quality" in the README's "Measured"."""
 
 
 class TrainConfig(BaseModel):

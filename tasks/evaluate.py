@@ -38,6 +38,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         )
     threshold = model_threshold(model_uri)
     evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
+    scores_at_threshold = {**evaluation.as_dict(), "threshold": threshold}
     confusion = pd.DataFrame(
         evaluation.confusion_matrix, index=list(CONFUSION_ROWS), columns=list(CONFUSION_COLUMNS)
     ).reset_index(names="actual")
@@ -48,9 +49,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
                 "test_threshold": threshold,
             }
         )
-        mlflow.log_dict(
-            {**evaluation.as_dict(), "threshold": threshold}, "evaluation/test_scores.json"
-        )
+        mlflow.log_dict(scores_at_threshold, "evaluation/test_scores.json")
         _log_test_predictions(scores)
         mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
@@ -71,7 +70,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
     )
-    return {**evaluation.as_dict(), "threshold": threshold}
+    return scores_at_threshold
 
 
 def _log_test_predictions(scores: SplitScores) -> None:
