@@ -120,13 +120,13 @@ def score_batches(
 ) -> pa.Table:
     """One row per image: source id, P(parasitized), predicted label (parasitized where
     P(parasitized) > `threshold`) and its name."""
-    source_ids, scores = [], []
+    source_ids, outputs = [], []
     for ids, images in batches:
-        uninfected = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
+        outputs.append(np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1))
         source_ids.extend(ids)
-        scores.append(1.0 - uninfected)
-    parasitized = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-    labels = predicted_labels(1.0 - parasitized, threshold)
+    uninfected = np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+    parasitized = 1.0 - uninfected
+    labels = predicted_labels(uninfected, threshold)
     return pa.table(
         [
             pa.array(source_ids, pa.string()),

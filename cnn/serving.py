@@ -1,40 +1,32 @@
 """The served model's decision rule, and its MLflow `python_function` loader.
 
 A registered model is a Keras model of P(uninfected) plus an operating point: the threshold on
-P(parasitized) chosen on validation. It is stored beside the Keras file as
-`operating_point.json`, so `mlflow.pyfunc.load_model` users get labels at that point with no
-code of theirs (`_load_pyfunc` is the loader MLflow calls; this module imports no MLflow).
+P(parasitized) chosen on validation, kept as `threshold` in the MLmodel file's metadata, so
+`mlflow.pyfunc.load_model` users get labels at that point with no code of theirs
+(`_load_pyfunc` is the loader MLflow calls; this module imports no MLflow).
 Importing it registers the custom layers a saved model may hold.
 """
 
-import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import yaml
 
 from cnn import augmentation, models  # noqa: F401  (importing them registers the custom layers)
 from cnn.labels import LABEL_NAMES
 from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
 
-OPERATING_POINT_FILE = "operating_point.json"
 KERAS_FILE = Path("data") / "model.keras"
 """Where `mlflow.keras.save_model` puts the Keras model inside an MLflow model directory."""
+LOADER_MODULE = __name__
+"""What the model's `python_function` flavour names as its loader."""
 
 
-def write_operating_point(model_dir: str | Path, threshold: float, **facts: float | None) -> None:
-    """Record the threshold (and how it was chosen) in an MLflow model directory."""
-    content = {"threshold": threshold, **facts}
-    (Path(model_dir) / OPERATING_POINT_FILE).write_text(json.dumps(content, indent=1))
-
-
-def read_threshold(model_dir: str | Path) -> float:
-    """The model's threshold on P(parasitized); 0.5 for models saved without one."""
-    path = Path(model_dir) / OPERATING_POINT_FILE
-    if not path.is_file():
-        return DEFAULT_THRESHOLD
-    return float(json.loads(path.read_text())["threshold"])
+def threshold_of(metadata: dict | None) -> float:
+    """The threshold in a model's metadata; 0.5 for models logged without one."""
+    return float((metadata or {}).get("threshold", DEFAULT_THRESHOLD))
 
 
 class ServedModel:
@@ -59,4 +51,5 @@ class ServedModel:
 
 def _load_pyfunc(path: str) -> ServedModel:
     """MLflow's `python_function` entry point: `path` is the MLflow model directory."""
-    return ServedModel(keras.saving.load_model(Path(path) / KERAS_FILE), read_threshold(path))
+    metadata = yaml.safe_load((Path(path) / "MLmodel").read_text()).get("metadata")
+    return ServedModel(keras.saving.load_model(Path(path) / KERAS_FILE), threshold_of(metadata))

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from cnn.config import PromotionConfig
 from cnn.dataset import open_dataset
 from cnn.locks import exclusive_lock
-from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions
+from cnn.metrics import evaluate_predictions
 from cnn.predict import predict_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
+from cnn.serving import threshold_of
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
 from tasks.tracking import ModelNotFoundError, check_model_uri, configure_tracking, first_line
@@ -62,12 +63,12 @@ def model_threshold(model_uri: str) -> float:
     """The model's operating point on P(parasitized), from its MLmodel metadata (0.5 for
     models logged without one)."""
     try:
-        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+        metadata = mlflow.models.get_model_info(model_uri).metadata
     except (MlflowException, OSError) as error:
         raise ModelNotFoundError(
             f"model {model_uri!r} cannot be loaded: {first_line(error)}"
         ) from error
-    return float(metadata.get("threshold", DEFAULT_THRESHOLD))
+    return threshold_of(metadata)
 
 
 def _names_fixed_model(model_uri: str) -> bool:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -19,7 +18,7 @@ from tasks.evaluate import load_test_predictions
 from tasks.registry import load_keras_model, model_threshold
 from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking
-from tasks.train import augmentation_preview_path
+from tasks.train import AUGMENTATION_DIR, augmentation_preview_path
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 REPORT_DIR = "report"
@@ -63,7 +62,7 @@ def render_report(
         uninfected_probability=scores.uninfected_probability,
         cells=dict(zip(positions.tolist(), images, strict=True)),
         history=_history(client, run_id),
-        augmentation_grids=_augmentation_previews(run.info.artifact_uri),
+        augmentation_grids=_augmentation_previews(client, run),
         augmentation_used=params.get("augment"),
         threshold=threshold,
     )
@@ -93,18 +92,14 @@ def _history(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[float]]
     return history
 
 
-def _augmentation_previews(artifact_uri: str) -> dict[str, np.ndarray]:
+def _augmentation_previews(client: mlflow.MlflowClient, run) -> dict[str, np.ndarray]:
     """The previews the train task logged, by policy (none for an evaluation run)."""
-    previews = {}
-    for policy in AUGMENTATIONS:
-        try:
-            image = mlflow.artifacts.load_image(
-                f"{artifact_uri}/{augmentation_preview_path(policy)}"
-            )
-        except (MlflowException, OSError):
-            continue
-        previews[policy] = np.asarray(image)
-    return previews
+    logged = {item.path for item in client.list_artifacts(run.info.run_id, AUGMENTATION_DIR)}
+    return {
+        policy: np.asarray(mlflow.artifacts.load_image(f"{run.info.artifact_uri}/{path}"))
+        for policy in AUGMENTATIONS
+        if (path := augmentation_preview_path(policy)) in logged
+    }
 
 
 def _markdown(summary: dict, report_uri: str, tracking_uri: str, run) -> str:

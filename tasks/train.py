@@ -29,16 +29,18 @@ from cnn.config import AUGMENTATIONS, TrainConfig
 from cnn.dataset import Dataset, open_dataset
 from cnn.locks import LockTimeoutError, exclusive_lock
 from cnn.models import check_downloads
-from cnn.serving import ServedModel, write_operating_point
+from cnn.serving import LOADER_MODULE, ServedModel
 from cnn.training import TrainingResult, train_on_dataset
 from tasks.ingest import data_dir
 from tasks.retry import IO_RETRIES
 from tasks.tracking import configure_tracking, first_line, tracking_uri
 
+AUGMENTATION_DIR = "augmentation"
+
 
 def augmentation_preview_path(policy: str) -> str:
     """Where a run keeps the preview of a named augmentation policy."""
-    return f"augmentation/{policy}.png"
+    return f"{AUGMENTATION_DIR}/{policy}.png"
 
 
 MAX_METRICS_PER_BATCH = 1000
@@ -228,8 +230,7 @@ def log_served_model(
         input_example=sample[:1],
         registered_model_name=registered_model,
         pip_requirements=model_requirements(),
-        metadata={"threshold": threshold},
-        operating_point={
+        metadata={
             "threshold": threshold,
             "target_sensitivity": config.target_sensitivity,
             "test_time_augmentation": config.test_time_augmentation,
@@ -261,13 +262,20 @@ def _keep_model(
     return path
 
 
+AFTER_TRAINING_SETTINGS = {
+    "checkpoints",
+    "test_time_augmentation",
+    "target_sensitivity",
+    "ensemble",
+}
+"""Settings that leave the trained weights as they are: a change of them resumes training."""
+
+
 def checkpoint_dir(dataset: Dataset, variant: str, config: TrainConfig) -> Path:
     """Where one training's checkpoints live: the data directory, by dataset, variant and a
     digest of the settings (an identical training finds them; a changed one starts anew)."""
-    settings = json.dumps(
-        {"variant": variant, **config.model_dump(mode="json", exclude={"checkpoints"})},
-        sort_keys=True,
-    )
+    trained_by = config.model_dump(mode="json", exclude=AFTER_TRAINING_SETTINGS)
+    settings = json.dumps({"variant": variant, **trained_by}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return data_dir().absolute() / "checkpoints" / dataset.name / f"{variant}-{digest}"
 
@@ -320,22 +328,21 @@ def _metrics_of_epoch(epoch: int, metrics: dict[str, float]) -> list[Metric]:
 
 
 class _KerasFlavor:
-    """`mlflow.keras` for `Model.log` with the model's operating point, and the model directory
-    made before the input example is written into it: mlflow 3.17.2's
+    """`mlflow.keras` for `Model.log` with `cnn.serving` as the pyfunc loader, and the model
+    directory made before the input example is written into it: mlflow 3.17.2's
     `mlflow.keras.save_model` writes the example first and fails with FileNotFoundError
     (`mlflow.keras.log_model(input_example=...)`)."""
 
     __name__ = "mlflow.keras"
 
     @staticmethod
-    def save_model(path: str, operating_point: dict[str, Any], **kwargs: Any) -> None:
-        """Save as `mlflow.keras` does, plus the operating point, with `cnn.serving` as the
-        `python_function` loader (labels at the model's threshold)."""
+    def save_model(path: str, **kwargs: Any) -> None:
+        """Save as `mlflow.keras` does, with `cnn.serving` as the `python_function` loader
+        (labels at the threshold in the model's metadata)."""
         os.makedirs(path, exist_ok=True)
         mlflow.keras.save_model(path=path, **kwargs)
-        write_operating_point(path, **operating_point)
         model = kwargs["mlflow_model"]
-        model.flavors["python_function"]["loader_module"] = "cnn.serving"
+        model.flavors["python_function"]["loader_module"] = LOADER_MODULE
         model.save(os.path.join(path, MLMODEL_FILE_NAME))
 
 

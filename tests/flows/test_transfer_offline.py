@@ -1,7 +1,5 @@
 """With the default ImageNet weights and no network, a run with `transfer` fails at once."""
 
-import time
-
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -31,10 +29,9 @@ def test_offline_imagenet_transfer_fails_before_any_variant_trains(
 ):
     config = IngestConfig(source="synthetic", image_size=32, limit=60)
     dataset, _ = build_dataset(SyntheticSource(count=60), config, tmp_path / "datasets")
-    started = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="ImageNet weights of resnet50"):
         train(str(dataset.path), ["simple", "transfer"], TrainConfig(epochs=1))
-    assert time.perf_counter() - started < 60  # no variant trained first
+    assert not (data_dir / "checkpoints").exists()  # `simple` never started training
     client = MlflowClient(mlflow_uri)
     assert [
         run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])

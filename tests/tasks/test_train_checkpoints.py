@@ -2,6 +2,7 @@
 
 import logging
 from contextlib import ExitStack
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,3 +48,11 @@ def test_an_identical_training_running_at_once_trains_without_checkpoints(datase
     off = config.model_copy(update={"checkpoints": False})
     with ExitStack() as unused:
         assert _claim_checkpoints(dataset, "simple", off, unused, LOGGER) is None
+
+
+def test_settings_used_after_training_do_not_change_the_checkpoint_directory():
+    dataset = SimpleNamespace(name="cells-64px-abc")
+    base = checkpoint_dir(dataset, "resnet", TrainConfig())
+    after = TrainConfig(target_sensitivity=0.9, test_time_augmentation=False, ensemble=2)
+    assert checkpoint_dir(dataset, "resnet", after) == base
+    assert checkpoint_dir(dataset, "resnet", TrainConfig(epochs=7)) != base
