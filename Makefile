@@ -2,21 +2,31 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install pipeline test lint format mlflow-ui prefect-ui clean
+.PHONY: help install lock pipeline test test-fast lint format mlflow-ui prefect-ui clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(BIN)/malaria:
-	python3 -m venv $(VENV) && $(BIN)/pip install -e ".[test]"
+	python3 -m venv $(VENV) && $(BIN)/pip install -c requirements.lock -e ".[test]"
 
-install: $(BIN)/malaria ## create .venv and install the project with its test tools
+install: $(BIN)/malaria ## create .venv and install the project with its test tools (locked)
+
+LOCK_VENV := $(shell mktemp -u /tmp/malaria-lock-XXXXXX)
+lock: ## re-resolve the dependencies of pyproject.toml into requirements.lock (latest releases)
+	python3 -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q -e ".[test]" \
+	  && (echo "# pip freeze of a fresh \`pip install -e \".[test]\"\` (make lock); used as constraints" \
+	  && $(LOCK_VENV)/bin/pip freeze --exclude-editable) > requirements.lock.tmp \
+	  && mv requirements.lock.tmp requirements.lock; rm -rf $(LOCK_VENV) requirements.lock.tmp
 
 pipeline: install ## offline demo: synthetic cells end to end
 	$(BIN)/malaria pipeline --source synthetic --limit 400 --epochs 2
 
-test: install ## lint, then the whole test suite (slow end-to-end tests included)
-	$(BIN)/ruff check . && $(BIN)/pytest
+test: install ## lint, the import contract, then the whole suite (slow end-to-end tests included)
+	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/pytest
+
+test-fast: install ## the fast loop: lint, the import contract, the tests not marked slow
+	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/pytest -m "not slow"
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

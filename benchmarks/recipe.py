@@ -52,6 +52,8 @@ NAMED_RECIPES = {
     "base_filters=32,per_image=0",
 }
 METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
+PRIVATE = ("probabilities", "labels")
+"""Per-run scores kept in memory for `--ensembles`, not saved."""
 VALIDATION_TARGETS = (0.95, 0.97, 0.98, 0.99, 0.995)
 """Target sensitivities on validation whose thresholds are also scored on test."""
 
@@ -106,14 +108,15 @@ def with_splits(dataset, splits: np.ndarray, path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cnn.dataset import MANIFEST_NAME, open_dataset, write_json_durably
+    from cnn.dataset import MANIFEST_NAME, open_dataset
+    from cnn.manifest import Shard
 
     table = pq.read_table(dataset.shard_paths)
     column = table.schema.get_field_index("split")
     table = table.set_column(column, "split", pa.array(splits.astype(str)).dictionary_encode())
     path.mkdir(parents=True)
     pq.write_table(table, path / "part-0.parquet", row_group_size=256, compression="zstd")
-    names = dataset.manifest["label_names"]
+    names = dataset.manifest.label_names
     labels = table["label"].to_numpy()
     counts = {
         split: {
@@ -121,14 +124,15 @@ def with_splits(dataset, splits: np.ndarray, path: Path):
         }
         for split in ("train", "validation", "test")
     }
-    manifest = {
-        **dataset.manifest,
-        "name": path.name,
-        "shards": [{"file": "part-0.parquet", "rows": table.num_rows}],
-        "counts": counts,
-        "split_note": "benchmark fold",
-    }
-    write_json_durably(path / MANIFEST_NAME, manifest)
+    manifest = dataset.manifest.model_copy(
+        update={
+            "name": path.name,
+            "shards": [Shard(file="part-0.parquet", rows=table.num_rows)],
+            "counts": counts,
+            "split_note": "benchmark fold",
+        }
+    )
+    manifest.write(path / MANIFEST_NAME)
     return open_dataset(path)
 
 
@@ -158,51 +162,68 @@ def test_curve(dataset):
     return TestCurve()
 
 
+def score(validation, test, target: float | None) -> dict:
+    """Test scores at the threshold chosen on validation for `target` (None: 0.5), at 0.5,
+    and at the thresholds of each of `VALIDATION_TARGETS`; `validation` and `test` are
+    (labels, P(uninfected)) pairs."""
+    from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
+
+    threshold = threshold_for_sensitivity(*validation, target) if target else DEFAULT_THRESHOLD
+    evaluation = evaluate_predictions(*test, threshold)
+    at_half = evaluate_predictions(*test)
+    targets = {}
+    for each in VALIDATION_TARGETS:
+        point = evaluate_predictions(*test, threshold_for_sensitivity(*validation, each))
+        targets[str(each)] = {
+            name: round(point.scores()[name], 4)
+            for name in ("accuracy", "sensitivity", "specificity")
+        }
+    return {
+        **{name: round(evaluation.scores()[name], 4) for name in METRICS},
+        "threshold": round(threshold, 4),
+        "accuracy_at_0.5": round(at_half.accuracy, 4),
+        "sensitivity_at_0.5": round(at_half.sensitivity, 4),
+        "confusion_matrix": evaluation.confusion_matrix,
+        "at_validation_targets": targets,
+    }
+
+
 def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> dict:
     """Train on the dataset's train split and score its test split as the pipeline does."""
     from cnn.augmentation import with_test_time_augmentation
-    from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
     from cnn.predict import predict_split
     from cnn.training import train_on_dataset
 
     callbacks = [test_curve(dataset)] if curve else []
     result = train_on_dataset(dataset, variant, config, callbacks=callbacks)
-    scored = {}
+    scored, probabilities = {}, {}
     for tta, model in (
         (False, result.model),
         (True, with_test_time_augmentation(result.model)),
     ):
         validation = predict_split(model, dataset, "validation")
         test = predict_split(model, dataset, "test")
-        threshold = DEFAULT_THRESHOLD
-        if config.target_sensitivity:
-            threshold = threshold_for_sensitivity(
-                validation.labels, validation.uninfected_probability, config.target_sensitivity
-            )
-        evaluation = evaluate_predictions(test.labels, test.uninfected_probability, threshold)
-        at_half = evaluate_predictions(test.labels, test.uninfected_probability)
-        targets = {}
-        for target in VALIDATION_TARGETS:
-            chosen = threshold_for_sensitivity(
-                validation.labels, validation.uninfected_probability, target
-            )
-            point = evaluate_predictions(test.labels, test.uninfected_probability, chosen)
-            targets[str(target)] = {
-                name: round(point.scores()[name], 4)
-                for name in ("accuracy", "sensitivity", "specificity")
+        served = "tta" if tta else "plain"
+        scored[served] = score(
+            (validation.labels, validation.uninfected_probability),
+            (test.labels, test.uninfected_probability),
+            config.target_sensitivity,
+        )
+        if tta == config.test_time_augmentation:
+            probabilities = {
+                split: dict(
+                    zip(
+                        split_source_ids(dataset, split), scores.uninfected_probability, strict=True
+                    )
+                )
+                for split, scores in (("validation", validation), ("test", test))
             }
-        scored["tta" if tta else "plain"] = {
-            **{name: round(evaluation.scores()[name], 4) for name in METRICS},
-            "threshold": round(threshold, 4),
-            "accuracy_at_0.5": round(at_half.accuracy, 4),
-            "sensitivity_at_0.5": round(at_half.sensitivity, 4),
-            "confusion_matrix": evaluation.confusion_matrix,
-            "at_validation_targets": targets,
-        }
+            labels = {"validation": validation.labels, "test": test.labels}
     run = {
         "fold": label,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
+        "best_val_loss": round(min(result.history["val_loss"]), 5),
         "train_seconds": round(result.seconds, 1),
         "val_accuracy": [round(v, 4) for v in result.history["val_accuracy"]],
         **({"test_curve": callbacks[0].points} if curve else {}),
@@ -210,7 +231,50 @@ def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> 
         **scored,
     }
     print(label, json.dumps({k: v for k, v in run.items() if k != "val_accuracy"}), flush=True)
-    return run
+    return {**run, "probabilities": probabilities, "labels": labels}
+
+
+def split_source_ids(dataset, split: str) -> list[str]:
+    """The source ids of a split's rows, in the order `predict_split` scores them."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(dataset.shard_paths, columns=["source_id", "split"])
+    splits = table["split"].to_pylist()
+    return [i for i, s in zip(table["source_id"].to_pylist(), splits, strict=True) if s == split]
+
+
+def ensemble_result(results: list[dict], size: int, target: float | None) -> dict:
+    """Per fold, the mean P(uninfected) of the `size` recipes of lowest validation loss (as
+    the pipeline's `--ensemble` chooses), thresholded on validation and scored on test."""
+    runs = []
+    for fold in range(len(results[0]["runs"])):
+        members = sorted((r["runs"][fold] for r in results), key=lambda r: r["best_val_loss"])
+        members = members[:size]
+        labels, mean = members[0]["labels"], {}
+        for split in ("validation", "test"):
+            ids = list(members[0]["probabilities"][split])
+            mean[split] = np.mean([[m["probabilities"][split][i] for i in ids] for m in members], 0)
+        scores = score(
+            (labels["validation"], mean["validation"]), (labels["test"], mean["test"]), target
+        )
+        members_text = " + ".join(m["fold"] for m in members)
+        print(f"ensemble of {size}: {members_text}", json.dumps(scores), flush=True)
+        runs.append(
+            {
+                "fold": f"ensemble of {size}: {members_text}",
+                "epochs_run": sum(m["epochs_run"] for m in members),
+                "train_seconds": sum(m["train_seconds"] for m in members),
+                "served": scores,
+            }
+        )
+    return {
+        "recipe": f"ensemble of {size}",
+        "folds": results[0]["folds"],
+        "served": "served",
+        "summary": summarise(runs, "served"),
+        "summary_other": summarise(runs, "served"),
+        "runs": runs,
+    }
 
 
 def summarise(runs: list[dict], served: str) -> dict:
@@ -306,6 +370,33 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(results: list[dict], args: argparse.Namespace) -> str:
+    """Write the results so far (without the scores kept for ensembles); the Markdown table."""
+    table = markdown(results)
+    kept = [
+        {
+            **result,
+            "runs": [{k: v for k, v in run.items() if k not in PRIVATE} for run in result["runs"]],
+        }
+        for result in results
+    ]
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"{args.output}.md").write_text(table)
+    (RESULTS_DIR / f"{args.output}.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "recipe",
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+                "folder": str(args.folder),
+                "results": kept,
+            },
+            indent=1,
+        )
+    )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True, type=Path, help="NIH-layout image folder")
@@ -313,6 +404,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="grouped folds (0: fixed split)")
     parser.add_argument("--fold-limit", type=int, default=99, help="run only the first K folds")
     parser.add_argument("--output", default="recipe", help="results file name (no suffix)")
+    parser.add_argument(
+        "--ensembles",
+        default="",
+        help="space-separated sizes K: also score, per fold, the mean of the K recipes of "
+        'lowest validation loss (e.g. "2 3"; recipes must share folds and image ids)',
+    )
     parser.add_argument(
         "--test-curve",
         action="store_true",
@@ -328,21 +425,12 @@ def main() -> None:
                 )
             )
             print(json.dumps({"recipe": text, **results[-1]["summary"]}), flush=True)
-            table = markdown(results)
-            RESULTS_DIR.mkdir(exist_ok=True)
-            (RESULTS_DIR / f"{args.output}.md").write_text(table)
-            (RESULTS_DIR / f"{args.output}.json").write_text(
-                json.dumps(
-                    {
-                        "benchmark": "recipe",
-                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                        "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
-                        "folder": str(args.folder),
-                        "results": results,
-                    },
-                    indent=1,
-                )
-            )
+            table = save(results, args)
+    recipes = list(results)
+    for size in map(int, args.ensembles.split()):
+        target = recipes[0]["training"]["target_sensitivity"]
+        results.append(ensemble_result(recipes, size, target))
+        table = save(results, args)
     print(table, f"saved {RESULTS_DIR / args.output}.json and .md", sep="\n")
 
 

@@ -97,7 +97,7 @@ def main() -> None:
     process = psutil.Process()
     servers_before = temporary_prefect_servers()
     command = [
-        sys.executable, "-m", "flows.cli", "pipeline", "--source", "synthetic", "--limit", "60",
+        sys.executable, "-m", "app.cli", "pipeline", "--source", "synthetic", "--limit", "60",
         "--image-size", "24", "--variants", "simple", "--batch-size", "16",
         "--epochs", str(args.epochs), "--json",
     ]  # fmt: skip

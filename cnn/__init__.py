@@ -1,4 +1,5 @@
-"""The malaria CNN library: sources, datasets, models, training, metrics.
+"""The malaria CNN library: sources, datasets, models, training, metrics, pictures.
 
-Plain Python on numpy, pyarrow and Keras; never imports prefect or mlflow.
+The bottom layer. Plain Python on numpy, pyarrow, pydantic and Keras: it imports no other
+package of this project, and never prefect or mlflow, so it is testable and reusable alone.
 """

@@ -7,17 +7,22 @@ into a temporary directory renamed into place when complete, so a crash at any m
 the previous checkpoint usable and never a half-written one that would be trusted.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnn.dataset import write_json_durably
+from cnn.config import TrainConfig
+from cnn.dataset import Dataset
+from cnn.locks import LockTimeoutError, exclusive_lock
+from cnn.manifest import write_json_durably
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -105,6 +110,46 @@ class CheckpointStore:
         if not self.root.is_dir():
             return []
         return [path for path in self.root.glob("epoch-*") if (path / STATE_FILE).is_file()]
+
+
+AFTER_TRAINING_SETTINGS = {
+    "checkpoints",
+    "test_time_augmentation",
+    "target_sensitivity",
+    "ensemble",
+}
+"""Settings that leave the trained weights as they are: a change of them resumes training."""
+
+
+def checkpoint_dir(root: Path, dataset: Dataset, variant: str, config: TrainConfig) -> Path:
+    """Where one training's checkpoints live under `root`: by dataset, variant and a digest of
+    the settings (an identical training finds them; a changed one starts anew)."""
+    trained_by = config.model_dump(mode="json", exclude=AFTER_TRAINING_SETTINGS)
+    settings = json.dumps({"variant": variant, **trained_by}, sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return root / dataset.name / f"{variant}-{digest}"
+
+
+def claim_checkpoints(
+    root: Path, dataset: Dataset, variant: str, config: TrainConfig, held: ExitStack, logger: Any
+) -> CheckpointStore | None:
+    """This training's checkpoint store under `root`, locked for as long as `held` is open;
+    None when checkpoints are off, or when an identical training (another run with the same
+    dataset, variant and settings) holds it: two trainings must not write one checkpoint."""
+    if not config.checkpoints:
+        return None
+    store = CheckpointStore(checkpoint_dir(root, dataset, variant, config))
+    try:
+        held.enter_context(
+            exclusive_lock(store.root.parent / f"{store.root.name}.lock", timeout_seconds=0)
+        )
+    except LockTimeoutError:
+        logger.warning(
+            "An identical training is running and holds %s: this one trains without checkpoints",
+            store.root,
+        )
+        return None
+    return store
 
 
 def _load(path: Path) -> TrainingState:

@@ -1,5 +1,6 @@
 """Typed, validated settings for each stage: bad values fail before any work starts."""
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -209,6 +210,14 @@ class TrainConfig(BaseModel):
         description='Per-variant factory options, e.g. {"transfer": {"weights": null}}',
     )
 
+    @field_validator("variant_options")
+    @classmethod
+    def _transfer_weights_exist(cls, value: dict[str, dict[str, Any]]) -> dict:
+        problem = weights_file_problem(value.get("transfer", {}).get("weights"))
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _plateau_cuts_need_a_constant_rate(self) -> "TrainConfig":
         if self.reduce_lr_patience is not None and self.schedule != "constant":
@@ -216,6 +225,19 @@ class TrainConfig(BaseModel):
                 "reduce_lr_patience cuts a constant learning rate; it needs schedule='constant'"
             )
         return self
+
+
+def weights_file_problem(weights: str | None) -> str | None:
+    """Why a pretrained backbone's `weights` (imagenet, a weights file, or None: random) cannot
+    be used: a file that does not exist. None when they can."""
+    if weights in (None, "imagenet") or Path(weights).is_file():
+        return None
+    return f"weights file {weights!r} does not exist (or imagenet, none)"
+
+
+DEFAULT_MODEL_URI = "models:/malaria-cnn@champion"
+PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]
+DEFAULT_PREDICT_BATCH = 256
 
 
 PromotionMetric = Literal["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"]

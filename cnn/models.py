@@ -2,11 +2,12 @@
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import keras
 from keras import layers
+
+from cnn.config import weights_file_problem
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,10 @@ def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="simple")
 
 
-def build_lenet5(input_shape: tuple[int, int, int]) -> keras.Model:
-    """The lecture's Keras LeNet-5 on RGB input with one sigmoid output."""
-    inputs, x = _inputs(input_shape)
+def build_lenet5(input_shape: tuple[int, int, int], per_image: bool = False) -> keras.Model:
+    """The lecture's Keras LeNet-5 on RGB input with one sigmoid output; `per_image`
+    standardizes each image instead of scaling to [0, 1]."""
+    inputs, x = _inputs(input_shape, per_image)
     x = layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1")(x)
     x = layers.AveragePooling2D(2, name="pool1")(x)
     x = layers.Conv2D(16, 5, activation="tanh", name="conv2")(x)
@@ -77,16 +79,19 @@ def build_lenet5(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="lenet5")
 
 
-def build_alexnet(input_shape: tuple[int, int, int], width: float = 0.5) -> keras.Model:
+def build_alexnet(
+    input_shape: tuple[int, int, int], width: float = 0.5, per_image: bool = False
+) -> keras.Model:
     """AlexNet's shape (5 conv, 3 max-pool, 2 dense) scaled to the input, with batch norm.
 
     `width` scales the filters and dense units (1.0: AlexNet's 96-256-384-384-256, 4096).
     The first layer is AlexNet's 11×11 stride 4 from 160 px up, else 5×5 stride 2.
+    `per_image` standardizes each image instead of scaling to [0, 1].
     """
     filters = [max(8, int(n * width)) for n in (96, 256, 384, 384, 256)]
     units = max(32, int(4096 * width / 4))
     large = min(input_shape[:2]) >= 160
-    inputs, x = _inputs(input_shape)
+    inputs, x = _inputs(input_shape, per_image)
     x = _conv_bn(x, filters[0], 11 if large else 5, strides=4 if large else 2, name="conv1")
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     x = _conv_bn(x, filters[1], 5, name="conv2")
@@ -194,8 +199,8 @@ def build_transfer(
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     application, _ = BACKBONES[backbone]
     local_file = weights not in (None, "imagenet")
-    if local_file and not Path(weights).is_file():
-        raise WeightsUnavailableError(f"weights file {weights!r} does not exist")
+    if local_file and weights_file_problem(weights):
+        raise WeightsUnavailableError(weights_file_problem(weights))
     try:
         base = application(
             include_top=False,
@@ -207,9 +212,8 @@ def build_transfer(
         if weights != "imagenet":
             raise
         raise WeightsUnavailableError(
-            f"cannot download the ImageNet weights of {backbone} ({exc}); offline? Use a local "
-            "weights file or none (malaria --transfer-weights FILE|none; in a flow, "
-            'variant_options={"transfer": {"weights": ...}})'
+            f"cannot download the ImageNet weights of {backbone} ({exc}); offline? Give the "
+            "transfer variant a local weights file or none (its option `weights`)"
         ) from exc
     if local_file:
         base.load_weights(weights)

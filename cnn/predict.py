@@ -8,6 +8,7 @@ as at ingest) and grayscale or alpha images converted to RGB, and both are count
 import io
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,13 +19,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from pydantic import BaseModel
 
 from cnn.batches import SplitBatches
 from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
+from cnn.files import read_folder_entry
 from cnn.images import UnreadableImageError, decode_image, resize_square
-from cnn.labels import LABEL_NAMES
-from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
-from cnn.sources import Unreadable, read_folder_entry
+from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.metrics import (
+    DEFAULT_THRESHOLD,
+    BinaryEvaluation,
+    evaluate_predictions,
+    predicted_labels,
+)
+from cnn.records import Unreadable
 from cnn.training import PREDICT_BATCH
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -151,6 +159,51 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
     finally:
         temporary.unlink(missing_ok=True)
     return output
+
+
+class PredictionSummary(BaseModel):
+    """Where the predictions went and what the input needed."""
+
+    model_uri: str
+    input: str
+    output: str
+    rows: int
+    parasitized: int
+    resized: int
+    converted_to_rgb: int
+    skipped: list[dict[str, str]]
+    seconds: float
+
+
+def predict_to_file(
+    model: keras.Model,
+    threshold: float,
+    model_uri: str,
+    input_path: str,
+    output_path: str,
+    batch_size: int,
+) -> tuple[PredictionSummary, list[str]]:
+    """Score every image of the input in batches at the model's image size, labels at
+    `threshold`; write them atomically to `output_path`. Returns the summary and notes on
+    what the input needed (resized, converted, skipped images)."""
+    started = time.perf_counter()
+    report = InputReport()
+    batches = iter_input_batches(input_path, model_image_size(model), batch_size, report)
+    table = score_batches(model, batches, threshold)
+    write_predictions(table, output_path, {"model_uri": model_uri, "input": input_path})
+    names = table.column("predicted_name").to_pylist()
+    summary = PredictionSummary(
+        model_uri=model_uri,
+        input=input_path,
+        output=output_path,
+        rows=table.num_rows,
+        parasitized=sum(name == LABEL_NAMES[PARASITIZED] for name in names),
+        resized=report.resized,
+        converted_to_rgb=report.converted_to_rgb,
+        skipped=report.skipped,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return summary, report.notes()
 
 
 def _folder_batches(
@@ -285,6 +338,14 @@ def predict_split(model: keras.Model, dataset: Dataset, split: str = "test") -> 
         uninfected_probability=np.concatenate(scores),
         resized_from=None if dataset.image_shape[0] == image_size else dataset.image_shape[0],
     )
+
+
+def evaluate_split(
+    model: keras.Model, dataset: Dataset, threshold: float, split: str = "test"
+) -> BinaryEvaluation:
+    """The model's scores on a dataset split at `threshold`."""
+    scores = predict_split(model, dataset, split)
+    return evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
 
 
 def split_images(dataset: Dataset, split: str, positions: Sequence[int]) -> np.ndarray:

@@ -372,7 +372,7 @@ def operating_threshold(model: keras.Model, dataset: Dataset, target: float | No
 
 
 def _split_rows(dataset: Dataset, split: str) -> int:
-    return sum(dataset.manifest["counts"][split].values())
+    return sum(dataset.manifest.counts[split].values())
 
 
 def predict_uninfected_probability(

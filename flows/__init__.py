@@ -1,1 +1,2 @@
-"""Prefect flows: which tasks run, in what order. The console script lives in `flows.cli`."""
+"""Prefect flows: which tasks run, in what order, on which work pool; the deployments' entry
+points. Imports `tasks`, `tracking` and `cnn`; never `app` (the `malaria` command)."""

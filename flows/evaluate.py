@@ -7,7 +7,8 @@ from pydantic import Field
 
 from tasks.evaluate import evaluate_model
 from tasks.report import render_report
-from tasks.tracking import TrackingConfig, tracked_run
+from tracking.config import TrackingConfig
+from tracking.runs import tracked_run
 
 
 @flow(name="evaluate", log_prints=True)

@@ -3,7 +3,8 @@
 from prefect import flow
 
 from cnn.config import IngestConfig
-from tasks.ingest import DatasetRef, ingest_dataset
+from cnn.dataset import DatasetRef
+from tasks.ingest import ingest_dataset
 
 
 @flow(name="ingest", log_prints=True)

@@ -10,12 +10,14 @@ from cnn.config import (
     TrainConfig,
     VariantNames,
 )
+from cnn.dataset import DatasetRef
 from flows.ingest import ingest
 from flows.train import train
-from tasks.ingest import DatasetRef
-from tasks.registry import ChampionRef, find_champion
-from tasks.tracking import TrackingConfig, require_tracking_server
-from tasks.train import VariantRun
+from tasks.registry import find_champion
+from tracking.config import TrackingConfig
+from tracking.registry import ChampionRef
+from tracking.runs import VariantRun
+from tracking.store import require_tracking_server
 
 
 class PipelineResult(BaseModel):

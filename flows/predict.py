@@ -5,10 +5,10 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.predict import PredictionSummary, predict_images
-from tasks.tracking import require_tracking_server
-
-DEFAULT_MODEL_URI = "models:/malaria-cnn@champion"
+from cnn.config import DEFAULT_MODEL_URI, DEFAULT_PREDICT_BATCH, PredictBatch
+from cnn.predict import PredictionSummary
+from tasks.predict import predict_images
+from tracking.store import require_tracking_server
 
 
 @flow(name="predict", log_prints=True)
@@ -20,7 +20,7 @@ def predict(
     model_uri: Annotated[
         str, Field(min_length=1, description="Any MLflow model URI")
     ] = DEFAULT_MODEL_URI,
-    batch_size: Annotated[int, Field(ge=1, le=4096, description="Images per batch")] = 256,
+    batch_size: PredictBatch = DEFAULT_PREDICT_BATCH,
 ) -> PredictionSummary:
     """Write one row per image: source id, P(parasitized), predicted label."""
     require_tracking_server()

@@ -14,7 +14,8 @@ from flows.pipeline import PipelineResult, pipeline
 from tasks.notify import notify_failure, post_notification
 from tasks.registry import find_champion
 from tasks.summary import promoted, promotion_outcome, summarize_retrain
-from tasks.tracking import TrackingConfig, require_tracking_server
+from tracking.config import TrackingConfig
+from tracking.store import require_tracking_server
 
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])

@@ -16,15 +16,10 @@ from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.registry import promote_model
 from tasks.report import render_report
-from tasks.tracking import TrackingConfig, require_tracking_server, tracked_run
-from tasks.train import (
-    TrainedModel,
-    VariantRun,
-    check_variant_downloads,
-    find_variant_run,
-    read_variant_run,
-    train_model,
-)
+from tasks.train import check_variant_downloads, find_variant_run, read_variant_run, train_model
+from tracking.config import TrackingConfig
+from tracking.runs import TrainedModel, VariantRun, tracked_run
+from tracking.store import require_tracking_server
 
 
 @flow(name="train-variant", log_prints=True)

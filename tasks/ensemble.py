@@ -1,18 +1,12 @@
 """Ensemble task: average the best variants of a run into one registered model."""
 
-import time
-
-import mlflow
 from prefect import get_run_logger, task
 
 from cnn.config import TrainConfig
-from cnn.dataset import open_dataset
-from cnn.ensembles import ENSEMBLE, build_ensemble
-from cnn.training import operating_threshold
-from tasks.registry import load_keras_model
 from tasks.retry import IO_RETRIES
-from tasks.tracking import configure_tracking
-from tasks.train import TrainedModel, VariantRun, as_mlflow_dataset, log_served_model
+from tracking.ensembles import log_ensemble_model
+from tracking.runs import TrainedModel, VariantRun
+from tracking.store import configure_tracking
 
 
 @task(name="log-ensemble", **IO_RETRIES)
@@ -25,35 +19,12 @@ def log_ensemble(
 ) -> TrainedModel:
     """Average the `config.ensemble` candidates with the lowest validation loss, choose its
     threshold on validation, and log and register it to the run `run_id`."""
-    logger = get_run_logger()
     configure_tracking()
-    client = mlflow.MlflowClient()
-    started = time.perf_counter()
-    best_loss = {
-        run.run_id: min(point.value for point in client.get_metric_history(run.run_id, "val_loss"))
-        for run in candidates
-    }
-    members = sorted(candidates, key=lambda run: best_loss[run.run_id])[: config.ensemble]
-    dataset = open_dataset(dataset_path)
-    model = build_ensemble([load_keras_model(run.model_uri) for run in members])
-    threshold = operating_threshold(model, dataset, config.target_sensitivity)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params(
-            {
-                "variant": ENSEMBLE,
-                "members": ",".join(run.variant for run in members),
-                "member_runs": ",".join(run.run_id for run in members),
-                "parameters": model.count_params(),
-                "target_sensitivity": config.target_sensitivity,
-            }
-        )
-        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
-        mlflow.log_metrics({"epochs_run": 0, "train_seconds": time.perf_counter() - started})
-        info = log_served_model(dataset, model, threshold, config, registered_model)
-    logger.info(
+    logged = log_ensemble_model(dataset_path, candidates, config, run_id, registered_model)
+    get_run_logger().info(
         "Ensemble of %s (validation loss %s) → %s",
-        ", ".join(run.variant for run in members),
-        ", ".join(f"{best_loss[run.run_id]:.4f}" for run in members),
-        info.model_uri,
+        ", ".join(logged.validation_loss),
+        ", ".join(f"{loss:.4f}" for loss in logged.validation_loss.values()),
+        logged.model.model_uri,
     )
-    return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
+    return logged.model

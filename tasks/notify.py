@@ -6,20 +6,22 @@ is never logged, and a failed post never fails the flow.
 """
 
 import json
-import os
 import urllib.request
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.logging import get_logger
 
-WEBHOOK_ENV = "MALARIA_WEBHOOK_URL"
+from cnn.settings import ENV_PREFIX, settings
+
+WEBHOOK_ENV = f"{ENV_PREFIX}WEBHOOK_URL"
 TIMEOUT_SECONDS = 10
 
 
 def webhook_url() -> str | None:
     """The configured webhook URL, or None when notifications are off."""
-    return os.environ.get(WEBHOOK_ENV) or None
+    secret = settings().webhook_url
+    return secret.get_secret_value() if secret else None
 
 
 def post_notification(event: str, text: str, details: dict[str, Any]) -> bool:

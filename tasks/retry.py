@@ -1,18 +1,19 @@
 """Which failures are worth a retry: I/O that may work a moment later, never bad input.
 
-Tasks that download or call the tracking server take `IO_RETRIES`: up to three more tries,
-10, 20 and 40 s apart (±30%), and only while the error is transient. A bad parameter, a
-missing file or a corrupt dataset fails at once: retrying would fail the same way.
-`MALARIA_IO_RETRIES` and `MALARIA_IO_RETRY_DELAY_SECONDS` (the first delay) change both.
+Tasks that download or call the tracking server take `IO_RETRIES`: by default up to three
+more tries, 10, 20 and 40 s apart (±30%), and only while the error is transient. A bad
+parameter, a missing file or a corrupt dataset fails at once: retrying would fail the same
+way. `MALARIA_IO_RETRIES` and `MALARIA_IO_RETRY_DELAY_SECONDS` (the first delay) change both
+when a task fails, not when this module is imported: tasks are declared with the most
+retries allowed (`MAX_IO_RETRIES`), and each retry is granted and timed by the settings then.
 """
 
-import os
 from typing import Any
 
 import requests
-from prefect.tasks import exponential_backoff
 
-from cnn.sources import SourceUnavailableError
+from cnn.records import SourceUnavailableError
+from cnn.settings import MAX_IO_RETRIES, settings
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,  # includes refused and reset connections
@@ -46,27 +47,37 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def retry_if_transient(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Prefect `retry_condition_fn`: retry only failures that `is_transient`."""
+def retry_if_transient(_task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only failures that `is_transient`, and only while
+    the tries so far are within `MALARIA_IO_RETRIES`."""
+    if task_run.run_count > settings().io_retries:
+        return False
     error = state.data
     if not isinstance(error, BaseException):  # kept in a result record
         error = state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and is_transient(error)
 
 
-def _setting(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    try:
-        return float(value) if value else default
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number") from None
+class RetryDelays(list):
+    """Prefect's `retry_delay_seconds` (which must be a list) read when a retry is scheduled:
+    the `index`-th delay is `MALARIA_IO_RETRY_DELAY_SECONDS` × 2^index."""
+
+    def __init__(self) -> None:
+        super().__init__([0.0] * MAX_IO_RETRIES)  # the length Prefect sees
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = range(len(self))[index]  # IndexError beyond the last retry
+        return settings().io_retry_delay_seconds * 2**position
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 IO_RETRIES: dict[str, Any] = {
-    "retries": int(_setting("MALARIA_IO_RETRIES", 3)),
-    "retry_delay_seconds": exponential_backoff(
-        backoff_factor=_setting("MALARIA_IO_RETRY_DELAY_SECONDS", 10)
-    ),
+    "retries": MAX_IO_RETRIES,
+    "retry_delay_seconds": RetryDelays(),
     "retry_jitter_factor": 0.3,
     "retry_condition_fn": retry_if_transient,
 }

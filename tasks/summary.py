@@ -4,11 +4,11 @@ import mlflow
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.ingest import DatasetRef
-from tasks.registry import ChampionRef
+from cnn.dataset import DatasetRef
 from tasks.retry import IO_RETRIES
-from tasks.tracking import configure_tracking
-from tasks.train import VariantRun
+from tracking.registry import ChampionRef
+from tracking.runs import VariantRun, run_link
+from tracking.store import configure_tracking
 
 SUMMARY_KEY = "retrain-summary"
 SHOWN_SCORES = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -37,13 +37,6 @@ def summarize_retrain(
         description=f"Retrain on {dataset.name}: scores and the promotion decision",
     )
     return markdown
-
-
-def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """A markdown link to the run in the MLflow UI, or the run id where there is no server."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return f"`{run_id}`"
-    return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def retrain_markdown(

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from app.cli import main
 from cnn.synthetic import draw_cell
-from flows.cli import main
 
 
 def test_variants_lists_each_variant_with_its_parameter_count(capsys):
-    assert main(["variants", "--json"]) == 0
+    assert main(["variants", "--image-size", "100", "--json"]) == 0  # the lecture's size
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     counts = {variant["name"]: variant["parameters"] for variant in result["variants"]}
     assert counts["simple"] == 56_257

@@ -53,7 +53,7 @@ def _resumed(dataset, variant: str, config, store):
 
 
 def _steps_per_epoch(dataset, batch_size: int) -> int:
-    return math.ceil(sum(dataset.manifest["counts"]["train"].values()) / batch_size)
+    return math.ceil(sum(dataset.manifest.counts["train"].values()) / batch_size)
 
 
 def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset, tmp_path):

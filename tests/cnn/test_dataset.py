@@ -15,7 +15,9 @@ from cnn.dataset import (
     open_dataset,
     select_subset,
 )
-from cnn.sources import CellRecord, FolderSource, SyntheticSource
+from cnn.files import FolderSource
+from cnn.records import CellRecord
+from cnn.sources import SyntheticSource
 
 
 def _ingest(source, tmp_path, **settings):
@@ -29,7 +31,7 @@ def test_dataset_has_the_design_columns_and_consistent_counts(tmp_path):
     table = pq.read_table(dataset.shard_paths)
     assert table.column_names == ["image", "label", "label_name", "source_id", "group", "split"]
     assert set(table["label_name"].to_pylist()) == {"parasitized", "uninfected"}
-    counts = dataset.manifest["counts"]
+    counts = dataset.manifest.counts
     assert sum(sum(per_label.values()) for per_label in counts.values()) == 200
     for split, per_label in counts.items():
         images, labels = load_split(dataset, split)
@@ -82,7 +84,7 @@ def test_unreadable_files_are_skipped_and_named(nih_folder, tmp_path):
     config = IngestConfig(source=f"folder:{nih_folder}", image_size=32, split="random")
     dataset, _ = build_dataset(FolderSource(nih_folder), config, tmp_path / "datasets")
     assert dataset.rows == 60
-    assert [entry["source_id"] for entry in dataset.manifest["skipped"]] == [
+    assert [entry["source_id"] for entry in dataset.manifest.skipped] == [
         "Parasitized/C100P61ThinF_IMG_broken_cell_1.png"
     ]
 
@@ -212,13 +214,12 @@ def test_temporaries_of_dead_ingests_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_manifest_summary_lists_counts_sizes_and_skips(nih_folder, tmp_path):
-    from cnn.dataset import describe_manifest
 
     (nih_folder / "Uninfected" / "C1P1_IMG_text_cell_1.png").write_text("not an image")
     config = IngestConfig(source=f"folder:{nih_folder}", image_size=32, split="random")
     dataset, _ = build_dataset(FolderSource(nih_folder), config, tmp_path / "datasets")
-    summary = describe_manifest(dataset.manifest, dataset.path)
-    counts = dataset.manifest["counts"]["train"]
+    summary = dataset.manifest.describe(dataset.path)
+    counts = dataset.manifest.counts["train"]
     assert f"| train | {counts['parasitized']} | {counts['uninfected']} |" in summary
     assert "| width | " in summary
     assert "Skipped: 1" in summary and "C1P1_IMG_text_cell_1.png" in summary

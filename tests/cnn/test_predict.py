@@ -21,7 +21,8 @@ from cnn.predict import (
     split_images,
     write_predictions,
 )
-from cnn.sources import MAX_ENCODED_BYTES, SyntheticSource
+from cnn.records import MAX_ENCODED_BYTES
+from cnn.sources import SyntheticSource
 from cnn.synthetic import draw_cell
 
 

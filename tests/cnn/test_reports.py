@@ -8,28 +8,26 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cnn.images import resize_square
-from cnn.labels import PARASITIZED, UNINFECTED
-from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
-from cnn.models import build_model
-from cnn.reports import (
-    PNG_SIGNATURE,
-    array_png,
+from cnn.figures import (
     confusion_heatmap,
-    confusion_table,
-    feature_maps,
-    figure_png,
-    filter_grid,
-    first_conv_activations,
-    first_conv_layer,
-    grad_cam,
-    grad_cam_figure,
-    html_report,
     learning_curves,
     misclassified_gallery,
     roc_curve_figure,
     worst_mistakes,
 )
+from cnn.images import resize_square
+from cnn.inspection import (
+    feature_maps,
+    filter_grid,
+    first_conv_activations,
+    first_conv_layer,
+    grad_cam,
+    grad_cam_figure,
+)
+from cnn.labels import PARASITIZED, UNINFECTED
+from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
+from cnn.models import build_model
+from cnn.reports import PNG_SIGNATURE, array_png, confusion_table, figure_png, html_report
 from cnn.synthetic import draw_cell
 
 SIDE = 32

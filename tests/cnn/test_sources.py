@@ -2,16 +2,10 @@ import time
 
 import pytest
 
-from cnn.sources import (
-    FolderSource,
-    SourceError,
-    SourceUnavailableError,
-    SyntheticSource,
-    TfdsSource,
-    check_source_spec,
-    open_source,
-    patient_group,
-)
+from cnn.files import FolderSource
+from cnn.records import SourceError, SourceUnavailableError, patient_group
+from cnn.sources import SyntheticSource, check_source_spec, open_source
+from cnn.tfds_source import TfdsSource
 
 
 @pytest.mark.parametrize("spec", ["tfds", "synthetic", "folder:/some/where"])
@@ -85,7 +79,8 @@ def test_tfds_offline_fails_fast_and_suggests_the_folder_source(tmp_path):
 def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
     nih_folder, tmp_path, monkeypatch
 ):
-    import cnn.sources as sources
+    import cnn.files
+    from cnn.records import Unreadable
 
     outside = tmp_path / "outside.png"
     outside.write_bytes((nih_folder / "Parasitized").iterdir().__next__().read_bytes())
@@ -96,6 +91,6 @@ def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
         {"source_id": "Parasitized/C1P1_IMG_link_cell_1.png", "reason": "links outside the source"}
     ]
     record = source.list_records()[0]
-    monkeypatch.setattr(sources, "MAX_ENCODED_BYTES", 100)
+    monkeypatch.setattr(cnn.files, "MAX_ENCODED_BYTES", 100)
     ((_, payload),) = source.iter_payloads([record])
-    assert isinstance(payload, sources.Unreadable) and "too large" in payload.reason
+    assert isinstance(payload, Unreadable) and "too large" in payload.reason

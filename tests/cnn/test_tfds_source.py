@@ -4,7 +4,7 @@ import pytest
 
 from cnn.config import IngestConfig
 from cnn.dataset import build_dataset
-from cnn.sources import TfdsSource
+from cnn.tfds_source import TfdsSource
 from tests.conftest import write_nih_folder
 
 
@@ -37,8 +37,8 @@ def test_tfds_ingest_falls_back_to_a_stratified_random_split_and_says_so(tfds_da
     config = IngestConfig(source="tfds", image_size=24, limit=20)
     dataset, _ = build_dataset(source, config, tmp_path / "datasets")
     assert dataset.rows == 20
-    assert dataset.manifest["split_strategy"] == "random"
-    assert "no patient ids" in dataset.manifest["split_note"]
-    assert dataset.manifest["source"]["version"] == "1.0.0"
-    counts = dataset.manifest["counts"]
+    assert dataset.manifest.split_strategy == "random"
+    assert "no patient ids" in dataset.manifest.split_note
+    assert dataset.manifest.source["version"] == "1.0.0"
+    counts = dataset.manifest.counts
     assert counts["test"]["parasitized"] == counts["test"]["uninfected"] == 2

@@ -48,7 +48,7 @@ def test_early_stopping_ends_training_before_the_epoch_budget(tiny_dataset):
 
 
 def test_small_splits_train_from_memory_and_larger_ones_stream(tiny_dataset):
-    counts = tiny_dataset.manifest["counts"]
+    counts = tiny_dataset.manifest.counts
     in_memory = fit_inputs(tiny_dataset, 32, TrainConfig())
     assert in_memory["x"].dtype == np.uint8
     assert len(in_memory["x"]) == len(in_memory["y"]) == sum(counts["train"].values())

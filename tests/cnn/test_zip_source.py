@@ -4,7 +4,9 @@ import pytest
 
 from cnn.config import IngestConfig
 from cnn.dataset import build_dataset
-from cnn.sources import SourceError, ZipSource, open_source
+from cnn.files import ZipSource
+from cnn.records import SourceError
+from cnn.sources import open_source
 from tests.conftest import write_nih_zip
 
 
@@ -28,7 +30,7 @@ def test_zip_never_trusts_member_paths_and_extracts_nothing(nih_folder, tmp_path
     config = IngestConfig(source=f"zip:{archive}", image_size=24, split="random")
     dataset, _ = build_dataset(open_source(config.source), config, work / "datasets")
     assert dataset.rows == 60
-    reported = {entry["source_id"]: entry["reason"] for entry in dataset.manifest["skipped"]}
+    reported = {entry["source_id"]: entry["reason"] for entry in dataset.manifest.skipped}
     assert set(reported) == set(hostile)
     assert set(reported.values()) == {"unsafe member path"}
     assert not (tmp_path / "escaped.png").exists()
@@ -43,7 +45,7 @@ def test_corrupt_members_are_skipped_by_name(nih_folder, tmp_path):
     config = IngestConfig(source=f"zip:{archive}", image_size=24, split="random")
     dataset, _ = build_dataset(open_source(config.source), config, tmp_path / "datasets")
     assert dataset.rows == 60
-    assert [entry["source_id"] for entry in dataset.manifest["skipped"]] == [
+    assert [entry["source_id"] for entry in dataset.manifest.skipped] == [
         "Uninfected/C1P1_IMG_x_cell_1.png"
     ]
 

@@ -47,7 +47,7 @@ class Finished:
 def malaria(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `malaria ARGUMENTS` in its own process group (so a kill takes its children)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *arguments],
+        [sys.executable, "-m", "app.cli", *arguments],
         cwd=REPO,
         env={**os.environ, **QUIET, **env},
         stdout=subprocess.PIPE,

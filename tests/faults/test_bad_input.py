@@ -28,16 +28,12 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetError, build_dataset
-from cnn.sources import (
-    MAX_ENCODED_BYTES,
-    FolderSource,
-    SourceError,
-    Unreadable,
-    open_source,
-)
-from flows.cli import main
+from cnn.files import FolderSource
+from cnn.records import MAX_ENCODED_BYTES, SourceError, Unreadable
+from cnn.sources import open_source
 from tests.conftest import NIH_PATIENTS, write_nih_folder, write_nih_zip
 
 DEADLINE_SECONDS = 60
@@ -89,7 +85,7 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int, *na
 
 def reasons_by_id(dataset: Dataset) -> dict[str, str]:
     """The manifest's skipped files: source id → reason."""
-    return {entry["source_id"]: entry["reason"] for entry in dataset.manifest["skipped"]}
+    return {entry["source_id"]: entry["reason"] for entry in dataset.manifest.skipped}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,14 +321,29 @@ def test_bad_paths_fail_with_one_line_naming_them(
     assert not data_dir.exists()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MALARIA_IO_RETRIES", "three"),
+        ("MALARIA_IO_RETRIES", "99"),
+        ("MALARIA_IO_RETRY_DELAY_SECONDS", "-1"),
+    ],
+)
+def test_a_bad_setting_is_named_before_any_work(variable, value, capsys, data_dir, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    argv = ["ingest", "--source", "synthetic", "--limit", "20"]
+    assert_one_line_error(*malaria(argv, capsys), 2, f"{variable}={value!r}")
+    assert not data_dir.exists()
+
+
 def test_a_failing_stage_still_reports_on_one_line(capsys, data_dir, monkeypatch):
     """A flow's error may span lines (Prefect lists each bad parameter on its own)."""
-    import flows.cli
+    import app.cli
 
     def failing_flow(*args):
         raise ValueError("Flow run received invalid parameters:\n - config.limit: too large")
 
-    monkeypatch.setattr(flows.cli, "_run_flow", failing_flow)
+    monkeypatch.setattr(app.cli, "_run_flow", failing_flow)
     line = assert_one_line_error(*malaria(["ingest", "--source", "synthetic"], capsys), 1)
     assert line.endswith(
         "ValueError: Flow run received invalid parameters: - config.limit: too large"
@@ -693,7 +704,7 @@ def test_hostile_entries_are_skipped_and_reported(request, kind, name, reason):
 def test_hostile_entries_cost_no_good_image(request, kind):
     dataset = request.getfixturevalue(f"hostile_{kind}_dataset")
     assert dataset.rows == 20
-    assert len(dataset.manifest["skipped"]) == len(HOSTILE_CASES[kind])
+    assert len(dataset.manifest.skipped) == len(HOSTILE_CASES[kind])
 
 
 # ---------------------------------------------------------------------------------------------

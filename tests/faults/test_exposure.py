@@ -5,8 +5,10 @@ the concurrent-retrain tests, which run with a password and a webhook token set.
 import re
 import subprocess
 
-from flows.cli import _build_parser
-from flows.stack import StackSettings, _mlflow_server_command, _prefect_server_command
+from app.cli import _build_parser
+from app.options import given
+from app.stack import _mlflow_server_command, _prefect_server_command
+from app.stack_settings import StackSettings
 from tests.integration.servers import REPO
 
 CREDENTIAL_PATTERNS = {
@@ -24,7 +26,10 @@ def test_the_stack_listens_on_loopback_unless_told_otherwise():
     assert settings.host == "127.0.0.1"
     for command in (_prefect_server_command(settings), _mlflow_server_command(settings)):
         assert command[command.index("--host") + 1] == "127.0.0.1"
-    assert _build_parser().parse_args(["stack", "up"]).host == "127.0.0.1"
+    args = _build_parser().parse_args(["stack", "up"])
+    assert StackSettings(**given(args, StackSettings)).host == "127.0.0.1"  # as the CLI builds it
+    opened = _build_parser().parse_args(["stack", "up", "--host", "0.0.0.0"])
+    assert StackSettings(**given(opened, StackSettings)).host == "0.0.0.0"
 
 
 def test_no_credentials_are_written_in_the_code_or_its_configuration():

@@ -19,7 +19,7 @@ from cnn.predict import predict_split
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train_variant
-from tasks.tracking import TrackingConfig
+from tracking.config import TrackingConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -160,7 +160,7 @@ def test_dataset_is_logged_as_the_runs_input(finished_pipeline):
     run = MlflowClient(uri).get_run(result.runs[0].run_id)
     (dataset_input,) = run.inputs.dataset_inputs
     manifest = open_dataset(result.dataset.path).manifest
-    assert dataset_input.dataset.digest == manifest["fingerprint"]
+    assert dataset_input.dataset.digest == manifest.fingerprint
     assert dataset_input.dataset.name == result.dataset.name
 
 

@@ -11,9 +11,9 @@ from flows.evaluate import evaluate
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train
-from tasks.registry import ModelNotFoundError, load_keras_model
-from tasks.tracking import TrackingConfig
 from tests.conftest import write_easy_folder
+from tracking.config import TrackingConfig
+from tracking.models import ModelNotFoundError, load_keras_model
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -12,8 +12,8 @@ from prefect.client.orchestration import get_client
 from cnn.config import IngestConfig, TrainConfig
 from flows.retrain import retrain
 from tasks.summary import SUMMARY_KEY
-from tasks.tracking import TrackingConfig
 from tests.conftest import write_easy_folder
+from tracking.config import TrackingConfig
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
-from tasks.tracking import TrackingConfig
 from tests.integration.servers import BIN, REPO, background, mlflow_server, prefect_server
+from tracking.config import TrackingConfig
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tasks.registry import load_keras_model
-from tasks.tracking import ModelNotFoundError
+from tracking.models import ModelNotFoundError, load_keras_model
 
 
 def test_an_unloadable_model_uri_is_one_line_naming_it(mlflow_uri):

@@ -1,6 +1,9 @@
 """Retries: transient I/O failures are retried with backoff, bad input fails at once."""
 
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -9,9 +12,10 @@ from prefect import flow, task
 
 from cnn.dataset import DatasetError
 from cnn.locks import LockTimeoutError
-from cnn.sources import SourceError, SourceUnavailableError
+from cnn.records import SourceError, SourceUnavailableError
+from cnn.settings import MAX_IO_RETRIES, SettingsError, settings
 from tasks.retry import IO_RETRIES, is_transient
-from tasks.tracking import TrackingUnavailableError
+from tracking.store import TrackingUnavailableError
 
 
 def _raised_inside(outer: Exception, inner: Exception) -> Exception:
@@ -88,6 +92,44 @@ def test_prefect_retries_only_transient_failures(error, attempts):
     assert len(calls) == attempts
 
 
-def test_io_tasks_retry_with_growing_delays():
-    delays = IO_RETRIES["retry_delay_seconds"](IO_RETRIES["retries"])
-    assert IO_RETRIES["retries"] >= 2 and delays == sorted(delays) and delays[0] < delays[-1]
+def test_io_tasks_retry_with_growing_delays_read_from_the_settings_when_they_retry(monkeypatch):
+    monkeypatch.delenv("MALARIA_IO_RETRY_DELAY_SECONDS", raising=False)
+    assert list(IO_RETRIES["retry_delay_seconds"])[:3] == [10.0, 20.0, 40.0]
+    monkeypatch.setenv("MALARIA_IO_RETRY_DELAY_SECONDS", "0.5")
+    assert list(IO_RETRIES["retry_delay_seconds"]) == [0.5 * 2**i for i in range(MAX_IO_RETRIES)]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("retries", [0, 1])
+def test_the_number_of_retries_comes_from_the_environment_when_a_task_fails(monkeypatch, retries):
+    monkeypatch.setenv("MALARIA_IO_RETRIES", str(retries))
+    calls = []
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0, "retry_jitter_factor": None})
+    def unreachable() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("refused")
+
+    @flow
+    def run() -> None:
+        unreachable()
+
+    with pytest.raises(ConnectionRefusedError):
+        run()
+    assert len(calls) == 1 + retries
+
+
+def test_a_bad_retry_setting_breaks_no_import_and_is_named_when_read():
+    bad = {**os.environ, "MALARIA_IO_RETRIES": "three"}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import tasks.retry, tasks.ingest"],
+        env=bad,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MALARIA_IO_RETRIES", "three")
+        with pytest.raises(SettingsError, match="MALARIA_IO_RETRIES='three'"):
+            settings()

@@ -3,11 +3,11 @@
 import logging
 import socket
 
-from tasks.ingest import DatasetRef
+from cnn.dataset import DatasetRef
 from tasks.notify import WEBHOOK_ENV, post_notification
-from tasks.registry import ChampionRef
-from tasks.summary import promoted, promotion_outcome, retrain_markdown, run_link
-from tasks.train import VariantRun
+from tasks.summary import promoted, promotion_outcome, retrain_markdown
+from tracking.registry import ChampionRef
+from tracking.runs import VariantRun, run_link
 
 DATASET = DatasetRef(
     path="/data/datasets/folder-64px-abc",

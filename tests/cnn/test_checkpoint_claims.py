@@ -2,57 +2,62 @@
 
 import logging
 from contextlib import ExitStack
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from cnn.checkpoints import checkpoint_dir, claim_checkpoints
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
-from tasks.train import _claim_checkpoints, checkpoint_dir
 
 LOGGER = logging.getLogger("test-train-checkpoints")
 
 
+ROOT = Path("checkpoints")
+
+
 @pytest.fixture
 def dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("MALARIA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
     config = IngestConfig(source="synthetic", image_size=16, limit=40)
     built, _ = build_dataset(SyntheticSource(count=40), config, tmp_path / "data" / "datasets")
     return built
 
 
-def test_checkpoints_are_kept_per_dataset_variant_and_settings(dataset, tmp_path):
+def test_checkpoints_are_kept_per_dataset_variant_and_settings(dataset):
     config = TrainConfig()
-    folder = checkpoint_dir(dataset, "simple", config)
-    assert folder.is_relative_to(tmp_path / "data" / "checkpoints" / dataset.name)
-    assert checkpoint_dir(dataset, "simple", config.model_copy(update={"checkpoints": False})) == (
-        folder
-    )
-    assert checkpoint_dir(dataset, "resnet", config) != folder
-    assert checkpoint_dir(dataset, "simple", config.model_copy(update={"epochs": 3})) != folder
+    folder = checkpoint_dir(ROOT, dataset, "simple", config)
+    assert folder.parent == ROOT / dataset.name
+    unchecked = config.model_copy(update={"checkpoints": False})
+    assert checkpoint_dir(ROOT, dataset, "simple", unchecked) == folder
+    assert checkpoint_dir(ROOT, dataset, "resnet", config) != folder
+    longer = config.model_copy(update={"epochs": 3})
+    assert checkpoint_dir(ROOT, dataset, "simple", longer) != folder
 
 
 def test_an_identical_training_running_at_once_trains_without_checkpoints(dataset, caplog):
     config = TrainConfig()
     with ExitStack() as first, ExitStack() as second:
-        claimed = _claim_checkpoints(dataset, "simple", config, first, LOGGER)
+        claimed = claim_checkpoints(ROOT, dataset, "simple", config, first, LOGGER)
         assert claimed is not None
         with caplog.at_level(logging.WARNING):
-            assert _claim_checkpoints(dataset, "simple", config, second, LOGGER) is None
+            assert claim_checkpoints(ROOT, dataset, "simple", config, second, LOGGER) is None
         assert "identical training is running" in caplog.text
         changed = config.model_copy(update={"learning_rate": 0.01})
-        assert _claim_checkpoints(dataset, "simple", changed, second, LOGGER) is not None
+        assert claim_checkpoints(ROOT, dataset, "simple", changed, second, LOGGER) is not None
     with ExitStack() as later:  # released when the first training ended
-        assert _claim_checkpoints(dataset, "simple", config, later, LOGGER).root == claimed.root
+        again = claim_checkpoints(ROOT, dataset, "simple", config, later, LOGGER)
+        assert again.root == claimed.root
     off = config.model_copy(update={"checkpoints": False})
     with ExitStack() as unused:
-        assert _claim_checkpoints(dataset, "simple", off, unused, LOGGER) is None
+        assert claim_checkpoints(ROOT, dataset, "simple", off, unused, LOGGER) is None
 
 
 def test_settings_used_after_training_do_not_change_the_checkpoint_directory():
     dataset = SimpleNamespace(name="cells-64px-abc")
-    base = checkpoint_dir(dataset, "resnet", TrainConfig())
+    base = checkpoint_dir(ROOT, dataset, "resnet", TrainConfig())
     after = TrainConfig(target_sensitivity=0.9, test_time_augmentation=False, ensemble=2)
-    assert checkpoint_dir(dataset, "resnet", after) == base
-    assert checkpoint_dir(dataset, "resnet", TrainConfig(epochs=7)) != base
+    assert checkpoint_dir(ROOT, dataset, "resnet", after) == base
+    assert checkpoint_dir(ROOT, dataset, "resnet", TrainConfig(epochs=7)) != base

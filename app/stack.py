@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from app.stack_settings import StackSettings, client_host
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOLS = ("cpu", "gpu")
 STATE_FILE = "stack.json"
@@ -33,35 +35,6 @@ QUIET = {
 
 class StackError(RuntimeError):
     """The stack cannot be started or stopped as asked; the message says what is in the way."""
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """Where the stack listens and keeps its state, store and data."""
-
-    state_dir: Path = Path(".stack")
-    host: str = "127.0.0.1"
-    prefect_port: int = 4200
-    mlflow_port: int = 5000
-    mlflow_store: Path = Path("mlflow") / "store"
-    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("MALARIA_DATA_DIR", "data")))
-
-    @property
-    def prefect_url(self) -> str:
-        return f"http://{_client_host(self.host)}:{self.prefect_port}"
-
-    @property
-    def mlflow_url(self) -> str:
-        return f"http://{_client_host(self.host)}:{self.mlflow_port}"
-
-    @property
-    def client_env(self) -> dict[str, str]:
-        """What a process needs to use the stack: the two servers and the shared data."""
-        return {
-            "PREFECT_API_URL": f"{self.prefect_url}/api",
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MALARIA_DATA_DIR": str(self.data_dir.absolute()),
-        }
 
 
 @dataclass
@@ -267,12 +240,7 @@ def _is_zombie(pid: int) -> bool:
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
-        return sock.connect_ex((_client_host(host), port)) == 0
-
-
-def _client_host(host: str) -> str:
-    """The address a client on this machine uses for a server bound to `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return sock.connect_ex((client_host(host), port)) == 0
 
 
 def _bin(name: str) -> str:

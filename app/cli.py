@@ -1,0 +1,405 @@
+"""The `malaria` command: a thin layer over the flows.
+
+Every command exits 0 on success, and otherwise prints one line naming the bad parameter or
+file and exits non-zero. With `--json`, the last line of standard output is one JSON object.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+from app.options import add_config_options, given, option_name
+from app.printing import print_human
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class CommandError(Exception):
+    """A failure to report as one line and a non-zero exit."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_environment()
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _check_settings()
+        result = args.handler(args)
+    except CommandError as error:
+        print(f"malaria: error: {_one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("malaria: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a failed stage: one line, no traceback wall
+        print(f"malaria: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print_human(args.command, result)
+    return 0
+
+
+def _check_settings() -> None:
+    """Read the settings once before any work: a bad environment variable is a usage error
+    that names it."""
+    from cnn.settings import SettingsError, settings
+
+    try:
+        settings()
+    except SettingsError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message with its line breaks folded (a flow's may list several problems)."""
+    return " ".join(str(error).split())
+
+
+def _run_flow(module: str, name: str, *args: Any) -> Any:
+    """Import and run a flow; Prefect's temporary server (if needed) starts meanwhile."""
+    server_ready = _start_temporary_prefect_server()
+    flow = getattr(importlib.import_module(module), name)
+    server_ready.wait()
+    return flow(*args)
+
+
+def _start_temporary_prefect_server() -> threading.Event:
+    """Start Prefect's temporary local server in the background when no API URL is set.
+
+    A flow would start the same server on first use; starting it while the flow modules
+    import saves seconds. The returned event is set once the server answers (or failed to
+    start, in which case the flow starts it, and reports any error, itself).
+    """
+    ready = threading.Event()
+
+    def start() -> None:
+        try:
+            from prefect.settings import get_current_settings
+
+            if not get_current_settings().api.url:
+                from prefect.server.api.server import SubprocessASGIServer
+
+                SubprocessASGIServer().start()
+        except Exception:
+            pass
+        finally:
+            ready.set()
+
+    threading.Thread(target=start, name="prefect-server-start", daemon=True).start()
+    return ready
+
+
+def _quiet_environment() -> None:
+    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter, and time for
+    Prefect's temporary server to start on a busy machine (its 20 s ran out in a soak test
+    while another pipeline used both cores)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from app.stack_settings import StackSettings
+    from cnn.config import (
+        DEFAULT_MODEL_URI,
+        DEFAULT_PREDICT_BATCH,
+        IngestConfig,
+        PromotionConfig,
+        TrainConfig,
+    )
+    from tracking.config import TrackingConfig
+
+    parser = _Parser(prog="malaria", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    pipeline = commands.add_parser("pipeline", help="ingest, train and evaluate, end to end")
+    add_config_options(pipeline, IngestConfig, TrainConfig, TrackingConfig, PromotionConfig)
+    _add_variant_options(pipeline)
+    pipeline.set_defaults(handler=_run_pipeline)
+
+    ingest = commands.add_parser("ingest", help="turn a source into a Parquet dataset")
+    add_config_options(ingest, IngestConfig, required={"source"})
+    ingest.set_defaults(handler=_run_ingest)
+
+    train = commands.add_parser("train", help="train variants on an ingested dataset")
+    train.add_argument("--dataset", required=True, help="path of an ingested dataset")
+    add_config_options(train, TrainConfig, TrackingConfig, PromotionConfig)
+    _add_variant_options(train)
+    train.set_defaults(handler=_run_train)
+
+    evaluate = commands.add_parser("evaluate", help="re-score any model on a dataset's test split")
+    evaluate.add_argument("--model", required=True, help="MLflow model URI, e.g. models:/NAME/3")
+    evaluate.add_argument("--dataset", required=True, help="path of an ingested dataset")
+    add_config_options(evaluate, TrackingConfig, only={"experiment"})
+    evaluate.set_defaults(handler=_run_evaluate)
+
+    predict = commands.add_parser("predict", help="score images with a model, write Parquet")
+    predict.add_argument(
+        "--model", default=DEFAULT_MODEL_URI, help=f"MLflow model URI (default {DEFAULT_MODEL_URI})"
+    )
+    predict.add_argument(
+        "--input", required=True, help="folder of images, dataset directory, or Parquet file"
+    )
+    predict.add_argument("--output", required=True, help="Parquet file to write")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_PREDICT_BATCH,
+        help=f"images scored per batch (default {DEFAULT_PREDICT_BATCH})",
+    )
+    predict.set_defaults(handler=_run_predict)
+
+    stack = commands.add_parser(
+        "stack", help="start, inspect or stop the local service stack (servers, pools, workers)"
+    )
+    stack.add_argument("action", choices=("up", "down", "status"))
+    add_config_options(
+        stack, StackSettings, only={"host", "prefect_port", "mlflow_port", "state_dir"}
+    )
+    stack.set_defaults(handler=_run_stack)
+
+    variants = commands.add_parser("variants", help="list the CNN variants")
+    add_config_options(variants, IngestConfig, only={"image_size"})
+    variants.set_defaults(handler=_run_variants)
+    for command in commands.choices.values():
+        command.add_argument("--json", action="store_true", help="end with one JSON line")
+    return parser
+
+
+def _add_variant_options(parser: argparse.ArgumentParser) -> None:
+    """Which variants train, where, and the transfer variant's weights (flow parameters and
+    variant options, not config fields)."""
+    from cnn.config import DEFAULT_VARIANTS, VariantNames
+
+    parser.add_argument(
+        "--variants",
+        help=f"{_description(VariantNames)}, comma-separated "
+        f"(default {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--transfer-weights",
+        default="imagenet",
+        help="weights of the transfer variant's backbone: imagenet, none, or a weights file "
+        "(default imagenet)",
+    )
+    parser.add_argument(
+        "--work-pool", help="train each variant on this Prefect work pool's workers"
+    )
+
+
+def _description(annotated: Any) -> str:
+    """The description of an `Annotated[..., Field(description=...)]` type."""
+    return next(meta.description for meta in annotated.__metadata__ if hasattr(meta, "description"))
+
+
+def _validated(build: Callable[[], Any], option: str | None = None) -> Any:
+    """Build a config, turning a validation error into one line that names the option."""
+    try:
+        return build()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = option or FIELD_OPTIONS.get(field) or option_name(field)
+        message = f"{option}: {first['msg']} (got {first.get('input')!r})"
+        raise CommandError(message, EXIT_USAGE) from error
+
+
+FIELD_OPTIONS = {"variant_options": "--transfer-weights"}
+"""Config fields that an option other than their own sets."""
+
+
+def _ingest_config(args: argparse.Namespace):
+    """The validated ingest settings; a folder or zip source must exist in the NIH layout."""
+    from cnn.config import IngestConfig
+    from cnn.records import SourceError
+    from cnn.sources import open_source
+
+    config = _validated(lambda: IngestConfig(**given(args, IngestConfig)))
+    try:
+        open_source(config.source, limit=config.limit)
+    except SourceError as error:
+        raise CommandError(f"--source: {error}", EXIT_USAGE) from error
+    return config
+
+
+def _train_settings(args: argparse.Namespace):
+    """The validated variants, training, tracking and promotion settings."""
+    from pydantic import TypeAdapter
+
+    from cnn.config import DEFAULT_VARIANTS, PromotionConfig, TrainConfig, VariantNames
+    from cnn.ensembles import check_ensemble_size
+    from tracking.config import TrackingConfig
+
+    names = args.variants.split(",") if args.variants is not None else DEFAULT_VARIANTS
+    variants = [name.strip() for name in names if name.strip()]
+    variants = _validated(
+        lambda: TypeAdapter(VariantNames).validate_python(variants), option="--variants"
+    )
+    weights = None if args.transfer_weights.lower() == "none" else args.transfer_weights
+    options = {"transfer": {"weights": weights}}
+    training = _validated(lambda: TrainConfig(**given(args, TrainConfig), variant_options=options))
+    try:
+        check_ensemble_size(training.ensemble, variants)
+    except ValueError as error:
+        raise CommandError(f"--ensemble: {error}", EXIT_USAGE) from error
+    tracking = _validated(lambda: TrackingConfig(**given(args, TrackingConfig)))
+    promotion = _validated(lambda: PromotionConfig(**given(args, PromotionConfig)))
+    return variants, training, tracking, promotion
+
+
+def _dump(model: BaseModel | list[BaseModel]) -> Any:
+    if isinstance(model, list):
+        return [item.model_dump(mode="json") for item in model]
+    return model.model_dump(mode="json")
+
+
+def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    config = _ingest_config(args)
+    variants, training, tracking, promotion = _train_settings(args)
+    result = _run_flow(
+        "flows.pipeline",
+        "pipeline",
+        config,
+        variants,
+        training,
+        tracking,
+        promotion,
+        args.work_pool,
+    )
+    return _dump(result)
+
+
+def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    config = _ingest_config(args)
+    return _dump(_run_flow("flows.ingest", "ingest", config))
+
+
+def _open_dataset_option(path: str):
+    from cnn.dataset import open_dataset
+
+    try:
+        return open_dataset(path)
+    except ValueError as error:
+        raise CommandError(f"--dataset: {error}", EXIT_USAGE) from error
+
+
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
+    variants, training, tracking, promotion = _train_settings(args)
+    dataset = _open_dataset_option(args.dataset)
+    runs = _run_flow(
+        "flows.train",
+        "train",
+        str(dataset.path),
+        variants,
+        training,
+        tracking,
+        promotion,
+        args.work_pool,
+    )
+    return {"runs": _dump(runs)}
+
+
+def _check_model_option(model_uri: str) -> None:
+    """A registered model's name and alias or version must exist before any flow starts."""
+    from tracking.models import ModelNotFoundError, check_model_uri
+    from tracking.store import configure_tracking
+
+    configure_tracking()
+    try:
+        check_model_uri(model_uri)
+    except ModelNotFoundError as error:
+        raise CommandError(f"--model: {error}", EXIT_USAGE) from error
+
+
+def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from tracking.config import TrackingConfig
+
+    dataset = _open_dataset_option(args.dataset)
+    _check_model_option(args.model)
+    tracking = _validated(lambda: TrackingConfig(**given(args, TrackingConfig)))
+    return _run_flow("flows.evaluate", "evaluate", args.model, str(dataset.path), tracking)
+
+
+def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    from cnn.config import PredictBatch
+
+    if not Path(args.input.removeprefix("folder:")).exists():
+        raise CommandError(f"--input: {args.input!r} does not exist", EXIT_USAGE)
+    _validated(
+        lambda: TypeAdapter(PredictBatch).validate_python(args.batch_size), option="--batch-size"
+    )
+    if Path(args.output).is_dir():
+        raise CommandError(
+            f"--output: {args.output!r} is a directory; name a .parquet file", EXIT_USAGE
+        )
+    _check_model_option(args.model)
+    summary = _run_flow(
+        "flows.predict",
+        "predict",
+        args.input.removeprefix("folder:"),
+        args.output,
+        args.model,
+        args.batch_size,
+    )
+    return _dump(summary)
+
+
+def _run_stack(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from app.stack import StackError, stack_down, stack_status, stack_up
+    from app.stack_settings import StackSettings
+
+    settings = _validated(lambda: StackSettings(**given(args, StackSettings)))
+    try:
+        if args.action == "up":
+            return {"action": "up", **asdict(stack_up(settings))}
+        if args.action == "down":
+            return {"action": "down", "stopped": stack_down(settings)}
+        return {"action": "status", "processes": stack_status(settings)}
+    except StackError as error:
+        raise CommandError(str(error), EXIT_USAGE) from error
+
+
+def _run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    from cnn.config import IngestConfig
+    from cnn.models import VARIANTS, count_parameters
+
+    image_size = _validated(lambda: IngestConfig(**given(args, IngestConfig))).image_size
+    shape = (image_size, image_size, 3)
+    listed = []
+    for name, variant in VARIANTS.items():
+        entry = {"name": name, "parameters": None, "description": variant.description}
+        try:
+            entry["parameters"] = count_parameters(name, shape)
+        except ValueError as error:  # e.g. a pretrained backbone's smallest input
+            entry["unavailable"] = str(error)
+        listed.append(entry)
+    return {"image_size": image_size, "variants": listed}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Where the local stack listens and keeps its state: read by the command line at start-up,
+so it imports nothing heavy."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cnn.settings import data_dir
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class StackSettings(BaseModel):
+    """Where the stack listens and keeps its state, store and data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1", description="Address the servers bind (0.0.0.0 opens them to the network)"
+    )
+    prefect_port: Port = Field(4200, description="Port of the Prefect server")
+    mlflow_port: Port = Field(5000, description="Port of the MLflow server")
+    state_dir: Path = Field(Path(".stack"), description="Where pids and logs are kept")
+    mlflow_store: Path = Path("mlflow") / "store"
+    data_dir: Path = Field(default_factory=data_dir)
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{client_host(self.host)}:{self.prefect_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{client_host(self.host)}:{self.mlflow_port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a process needs to use the stack: the two servers and the shared data."""
+        return {
+            "PREFECT_API_URL": f"{self.prefect_url}/api",
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MALARIA_DATA_DIR": str(self.data_dir.absolute()),
+        }
+
+
+def client_host(host: str) -> str:
+    """The address a client on this machine uses for a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

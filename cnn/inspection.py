@@ -1,0 +1,232 @@
+"""Looking inside a network: the first layer's filters and feature maps (as in the lecture)
+and Grad-CAM heatmaps, for any variant, nested backbones and ensembles included."""
+
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cnn.figures import tile_grid, unit_range
+from cnn.labels import LABEL_NAMES
+from cnn.metrics import (
+    DEFAULT_THRESHOLD,
+    predicted_labels,
+)
+
+FEATURE_MAP_LIMIT = 32
+FEATURE_MAP_COLUMNS = 4
+"""The lecture's 8×4 grid of the first layer's 32 feature maps."""
+GRAD_CAM_GRADIENT_BACKENDS = ("tensorflow", "jax")
+
+
+def first_conv_layer(model: keras.Model) -> keras.layers.Layer:
+    """The model's first Conv2D, searching nested models (a transfer backbone) in order."""
+    return _first_conv_path(model)[-1]
+
+
+def filter_grid(model: keras.Model, filters_per_row: int = 1) -> Figure:
+    """The first conv layer's filters as in the lecture: one small image per input channel
+    (R, G, B) for each filter, each scaled to its own range for display.
+
+    One filter per row by default; `filters_per_row` puts several side by side.
+    """
+    layer = first_conv_layer(model)
+    kernel = keras.ops.convert_to_numpy(layer.kernel)  # (height, width, channels, filters)
+    channels, filters = kernel.shape[2], kernel.shape[3]
+    channel_names = ("R", "G", "B") if channels == 3 else tuple(f"ch {c}" for c in range(channels))
+    per_row = max(1, min(filters_per_row, filters))
+    rows, columns = -(-filters // per_row), per_row * channels
+    figure = Figure(figsize=(0.5 * columns + 0.6, 0.5 * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for filter_index in range(filters):
+        row, first_column = divmod(filter_index, per_row)
+        for channel in range(channels):
+            ax = axes[row, first_column * channels + channel]
+            ax.set_axis_on()
+            ax.imshow(unit_range(kernel[:, :, channel, filter_index]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(channel_names[channel], fontsize=8)
+            if channel == 0:
+                ax.set_ylabel(str(filter_index), fontsize=7, rotation=0, labelpad=8)
+    figure.suptitle(f"{layer.name}: {filters} filters {kernel.shape[0]}×{kernel.shape[1]}")
+    return figure
+
+
+def first_conv_activations(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The first conv layer's outputs (N × h × w × filters, float32) for uint8 images, computed
+    through everything before it (rescaling, a backbone's preprocessing, its first layers)."""
+    extractor = _extractor(model, _first_conv_path(model))
+    activations = extractor(np.asarray(images, "float32"), training=False)
+    return keras.ops.convert_to_numpy(activations).astype(np.float32)
+
+
+def feature_maps(model: keras.Model, image: np.ndarray) -> Figure:
+    """The first conv layer's activation maps for one cell: the lecture's 8×4 grid of 32 (fewer
+    filters: all of them, four to a row; more: the first 32)."""
+    maps = first_conv_activations(model, image[None])[0]
+    shown = min(maps.shape[-1], FEATURE_MAP_LIMIT)
+    figure, axes = tile_grid(shown, columns=FEATURE_MAP_COLUMNS, inches=1.1)
+    for index, ax in enumerate(axes[:shown]):
+        ax.imshow(maps[:, :, index], cmap="viridis")
+    layer = first_conv_layer(model)
+    figure.suptitle(f"{layer.name}: {shown} of {maps.shape[-1]} feature maps")
+    return figure
+
+
+def grad_cam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Grad-CAM heatmaps (N × H × W, in [0, 1], at the input's size) for each image's predicted
+    class: the gradient of p (uninfected predicted) or 1 − p (parasitized) with respect to the
+    last spatial activation before pooling or flattening, inside a nested backbone if there is
+    one. Gradients are backend-specific: TensorFlow and JAX are supported."""
+    backend = keras.backend.backend()
+    if backend not in GRAD_CAM_GRADIENT_BACKENDS:
+        raise NotImplementedError(f"grad_cam has no gradient code for the {backend} backend")
+    images = np.asarray(images, "float32")
+    path = _last_spatial_path(model)
+    features, head = _extractor(model, path), _head(model, path)
+    gradient = _tensorflow_gradient if backend == "tensorflow" else _jax_gradient
+    heatmaps = []
+    for start in range(0, len(images), batch_size):
+        activations = features(images[start : start + batch_size], training=False)
+        gradients = gradient(head, activations).astype(np.float32)
+        activations = keras.ops.convert_to_numpy(activations).astype(np.float32)
+        channel_weights = gradients.mean(axis=(1, 2), keepdims=True)
+        heatmaps.extend(np.maximum((channel_weights * activations).sum(axis=-1), 0.0))
+    return np.stack([_resize_unit(cam, images.shape[1:3]) for cam in heatmaps])
+
+
+def grad_cam_figure(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    uninfected_probability: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Figure:
+    """Each cell beside its Grad-CAM overlay (for the predicted class), four pairs to a row."""
+    heatmaps = grad_cam(model, images)
+    uninfected = np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    figure, axes = tile_grid(2 * len(images), columns=8)
+    for index, image in enumerate(images):
+        cell_ax, overlay_ax = axes[2 * index], axes[2 * index + 1]
+        predicted = predicted_labels(uninfected[index : index + 1], threshold)[0]
+        cell_ax.imshow(image)
+        cell_ax.set_title(f"true: {LABEL_NAMES[labels[index]]}", fontsize=8)
+        overlay_ax.imshow(image)
+        overlay_ax.imshow(heatmaps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        overlay_ax.set_title(
+            f"pred: {LABEL_NAMES[predicted]}\nP(parasitized) = {1 - uninfected[index]:.2f}",
+            fontsize=8,
+        )
+    figure.suptitle("Grad-CAM: where the predicted class's evidence lies")
+    return figure
+
+
+def _tensorflow_gradient(head: keras.Model, activations) -> np.ndarray:
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(activations)
+        uninfected = head(activations, training=False)[:, 0]
+        predicted_class_score = tf.where(uninfected >= 0.5, uninfected, 1.0 - uninfected)
+    return tape.gradient(predicted_class_score, activations).numpy()
+
+
+def _jax_gradient(head: keras.Model, activations) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+
+    def predicted_class_score(values):
+        uninfected = head(values, training=False)[:, 0]
+        return jnp.sum(jnp.where(uninfected >= 0.5, uninfected, 1.0 - uninfected))
+
+    return np.asarray(jax.grad(predicted_class_score)(activations))
+
+
+def _resize_unit(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a non-negative heatmap bilinearly to (height, width) and scale it to peak at 1
+    (all zero stays zero)."""
+    heatmap = heatmap.astype(np.float32)
+    if heatmap.shape != tuple(size):
+        resized = Image.fromarray(heatmap).resize(size[::-1], Image.Resampling.BILINEAR)
+        heatmap = np.maximum(np.asarray(resized), 0.0)
+    peak = float(heatmap.max())
+    return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+
+
+LayerPath = tuple[keras.layers.Layer, ...]
+"""A layer reached through nested models: (nested model, …, layer)."""
+
+
+def _layer_paths(model: keras.Model) -> Iterator[LayerPath]:
+    """Every layer in graph order; a nested model contributes its own layers, not itself."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from ((layer, *path) for path in _layer_paths(layer))
+        else:
+            yield (layer,)
+
+
+def _first_conv_path(model: keras.Model) -> LayerPath:
+    for path in _layer_paths(model):
+        if isinstance(path[-1], keras.layers.Conv2D):
+            return path
+    raise ValueError(f"model {model.name!r} has no Conv2D layer")
+
+
+def _last_spatial_path(model: keras.Model) -> LayerPath:
+    """The last layer with a 4-D (batch, height, width, channels) output from the first
+    convolution on, pooling layers excepted: Grad-CAM's target."""
+    convolutions = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
+    pooling = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+    after_first_conv, target = False, None
+    for path in _layer_paths(model):
+        layer = path[-1]
+        after_first_conv = after_first_conv or isinstance(layer, convolutions)
+        if after_first_conv and len(layer.output.shape) == 4 and not isinstance(layer, pooling):
+            target = path
+    if target is None:
+        raise ValueError(f"model {model.name!r} has no convolutional layer for Grad-CAM")
+    return target
+
+
+def _call_tensors(model: keras.Model, nested: keras.Model):
+    """The tensors that `nested` takes and returns where `model`'s graph calls it.
+
+    Keras keeps them on the graph's call nodes; it has no public accessor for a nested model.
+    """
+    graph = getattr(model, "_functional", None) or model
+    for nodes in getattr(graph, "_nodes_by_depth", {}).values():
+        for node in nodes:
+            if node.operation is nested:
+                return node.input_tensors[0], node.output_tensors[0]
+    raise ValueError(f"cannot find where model {model.name!r} calls {nested.name!r}")
+
+
+def _extractor(model: keras.Model, path: LayerPath) -> keras.Model:
+    """A model from `model`'s input to the output of the layer at `path`."""
+    layer, *inner = path
+    if not inner:
+        return keras.Model(model.input, layer.output)
+    nested_input, _ = _call_tensors(model, layer)
+    return keras.Model(model.input, _extractor(layer, tuple(inner))(nested_input))
+
+
+def _head(model: keras.Model, path: LayerPath) -> keras.Model:
+    """A model from the output of the layer at `path` to `model`'s output."""
+    layer, *inner = path
+    if not inner:
+        return keras.Model(layer.output, model.output)
+    inner_head = _head(layer, tuple(inner))
+    _, nested_output = _call_tensors(model, layer)
+    if nested_output is model.output:
+        return inner_head
+    outer_rest = keras.Model(nested_output, model.output)
+    start = keras.Input(shape=inner_head.input.shape[1:])
+    return keras.Model(start, outer_rest(inner_head(start)))

@@ -1,0 +1,169 @@
+"""A dataset's manifest: what the dataset holds, written last, read back and checked whole.
+
+The manifest is the dataset's commit record: shards are written first and the manifest
+last, so a directory without one is not a dataset. Reading it checks every field a reader
+relies on (types, an image shape, shard file names that stay inside the directory) and says
+which one is wrong.
+"""
+
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class DatasetError(ValueError):
+    """A dataset path is missing, incomplete or not a dataset; the message names it."""
+
+
+def _plain_file_name(name: str) -> str:
+    """A file inside the dataset directory itself: no folder, no `..`, not absolute."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError("not a file name inside the dataset")
+    return name
+
+
+Count = Annotated[StrictInt, Field(ge=0)]
+Side = Annotated[StrictInt, Field(gt=0)]
+
+
+class Shard(BaseModel):
+    """One Parquet file of the dataset and how many rows it holds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: Annotated[StrictStr, AfterValidator(_plain_file_name)]
+    rows: Count
+
+
+class Manifest(BaseModel):
+    """Everything a reader of the dataset relies on (extra fields are kept as they are)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    format_version: StrictInt
+    name: StrictStr
+    fingerprint: StrictStr
+    created_at: StrictStr | None = None
+    source: dict[str, Any]
+    config: dict[str, Any] = Field(default_factory=dict)
+    split_strategy: StrictStr
+    split_note: StrictStr
+    image_shape: tuple[Side, Side, Side]
+    label_names: list[StrictStr]
+    rows: Count
+    shards: list[Shard]
+    counts: dict[str, dict[str, Count]]
+    source_image_sizes: dict[str, Any] = Field(default_factory=dict)
+    skipped: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        """The manifest at `path`, or a `DatasetError` naming the file and what is wrong."""
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"dataset manifest {str(path)!r} is corrupt: {exc}") from exc
+        if not isinstance(content, dict):
+            kind = JSON_TYPE_NAMES.get(type(content), "value")
+            raise DatasetError(
+                f"dataset manifest {str(path)!r} is malformed: a JSON {kind}, not an object"
+            )
+        version = content.get("format_version")
+        if version is None:
+            raise DatasetError(f"dataset manifest {str(path)!r} is malformed: no 'format_version'")
+        if version != FORMAT_VERSION:
+            raise DatasetError(
+                f"dataset {str(path.parent)!r} has format {version!r}, expected "
+                f"{FORMAT_VERSION}; ingest it again"
+            )
+        try:
+            return cls.model_validate(content)
+        except ValidationError as error:
+            problem = _problem(error, content)
+            raise DatasetError(f"dataset manifest {str(path)!r} is malformed: {problem}") from None
+
+    def describe(self, path: Path, max_skipped: int = 50) -> str:
+        """A markdown summary of the dataset at `path`: counts per split and class, source
+        image sizes, and the skipped files with their reasons."""
+        lines = [
+            f"# Dataset `{self.name}`",
+            "",
+            f"- location: `{path}`",
+            f"- source: `{json.dumps(self.source)}`",
+            f"- {self.rows} images of {'×'.join(map(str, self.image_shape))}; {self.split_note}",
+            "",
+            "| split | " + " | ".join(self.label_names) + " |",
+            "| --- | " + " | ".join("---:" for _ in self.label_names) + " |",
+        ]
+        for split, per_label in self.counts.items():
+            lines.append(f"| {split} | " + " | ".join(str(n) for n in per_label.values()) + " |")
+        sizes = self.source_image_sizes
+        if sizes.get("width"):
+            lines += ["", "Source image sizes (pixels):", "", "| | min | median | mean | max |"]
+            lines.append("| --- | ---: | ---: | ---: | ---: |")
+            for axis, stats in sizes.items():
+                values = (stats[name] for name in ("min", "median", "mean", "max"))
+                lines.append(f"| {axis} | " + " | ".join(map(str, values)) + " |")
+        skipped = self.skipped
+        lines += ["", f"Skipped: {len(skipped)}"]
+        lines += [f"- `{entry['source_id']}`: {entry['reason']}" for entry in skipped[:max_skipped]]
+        if len(skipped) > max_skipped:
+            lines.append(f"- … and {len(skipped) - max_skipped} more (listed in the manifest)")
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: Path) -> None:
+        """Write the manifest to `path` durably (flushed to disk before it is renamed in)."""
+        write_json_durably(path, self.model_dump(mode="json"))
+
+
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", int: "integer", float: "number"}
+SHAPE = "[height, width, channels]"
+
+
+def _problem(error: ValidationError, content: dict[str, Any]) -> str:
+    """The first thing wrong, in the manifest's own terms: a missing field, or a field, the
+    value it holds and what it should be."""
+    first = error.errors()[0]
+    location = first["loc"]
+    field = str(location[0])
+    if first["type"] == "missing" and len(location) == 1:
+        return f"no {field!r}"
+    if field == "shards" and len(location) > 1 and isinstance(location[1], int):
+        shard = _excerpt(content["shards"][location[1]])
+        return f"shard {location[1]} is {shard}, not a file name and row count"
+    value = content.get(field)
+    if field == "image_shape":
+        return f"'image_shape' is {_excerpt(value)}, not {SHAPE}"
+    kind = typing.get_origin(Manifest.model_fields[field].annotation)
+    kind = kind or Manifest.model_fields[field].annotation
+    if kind in JSON_TYPE_NAMES and (not isinstance(value, kind) or isinstance(value, bool)):
+        return f"{field!r} is {_excerpt(value)}, not a JSON {JSON_TYPE_NAMES[kind]}"
+    return f"{field!r} is {_excerpt(value)}: {first['msg'].lower()}"
+
+
+def _excerpt(value: Any, length: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def write_json_durably(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON and fsync it, so a rename that publishes it never exposes an empty file."""
+    with open(path, "w") as handle:
+        json.dump(content, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,70 @@
+"""The pipeline's settings from the environment: one typed object, read when it is asked for.
+
+Nothing is read at import time. The `malaria` command builds the settings before it does
+anything (a bad value exits 2 naming the variable); code below it asks `settings()` where it
+needs one, so the environment of the process that runs a flow (a worker's) applies.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MALARIA_"
+MAX_IO_RETRIES = 5
+"""The most retries `MALARIA_IO_RETRIES` may ask for (tasks are declared with this many)."""
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot use; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Each field is the environment variable `MALARIA_<FIELD>` unless it says otherwise."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(
+        Path("data"), description="Where datasets, checkpoints, kept models and locks live"
+    )
+    io_retries: int = Field(
+        3,
+        ge=0,
+        le=MAX_IO_RETRIES,
+        description="How many more tries a task gets when its I/O fails transiently",
+    )
+    io_retry_delay_seconds: float = Field(
+        10.0, ge=0.0, le=3600.0, description="Wait before the first retry (doubling after)"
+    )
+    webhook_url: SecretStr | None = Field(
+        None, description="Where retrain notifications are posted (a secret: never logged)"
+    )
+    tracking_uri: str | None = Field(
+        None,
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="MLFLOW_TRACKING_URI: the MLflow tracking server or store; unset: "
+        "the SQLite store under ./mlflow/store",
+    )
+
+
+def settings() -> Settings:
+    """The settings as the environment has them now; `SettingsError` names a bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = str(problem["loc"][0])
+        alias = (
+            Settings.model_fields[field].validation_alias
+            if field in Settings.model_fields
+            else None
+        )
+        name = alias if isinstance(alias, str) else f"{ENV_PREFIX}{field.upper()}"
+        raise SettingsError(f"{name}={problem['input']!r}: {problem['msg']}") from None
+
+
+def data_dir() -> Path:
+    """Where datasets, checkpoints, kept models and locks live (`MALARIA_DATA_DIR`)."""
+    return settings().data_dir
