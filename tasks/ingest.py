@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cnn.config import IngestConfig
-from cnn.dataset import DatasetRef, build_dataset
+from cnn.dataset import Dataset, DatasetRef, build_dataset
 from cnn.settings import data_dir
 from cnn.sources import open_source
 from tasks.retry import IO_RETRIES
@@ -32,6 +32,12 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
         logger.warning("Skipped %s: %s", skipped["source_id"], skipped["reason"])
     if len(ref.skipped) > len(shown):
         logger.warning("… and %d more skipped (see the manifest)", len(ref.skipped) - len(shown))
+    _dataset_artifacts(ref, dataset)
+    return ref
+
+
+def _dataset_artifacts(ref: DatasetRef, dataset: Dataset) -> None:
+    """A table of images per split and class, and the manifest's summary with the skips."""
     create_table_artifact(
         key="dataset-counts",
         table=[{"split": split, **per_label} for split, per_label in ref.counts.items()],
@@ -42,4 +48,3 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
         markdown=dataset.manifest.describe(dataset.path),
         description=f"What `{ref.name}` holds and what was skipped",
     )
-    return ref
