@@ -16,6 +16,12 @@ from cnn.config import TrainConfig
 from cnn.dataset import Dataset, load_split
 from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
+from cnn.resumable import (
+    EpochCheckpoint,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    restore_callbacks,
+)
 
 
 @dataclass
@@ -142,83 +148,25 @@ def train_on_dataset(
     keras.utils.set_random_seed(config.seed)
     on_gpu = gpu_present()
     batch_size = training_batch_size(config, on_gpu)
-    inputs = fit_inputs(dataset, batch_size, config)
-    steps_per_epoch = -(-_split_rows(dataset, "train") // batch_size)
-    options = config.variant_options.get(variant, {})
     with dtype_policy(config.mixed_precision):
-        model = build_model(variant, dataset.image_shape, **options)
+        model = build_model(variant, dataset.image_shape, **config.variant_options.get(variant, {}))
         augmenter = named_augmenter(config.augment, seed=config.seed)
-    resumed = checkpoints.latest() if checkpoints else None
-    reporting = [*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks]
-
-    def fit(phase: int, learning_rate: float, phase_start: int, history: dict, **carried) -> dict:
-        """Run (or finish a resumed) phase from `history`'s end; return the whole history."""
-        optimizer = make_optimizer(config, learning_rate, steps_per_epoch)
-        trainer = compile_model(
-            with_augmentation(model, augmenter), optimizer, config.label_smoothing
-        )
-        early_stopping = _ResumableEarlyStopping(
-            monitor="val_loss",
-            patience=config.epochs if config.patience is None else config.patience,
-            restore_best_weights=True,
-        )
-        schedule = []
-        if config.reduce_lr_patience is not None:
-            schedule.append(
-                _ResumableReduceLROnPlateau(
-                    monitor="val_loss", factor=LR_REDUCTION, patience=config.reduce_lr_patience
-                )
-            )
-        state = resumed if resumed is not None and resumed.phase == phase else None
-        if state is not None:
-            _restore(trainer, state, early_stopping, schedule)
-            if state.phase_finished:
-                trainer.set_weights(state.best_weights or state.weights)
-                return state.history
-        saving = []
-        if checkpoints is not None:
-            saving.append(
-                _EpochCheckpoint(
-                    checkpoints,
-                    phase=phase,
-                    phase_start=phase_start,
-                    phase_end=phase_start + config.epochs,
-                    history=history,
-                    early_stopping=early_stopping,
-                    schedule=schedule,
-                    **carried,
-                )
-            )
-        fitted = trainer.fit(
-            **inputs,
-            initial_epoch=len(history.get("loss", [])),
-            epochs=phase_start + config.epochs,
-            callbacks=[early_stopping, *schedule, *saving, *reporting],
-            verbose=verbose,
-        )
-        return _joined(history, fitted.history)
-
+    phases = _Phases(
+        model=model,
+        trainer_of=lambda: with_augmentation(model, augmenter),
+        config=config,
+        inputs=fit_inputs(dataset, batch_size, config),
+        steps_per_epoch=-(-_split_rows(dataset, "train") // batch_size),
+        checkpoints=checkpoints,
+        resumed=checkpoints.latest() if checkpoints else None,
+        callbacks=[*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks],
+        verbose=verbose,
+    )
     started = time.perf_counter()
-    if resumed is not None and resumed.phase == 1:
-        head_epochs, head_best = resumed.phase_start, resumed.head_best
-        head_weights = resumed.head_weights
-        history = resumed.history
-    else:
-        history = fit(0, config.learning_rate, 0, resumed.history if resumed else {})
-        head_weights, head_best = model.get_weights(), min(history["val_loss"])
-        head_epochs = len(history["val_loss"])
+    history, head = _train_head(phases)
     fine_tuned_layers = unfreeze_top_layers(model, config.fine_tune_layers)
     if fine_tuned_layers:
-        history = fit(
-            1,
-            config.learning_rate * FINE_TUNE_LR_FACTOR,
-            head_epochs,
-            history,
-            head_best=head_best,
-            head_weights=head_weights,
-        )
-        if min(history["val_loss"][head_epochs:]) >= head_best:
-            model.set_weights(head_weights)
+        history = _fine_tune(phases, history, head)
     seconds = time.perf_counter() - started
     losses = history["val_loss"]
     served = with_test_time_augmentation(model) if config.test_time_augmentation else model
@@ -233,101 +181,115 @@ def train_on_dataset(
         batch_size=batch_size,
         device="gpu" if on_gpu else "cpu",
         fine_tuned_layers=fine_tuned_layers,
-        resumed_epochs=resumed.epochs_done if resumed is not None else 0,
+        resumed_epochs=phases.resumed.epochs_done if phases.resumed is not None else 0,
     )
 
 
-class _ResumableCounters:
-    """Mixin: a Keras callback whose counters can be read out and restored after a resume."""
-
-    COUNTERS: tuple[str, ...] = ()
-    restored: dict[str, float | None] | None = None
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)  # resets the counters
-        for name, value in (self.restored or {}).items():
-            setattr(self, name, value)
-
-    def counters(self) -> dict[str, float | None]:
-        values = {name: getattr(self, name) for name in self.COUNTERS}
-        return {name: None if value is None else float(value) for name, value in values.items()}
+HEAD, FINE_TUNE = 0, 1
+"""The phases of a training (as checkpoints record them): the whole model (a new head on a
+frozen backbone), then, with `fine_tune_layers`, the backbone's top unfrozen."""
 
 
-class _ResumableEarlyStopping(_ResumableCounters, keras.callbacks.EarlyStopping):
-    COUNTERS = ("wait", "best", "best_epoch")
-    restored_best_weights: list[np.ndarray] | None = None
+@dataclass(frozen=True)
+class _HeadResult:
+    """Where the first phase ended: what fine-tuning starts from and must beat."""
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
-        if self.restored is not None:
-            self.wait, self.best_epoch = int(self.wait), int(self.best_epoch)
-            self.best_weights = self.restored_best_weights or None
+    epochs: int
+    best_loss: float
+    weights: list[np.ndarray]
 
 
-class _ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnPlateau):
-    COUNTERS = ("wait", "best", "cooldown_counter")
+@dataclass
+class _Phases:
+    """What the phases of one training share: the model, its input, the settings, the
+    checkpoint store and the checkpoint it resumes from."""
 
+    model: keras.Model
+    trainer_of: Callable[[], keras.Model]
+    """The model as it trains (inside its augmentation layers)."""
+    config: TrainConfig
+    inputs: dict[str, Any]
+    steps_per_epoch: int
+    checkpoints: CheckpointStore | None
+    resumed: TrainingState | None
+    callbacks: list[keras.callbacks.Callback]
+    verbose: int
 
-class _EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a `TrainingState` at the end of every epoch (after early stopping has decided)."""
-
-    def __init__(
-        self,
-        store: CheckpointStore,
-        *,
-        phase: int,
-        phase_start: int,
-        phase_end: int,
-        history: dict[str, list[float]],
-        early_stopping: _ResumableEarlyStopping,
-        schedule: list[_ResumableReduceLROnPlateau],
-        head_best: float | None = None,
-        head_weights: list[np.ndarray] | None = None,
-    ) -> None:
-        super().__init__()
-        self._store = store
-        self._phase, self._phase_start, self._phase_end = phase, phase_start, phase_end
-        self._history = {name: list(values) for name, values in history.items()}
-        self._early_stopping, self._schedule = early_stopping, schedule
-        self._head_best, self._head_weights = head_best, head_weights or []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        for name, value in (logs or {}).items():
-            self._history.setdefault(name, []).append(float(value))
-        callbacks = {"early_stopping": self._early_stopping.counters()}
-        if self._schedule:
-            callbacks["reduce_lr"] = self._schedule[0].counters()
-        self._store.save(
-            TrainingState(
-                phase=self._phase,
-                phase_start=self._phase_start,
-                history=self._history,
-                phase_finished=bool(self.model.stop_training) or epoch + 1 >= self._phase_end,
-                callbacks=callbacks,
-                head_best=self._head_best,
-                weights=self.model.get_weights(),
-                optimizer=[np.asarray(variable) for variable in self.model.optimizer.variables],
-                best_weights=self._early_stopping.best_weights or [],
-                head_weights=self._head_weights,
-            )
+    def fit(
+        self, phase: int, learning_rate: float, phase_start: int, history: dict, **carried
+    ) -> dict:
+        """Run (or finish a resumed) phase from `history`'s end; return the whole history."""
+        config = self.config
+        optimizer = make_optimizer(config, learning_rate, self.steps_per_epoch)
+        trainer = compile_model(self.trainer_of(), optimizer, config.label_smoothing)
+        early_stopping = ResumableEarlyStopping(
+            monitor="val_loss",
+            patience=config.epochs if config.patience is None else config.patience,
+            restore_best_weights=True,
         )
+        schedule = []
+        if config.reduce_lr_patience is not None:
+            schedule.append(
+                ResumableReduceLROnPlateau(
+                    monitor="val_loss", factor=LR_REDUCTION, patience=config.reduce_lr_patience
+                )
+            )
+        state = self.resumed if self.resumed is not None and self.resumed.phase == phase else None
+        if state is not None:
+            restore_callbacks(trainer, state, early_stopping, schedule)
+            if state.phase_finished:
+                trainer.set_weights(state.best_weights or state.weights)
+                return state.history
+        saving = []
+        if self.checkpoints is not None:
+            saving.append(
+                EpochCheckpoint(
+                    self.checkpoints,
+                    phase=phase,
+                    phase_start=phase_start,
+                    phase_end=phase_start + config.epochs,
+                    history=history,
+                    early_stopping=early_stopping,
+                    schedule=schedule,
+                    **carried,
+                )
+            )
+        fitted = trainer.fit(
+            **self.inputs,
+            initial_epoch=len(history.get("loss", [])),
+            epochs=phase_start + config.epochs,
+            callbacks=[early_stopping, *schedule, *saving, *self.callbacks],
+            verbose=self.verbose,
+        )
+        return _joined(history, fitted.history)
 
 
-def _restore(
-    trainer: keras.Model,
-    state: TrainingState,
-    early_stopping: _ResumableEarlyStopping,
-    schedule: list[_ResumableReduceLROnPlateau],
-) -> None:
-    """Put a checkpoint's weights, optimizer variables and callback counters back."""
-    trainer.set_weights(state.weights)
-    trainer.optimizer.build(trainer.trainable_variables)
-    for variable, value in zip(trainer.optimizer.variables, state.optimizer, strict=True):
-        variable.assign(value)
-    early_stopping.restored = state.callbacks["early_stopping"]
-    early_stopping.restored_best_weights = state.best_weights
-    if schedule and "reduce_lr" in state.callbacks:
-        schedule[0].restored = state.callbacks["reduce_lr"]
+def _train_head(phases: _Phases) -> tuple[dict, _HeadResult]:
+    """The first phase (skipped when the checkpoint resumed is already fine-tuning)."""
+    resumed = phases.resumed
+    if resumed is not None and resumed.phase == FINE_TUNE:
+        head = _HeadResult(resumed.phase_start, resumed.head_best, resumed.head_weights)
+        return resumed.history, head
+    history = phases.fit(HEAD, phases.config.learning_rate, 0, resumed.history if resumed else {})
+    return history, _HeadResult(
+        len(history["val_loss"]), min(history["val_loss"]), phases.model.get_weights()
+    )
+
+
+def _fine_tune(phases: _Phases, history: dict, head: _HeadResult) -> dict:
+    """The second phase at a tenth of the learning rate; its weights are kept only if it
+    lowers val_loss below the first phase's best."""
+    history = phases.fit(
+        FINE_TUNE,
+        phases.config.learning_rate * FINE_TUNE_LR_FACTOR,
+        head.epochs,
+        history,
+        head_best=head.best_loss,
+        head_weights=head.weights,
+    )
+    if min(history["val_loss"][head.epochs :]) >= head.best_loss:
+        phases.model.set_weights(head.weights)
+    return history
 
 
 def _joined(before: dict[str, list[float]], after: dict[str, list]) -> dict[str, list[float]]:
