@@ -80,7 +80,9 @@ def parse_recipe(text: str) -> tuple[str | None, int | None, dict, dict]:
     return variant or None, int(size) if size else None, training, options
 
 
-def _number(value: str) -> int | float:
+def _number(value: str) -> int | float | None:
+    if value == "none":
+        return None
     return float(value) if "." in value or "e" in value else int(value)
 
 
