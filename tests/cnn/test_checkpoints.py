@@ -112,6 +112,7 @@ def test_a_half_written_or_unreadable_checkpoint_is_never_used(tiny_dataset, tmp
     assert store.latest().epochs_done == 1
 
 
+@pytest.mark.slow
 def test_resuming_into_fine_tuning_skips_the_finished_head_phase(tiny_dataset, tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints")
     config = TrainConfig(

@@ -85,6 +85,7 @@ def test_gpu_batch_size_applies_only_on_a_gpu():
     assert training_batch_size(TrainConfig(batch_size=64), True) == 64
 
 
+@pytest.mark.slow
 def test_transfer_fine_tunes_the_backbone_top_in_a_second_phase(tiny_dataset):
     config = TrainConfig(
         epochs=1,

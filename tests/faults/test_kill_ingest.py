@@ -1,7 +1,7 @@
-"""SIGKILL an ingest at random moments: nothing half-written is ever accepted."""
+"""SIGKILL an ingest at its delicate moments (its temporary directory made, its first shard
+being written, its later shards being written): nothing half-written is ever accepted."""
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -55,21 +55,37 @@ def cell_folder(tmp_path_factory) -> Path:
     return write_nih_folder(tmp_path_factory.mktemp("kill") / "cells", per_class=700)
 
 
-@pytest.fixture(scope="module")
-def full_ingest_seconds(cell_folder, tmp_path_factory) -> float:
-    started = time.monotonic()
-    process = _run_ingest(cell_folder, tmp_path_factory.mktemp("timing") / "datasets")
-    assert process.wait(timeout=300) == 0, process.stderr.read()
-    return time.monotonic() - started
+def _temporaries(datasets: Path) -> list[Path]:
+    return (
+        [path for path in datasets.glob(".*.tmp-*") if path.is_dir()] if datasets.exists() else []
+    )
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_any_moment_leaves_nothing_a_rerun_would_trust(
-    seed, cell_folder, full_ingest_seconds, tmp_path
-):
+MOMENTS = {
+    "temporary-directory": lambda datasets: bool(_temporaries(datasets)),
+    "first-shard": lambda datasets: any(
+        shard for temporary in _temporaries(datasets) for shard in temporary.glob("*.parquet")
+    ),
+    "later-shards": lambda datasets: any(
+        len(list(temporary.glob("*.parquet"))) >= 4 for temporary in _temporaries(datasets)
+    ),
+}
+"""When to kill: each waits for what the ingest has written so far."""
+
+
+def _wait_until(moment, datasets: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not moment(datasets):
+        assert process.poll() is None, "the ingest ended before the moment to kill it"
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_sigkill_at_any_moment_leaves_nothing_a_rerun_would_trust(moment, cell_folder, tmp_path):
     datasets = tmp_path / "datasets"
     process = _run_ingest(cell_folder, datasets)
-    time.sleep(random.Random(seed).uniform(0.2, 0.9) * full_ingest_seconds)
+    _wait_until(MOMENTS[moment], datasets, process)
     os.killpg(process.pid, signal.SIGKILL)  # the ingest and its worker processes
     process.wait(timeout=30)
 

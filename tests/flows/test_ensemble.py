@@ -21,6 +21,7 @@ def tiny_dataset(tmp_path):
     return dataset
 
 
+@pytest.mark.slow
 def test_an_ensemble_averages_its_members_and_is_tracked_like_a_variant(
     tiny_dataset, mlflow_uri, data_dir
 ):

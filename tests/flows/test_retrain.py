@@ -23,7 +23,7 @@ from tests.conftest import write_easy_folder
 from tracking.config import TrackingConfig
 from tracking.models import ModelNotFoundError, load_keras_model
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 TRACKING = TrackingConfig(experiment="retrain-test", registered_model="easy-cells")
 REGISTERED = TRACKING.registered_model

@@ -26,8 +26,8 @@ TRAINING = TrainConfig(
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> str:
-    config = IngestConfig(source="synthetic", image_size=32, limit=120)
-    dataset, _ = build_dataset(SyntheticSource(count=120), config, tmp_path_factory.mktemp("v"))
+    config = IngestConfig(source="synthetic", image_size=32, limit=60)
+    dataset, _ = build_dataset(SyntheticSource(count=60), config, tmp_path_factory.mktemp("v"))
     return str(dataset.path)
 
 
