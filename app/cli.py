@@ -123,7 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from app.stack_settings import StackSettings
     from cnn.config import (
         DEFAULT_MODEL_URI,
-        DEFAULT_PREDICT_BATCH,
+        PREDICT_BATCH,
         IngestConfig,
         PromotionConfig,
         TrainConfig,
@@ -165,8 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_PREDICT_BATCH,
-        help=f"images scored per batch (default {DEFAULT_PREDICT_BATCH})",
+        default=PREDICT_BATCH,
+        help=f"images scored per batch (default {PREDICT_BATCH})",
     )
     predict.set_defaults(handler=_run_predict)
 

@@ -237,7 +237,8 @@ def weights_file_problem(weights: str | None) -> str | None:
 
 DEFAULT_MODEL_URI = "models:/malaria-cnn@champion"
 PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]
-DEFAULT_PREDICT_BATCH = 256
+PREDICT_BATCH = 256
+"""Images scored at once wherever a model predicts (evaluation, thresholds, `predict`)."""
 
 
 PromotionMetric = Literal["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"]

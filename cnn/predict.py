@@ -10,7 +10,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from cnn.batches import SplitBatches
+from cnn.config import PREDICT_BATCH
 from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
 from cnn.files import read_folder_entry
 from cnn.images import UnreadableImageError, decode_image, resize_square
@@ -33,7 +34,6 @@ from cnn.metrics import (
     predicted_labels,
 )
 from cnn.records import Unreadable
-from cnn.training import PREDICT_BATCH
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PREDICTION_SCHEMA = pa.schema(
@@ -128,11 +128,14 @@ def score_batches(
 ) -> pa.Table:
     """One row per image: source id, P(parasitized), predicted label (parasitized where
     P(parasitized) > `threshold`) and its name."""
-    source_ids, outputs = [], []
-    for ids, images in batches:
-        outputs.append(np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1))
-        source_ids.extend(ids)
-    uninfected = np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+    source_ids: list[str] = []
+
+    def images_of_batches() -> Iterator[np.ndarray]:
+        for ids, images in batches:
+            source_ids.extend(ids)
+            yield images
+
+    uninfected = uninfected_probability(model, images_of_batches())
     parasitized = 1.0 - uninfected
     labels = predicted_labels(uninfected, threshold)
     return pa.table(
@@ -322,20 +325,31 @@ def _raw_pixel_batches(
         yield record_batch.column("source_id").to_pylist(), fit_images(images, image_size)
 
 
+def uninfected_probability(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """The model's P(uninfected) for every image of `batches` (uint8 arrays), in order: the
+    one way every stage scores images."""
+    outputs = [
+        np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
+        for images in batches
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+
+
+def in_batches(images: np.ndarray, size: int = PREDICT_BATCH) -> Iterator[np.ndarray]:
+    """`images` in consecutive slices of at most `size`."""
+    for start in range(0, len(images), size):
+        yield images[start : start + size]
+
+
 def predict_split(model: keras.Model, dataset: Dataset, split: str = "test") -> SplitScores:
     """The model's P(uninfected) for every image of a dataset split, in the split's order,
     with images resized when the model takes another size than the dataset holds."""
     batches = SplitBatches(dataset, split, PREDICT_BATCH)
     image_size = model_image_size(model)
-    scores = [
-        np.asarray(
-            model.predict_on_batch(fit_images(batches[index][0], image_size)), dtype=np.float32
-        ).reshape(-1)
-        for index in range(len(batches))
-    ]
+    images = (fit_images(batches[index][0], image_size) for index in range(len(batches)))
     return SplitScores(
         labels=batches.labels,
-        uninfected_probability=np.concatenate(scores),
+        uninfected_probability=uninfected_probability(model, images),
         resized_from=None if dataset.image_shape[0] == image_size else dataset.image_shape[0],
     )
 

@@ -17,6 +17,7 @@ import yaml
 from cnn import augmentation, models  # noqa: F401  (importing them registers the custom layers)
 from cnn.labels import LABEL_NAMES
 from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
+from cnn.predict import in_batches, uninfected_probability
 
 KERAS_FILE = Path("data") / "model.keras"
 """Where `mlflow.keras.save_model` puts the Keras model inside an MLflow model directory."""
@@ -38,7 +39,7 @@ class ServedModel:
 
     def predict(self, data, params: dict | None = None) -> pd.DataFrame:
         images = np.asarray(data.values if isinstance(data, pd.DataFrame) else data)
-        uninfected = np.asarray(self.model.predict(images, verbose=0), np.float32).reshape(-1)
+        uninfected = uninfected_probability(self.model, in_batches(images))
         labels = predicted_labels(uninfected, self.threshold)
         return pd.DataFrame(
             {

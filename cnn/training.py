@@ -12,10 +12,11 @@ import numpy as np
 from cnn.augmentation import named_augmenter, with_augmentation, with_test_time_augmentation
 from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore, TrainingState
-from cnn.config import TrainConfig
+from cnn.config import PREDICT_BATCH, TrainConfig
 from cnn.dataset import Dataset, load_split
 from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
+from cnn.predict import predict_split
 from cnn.resumable import (
     EpochCheckpoint,
     ResumableEarlyStopping,
@@ -45,7 +46,6 @@ class TrainingResult:
     """The operating point on P(parasitized), chosen on the validation split."""
 
 
-PREDICT_BATCH = 256
 LR_REDUCTION = 0.2
 FINE_TUNE_LR_FACTOR = 0.1
 
@@ -328,21 +328,9 @@ def operating_threshold(model: keras.Model, dataset: Dataset, target: float | No
     parasitized cells (`DEFAULT_THRESHOLD` when no target is set)."""
     if target is None:
         return DEFAULT_THRESHOLD
-    validation = SplitBatches(dataset, "validation", PREDICT_BATCH)
-    probability = predict_uninfected_probability(model, validation)
-    return threshold_for_sensitivity(validation.labels, probability, target)
+    validation = predict_split(model, dataset, "validation")
+    return threshold_for_sensitivity(validation.labels, validation.uninfected_probability, target)
 
 
 def _split_rows(dataset: Dataset, split: str) -> int:
     return sum(dataset.manifest.counts[split].values())
-
-
-def predict_uninfected_probability(
-    model: keras.Model, images: np.ndarray | SplitBatches, batch_size: int = PREDICT_BATCH
-) -> np.ndarray:
-    """Sigmoid outputs (probability of label 1, uninfected) for uint8 images or batches."""
-    if len(images) == 0:
-        return np.zeros(0, dtype=np.float32)
-    if isinstance(images, SplitBatches):
-        return np.asarray(model.predict(images, verbose=0)).reshape(-1)
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0)).reshape(-1)

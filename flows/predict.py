@@ -5,7 +5,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from cnn.config import DEFAULT_MODEL_URI, DEFAULT_PREDICT_BATCH, PredictBatch
+from cnn.config import DEFAULT_MODEL_URI, PREDICT_BATCH, PredictBatch
 from cnn.predict import PredictionSummary
 from tasks.predict import predict_images
 from tracking.store import require_tracking_server
@@ -20,7 +20,7 @@ def predict(
     model_uri: Annotated[
         str, Field(min_length=1, description="Any MLflow model URI")
     ] = DEFAULT_MODEL_URI,
-    batch_size: PredictBatch = DEFAULT_PREDICT_BATCH,
+    batch_size: PredictBatch = PREDICT_BATCH,
 ) -> PredictionSummary:
     """Write one row per image: source id, P(parasitized), predicted label."""
     require_tracking_server()
