@@ -175,7 +175,7 @@ class TrainConfig(BaseModel):
         512,
         ge=0,
         description="Hold the train and validation images in memory (uint8) when together they "
-        "take at most this many MiB: Keras' array input trains up to 1.6× faster on CPU. Larger "
+        "take at most this many MiB (Keras' array input trains faster on CPU). Larger "
         "splits stream from Parquet in bounded memory; 0 always streams",
     )
     checkpoints: bool = Field(

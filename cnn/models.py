@@ -122,8 +122,8 @@ def build_resnet(
     """A ResNet-18/34-style network of basic residual blocks (two 3×3 convs, identity or
     1×1 projection shortcut), global average pooling and one sigmoid output.
 
-    `base_filters` is the first stage's width (ResNet's own is 64; each halving trains about
-    3× cheaper). `per_image`: standardize each image's channels (stain and brightness
+    `base_filters` is the first stage's width (ResNet's own is 64; narrower trains much
+    cheaper). `per_image`: standardize each image's channels (stain and brightness
     invariance) instead of scaling to [0, 1].
     """
     if depth not in RESNET_STAGES:

@@ -65,7 +65,7 @@ def load_keras_model(model_uri: str) -> keras.Model:
 
     Models behind immutable URIs (a logged model, a run's artifact, a registry version) are
     kept for the next task of this process: evaluation and the report load the same model,
-    and each load took 2.4 s. An alias (`@champion`) can move, so it is loaded every time.
+    and a load takes seconds. An alias (`@champion`) can move, so it is loaded every time.
     """
     configure_tracking()
     check_model_uri(model_uri)
@@ -185,7 +185,7 @@ def model_requirements() -> list[str]:
     """What loading a logged model needs, pinned to this environment.
 
     Given explicitly because MLflow's own inference re-imports the model in a subprocess,
-    which took 6.6 s of every training run here (explicit: 0.04 s).
+    which cost seconds of every training run.
     """
     backend = {"tensorflow": ("tensorflow-cpu", "tensorflow"), "jax": ("jax",)}.get(
         keras.backend.backend(), ()
