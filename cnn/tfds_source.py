@@ -75,6 +75,6 @@ def _require_reachable(url: str, timeout_seconds: float = 5.0) -> None:
     except OSError as exc:
         raise SourceUnavailableError(
             f"source 'tfds' cannot download the malaria dataset: {host} is unreachable ({exc}). "
-            "Offline? Use --source folder:PATH with the NIH cell_images folder "
-            "(PATH/Parasitized, PATH/Uninfected), or --source synthetic."
+            "Offline? Use the source folder:PATH with the NIH cell_images folder "
+            "(PATH/Parasitized, PATH/Uninfected), or the source synthetic."
         ) from exc
