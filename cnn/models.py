@@ -64,9 +64,10 @@ def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="simple")
 
 
-def build_lenet5(input_shape: tuple[int, int, int], per_image: bool = False) -> keras.Model:
-    """The lecture's Keras LeNet-5 on RGB input with one sigmoid output; `per_image`
-    standardizes each image instead of scaling to [0, 1]."""
+def build_lenet5(input_shape: tuple[int, int, int], per_image: bool = True) -> keras.Model:
+    """The lecture's Keras LeNet-5 on RGB input with one sigmoid output. `per_image`
+    standardizes each image (zero mean, unit variance: what its tanh units need to learn
+    here) instead of scaling to [0, 1]."""
     inputs, x = _inputs(input_shape, per_image)
     x = layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1")(x)
     x = layers.AveragePooling2D(2, name="pool1")(x)
@@ -264,7 +265,10 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> int:
 
 VARIANTS: dict[str, Variant] = {
     "simple": Variant(build_simple, "the lecture's network: 2 conv + 2 max-pool, dropout, sigmoid"),
-    "lenet5": Variant(build_lenet5, "LeNet-5: conv 6, avg-pool, conv 16, avg-pool, dense 120, 84"),
+    "lenet5": Variant(
+        build_lenet5,
+        "LeNet-5: conv 6, avg-pool, conv 16, avg-pool, dense 120, 84; per-image standardized input",
+    ),
     "alexnet": Variant(build_alexnet, "AlexNet's 5 conv + 3 dense, half width, batch norm"),
     "resnet": Variant(
         build_resnet,
