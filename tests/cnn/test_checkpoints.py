@@ -85,6 +85,7 @@ def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
         np.testing.assert_array_equal(restored, trained)  # the best epoch's weights
 
 
+@pytest.mark.slow
 def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints")
     # A learning rate of ~0 keeps val_loss flat: epoch 2 is no improvement, so patience 1

@@ -66,6 +66,7 @@ def test_training_is_reproducible_with_a_seed(tiny_dataset, in_memory_limit_mb):
     assert first.history["loss"] == pytest.approx(again.history["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_mixed_precision_computes_in_float16_and_outputs_float32(tiny_dataset):
     result = train_on_dataset(
         tiny_dataset, "simple", TrainConfig(epochs=1, batch_size=32, mixed_precision=True)

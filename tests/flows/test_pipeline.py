@@ -21,7 +21,7 @@ from flows.predict import predict
 from flows.train import train_variant
 from tracking.config import TrackingConfig
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture(scope="module")
