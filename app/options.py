@@ -41,16 +41,15 @@ def add_config_options(
     parser: argparse.ArgumentParser,
     *models: type[BaseModel],
     only: Iterable[str] | None = None,
-    skip: Iterable[str] = (),
     required: Iterable[str] = (),
 ) -> None:
-    """One option per field of `models` (merged by name across them): `only` those if given,
-    never those in `skip`; the ones in `required` must be given."""
-    only, skip, required = set(only or ()), set(skip), set(required)
+    """One option per field of `models` (merged by name across them; `only` those if given);
+    the ones in `required` must be given."""
+    only, required = set(only or ()), set(required)
     fields: dict[str, list[FieldInfo]] = {}
     for model in models:
         for name, info in model.model_fields.items():
-            wanted = (not only or name in only) and name not in skip
+            wanted = not only or name in only
             if wanted and _kind(info.annotation)[0] is not None:
                 fields.setdefault(name, []).append(info)
     for name, infos in fields.items():
