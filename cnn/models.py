@@ -200,8 +200,9 @@ def build_transfer(
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     application, _ = BACKBONES[backbone]
     local_file = weights not in (None, "imagenet")
-    if local_file and weights_file_problem(weights):
-        raise WeightsUnavailableError(weights_file_problem(weights))
+    problem = weights_file_problem(weights) if local_file else None
+    if problem:
+        raise WeightsUnavailableError(problem)
     try:
         base = application(
             include_top=False,

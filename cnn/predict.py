@@ -33,9 +33,8 @@ from cnn.metrics import (
     evaluate_predictions,
     predicted_labels,
 )
-from cnn.records import Unreadable
+from cnn.records import IMAGE_SUFFIXES, Unreadable
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PREDICTION_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
@@ -194,13 +193,13 @@ def predict_to_file(
     batches = iter_input_batches(input_path, model_image_size(model), batch_size, report)
     table = score_batches(model, batches, threshold)
     write_predictions(table, output_path, {"model_uri": model_uri, "input": input_path})
-    names = table.column("predicted_name").to_pylist()
+    labels = table.column("predicted_label").to_numpy()
     summary = PredictionSummary(
         model_uri=model_uri,
         input=input_path,
         output=output_path,
         rows=table.num_rows,
-        parasitized=sum(name == LABEL_NAMES[PARASITIZED] for name in names),
+        parasitized=int(np.sum(labels == PARASITIZED)),
         resized=report.resized,
         converted_to_rgb=report.converted_to_rgb,
         skipped=report.skipped,

@@ -7,7 +7,7 @@ from cnn.dataset import open_dataset
 from cnn.metrics import evaluate_predictions
 from cnn.predict import predict_split
 from tasks.retry import IO_RETRIES
-from tracking.evaluation import confusion_frame, log_evaluation
+from tracking.evaluation import log_evaluation
 from tracking.models import load_keras_model, model_threshold
 from tracking.store import configure_tracking
 
@@ -27,7 +27,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         )
     threshold = model_threshold(model_uri)
     evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
-    log_evaluation(run_id, scores, evaluation, threshold)
+    confusion = log_evaluation(run_id, scores, evaluation, threshold)
     logger.info(
         "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "
         "cols pred:yes/no) %s",
@@ -35,7 +35,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
     )
     create_table_artifact(
         key="confusion-matrix",
-        table=confusion_frame(evaluation).to_dict(orient="records"),
+        table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
     )
     return {**evaluation.as_dict(), "threshold": threshold}

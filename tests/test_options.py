@@ -69,9 +69,13 @@ def test_every_config_field_is_an_option_with_its_description_and_default(capsys
             if name == "variant_options":  # a dict: set by --transfer-weights
                 continue
             option = option_name(name)
-            listed = re.search(rf"{re.escape(option)}[ ,]", text[text.index("options:") :])
+            options = text[text.index("options:") :]
+            listed = re.search(rf" {re.escape(option)}[ ,]", options)
             assert listed, option
-            entry = listed.string[listed.start() : listed.start() + 1200]
+            following = re.search(
+                r" --(?!no-)[a-z][a-z-]*( [A-Z{]|, --no-)", options[listed.end() :]
+            )
+            entry = options[listed.start() : listed.end() + following.start()]  # its own help
             assert field.description.split()[1] in entry, option  # its own help text
             default = field.get_default(call_default_factory=True)
             shown = "none" if default is None else str(default).lower()

@@ -9,7 +9,7 @@ from cnn.config import TrainConfig
 from cnn.dataset import open_dataset
 from cnn.ensembles import ENSEMBLE, build_ensemble
 from cnn.training import operating_threshold
-from tracking.models import load_keras_model, log_served_model
+from tracking.models import load_keras_model, log_served_model, validation_sample
 from tracking.runs import TrainedModel, VariantRun
 from tracking.training import as_mlflow_dataset
 
@@ -54,6 +54,7 @@ def log_ensemble_model(
         )
         mlflow.log_input(as_mlflow_dataset(dataset), context="training")
         mlflow.log_metrics({"epochs_run": 0, "train_seconds": time.perf_counter() - started})
-        info = log_served_model(dataset, model, threshold, config, registered_model)
+        sample = validation_sample(dataset)
+        info = log_served_model(sample, model, threshold, config, registered_model)
     trained = TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
     return LoggedEnsemble(trained, members, {run.variant: best_loss[run.run_id] for run in members})

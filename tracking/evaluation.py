@@ -34,9 +34,10 @@ def confusion_frame(evaluation: BinaryEvaluation) -> pd.DataFrame:
 
 def log_evaluation(
     run_id: str, scores: SplitScores, evaluation: BinaryEvaluation, threshold: float
-) -> None:
+) -> pd.DataFrame:
     """`test_*` metrics, the scores at the threshold, every test prediction, the confusion
-    table and heatmap, and the ROC curve with the operating point."""
+    table and heatmap, and the ROC curve with the operating point; returns the table."""
+    confusion = confusion_frame(evaluation)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {
@@ -48,12 +49,13 @@ def log_evaluation(
             {**evaluation.as_dict(), "threshold": threshold}, "evaluation/test_scores.json"
         )
         _log_test_predictions(scores)
-        mlflow.log_table(confusion_frame(evaluation), "evaluation/confusion_matrix.json")
+        mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
         mlflow.log_figure(
             roc_curve_figure(scores.labels, scores.uninfected_probability, threshold),
             "evaluation/roc_curve.png",
         )
+    return confusion
 
 
 def _log_test_predictions(scores: SplitScores) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import mlflow
 import mlflow.keras
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
@@ -109,17 +110,22 @@ def _names_fixed_model(model_uri: str) -> bool:
     return model_uri.startswith("models:/") and name_and_version.rpartition("/")[2].isdigit()
 
 
+def validation_sample(dataset: Dataset, count: int = 8) -> np.ndarray:
+    """The first `count` validation images: the logged model's input example, the previews."""
+    images, _ = SplitBatches(dataset, "validation", batch_size=count)[0]
+    return images
+
+
 def log_served_model(
-    dataset: Dataset,
+    sample: np.ndarray,
     model: keras.Model,
     threshold: float,
     config: TrainConfig,
     registered_model: str,
 ) -> ModelInfo:
-    """Log and register `model` with its operating point to the active run; tag the run with
-    where it went."""
+    """Log and register `model` with its operating point to the active run, its signature
+    and input example from `sample` (uint8 images); tag the run with where it went."""
     mlflow.log_metric("operating_threshold", threshold)
-    sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
     signature = infer_signature(sample, ServedModel(model, threshold).predict(sample))
     info = Model.log(
         artifact_path=None,

@@ -13,12 +13,11 @@ from mlflow.entities import Metric
 from mlflow.models.model import ModelInfo
 
 from cnn.augmentation import augmentation_preview
-from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore
 from cnn.config import AUGMENTATIONS, TrainConfig
 from cnn.dataset import Dataset
 from cnn.training import TrainingResult, train_on_dataset
-from tracking.models import ModelNotLoggedError, keep_model, log_served_model
+from tracking.models import ModelNotLoggedError, keep_model, log_served_model, validation_sample
 from tracking.store import first_line, tracking_uri
 
 AUGMENTATION_DIR = "augmentation"
@@ -100,12 +99,12 @@ def _log_trained_model(
             "resumed_epochs": result.resumed_epochs,
         }
     )
-    sample, _ = SplitBatches(dataset, "validation", batch_size=8)[0]
+    sample = validation_sample(dataset)
     for policy in AUGMENTATIONS:
         if policy != "none":  # every named policy's preview, so runs can be compared
             preview = augmentation_preview(sample[0], AUGMENTATIONS[policy], seed=config.seed)
             mlflow.log_image(preview, augmentation_preview_path(policy))
-    return log_served_model(dataset, result.served, result.threshold, config, registered_model)
+    return log_served_model(sample, result.served, result.threshold, config, registered_model)
 
 
 class EpochMetricLog:
