@@ -122,13 +122,12 @@ def _quiet_environment() -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from app.stack_settings import StackSettings
     from cnn.config import (
-        DEFAULT_MODEL_URI,
         PREDICT_BATCH,
         IngestConfig,
         PromotionConfig,
         TrainConfig,
     )
-    from tracking.config import TrackingConfig
+    from tracking.config import DEFAULT_MODEL_URI, TrackingConfig
 
     parser = _Parser(prog="malaria", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

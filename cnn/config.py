@@ -235,7 +235,6 @@ def weights_file_problem(weights: str | None) -> str | None:
     return f"weights file {weights!r} does not exist (or imagenet, none)"
 
 
-DEFAULT_MODEL_URI = "models:/malaria-cnn@champion"
 PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]
 PREDICT_BATCH = 256
 """Images scored at once wherever a model predicts (evaluation, thresholds, `predict`)."""

@@ -5,9 +5,10 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from cnn.config import DEFAULT_MODEL_URI, PREDICT_BATCH, PredictBatch
+from cnn.config import PREDICT_BATCH, PredictBatch
 from cnn.predict import PredictionSummary
 from tasks.predict import predict_images
+from tracking.config import DEFAULT_MODEL_URI
 from tracking.store import require_tracking_server
 
 

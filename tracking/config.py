@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cnn.promotion import CHAMPION
+
 
 class TrackingConfig(BaseModel):
     """Where a run is recorded in MLflow."""
@@ -12,3 +14,7 @@ class TrackingConfig(BaseModel):
     registered_model: str = Field(
         "malaria-cnn", min_length=1, description="Registered model that every trained model joins"
     )
+
+
+DEFAULT_MODEL_URI = f"models:/{TrackingConfig().registered_model}@{CHAMPION}"
+"""What `predict` scores with unless told otherwise: the default registered model's champion."""
