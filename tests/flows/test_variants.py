@@ -1,6 +1,8 @@
 """Every CNN variant trains an epoch on synthetic data (in the library, as the train task
 calls it); one goes through the `train-variant` flow and is tracked in MLflow whole."""
 
+import math
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -42,7 +44,7 @@ def test_every_variant_trains_an_epoch_and_serves_without_augmentation(variant, 
     assert result.epochs_run == 1 and len(result.history["val_loss"]) == 1
     assert result.model.count_params() == count_parameters(variant, (32, 32, 3))
     assert _random_layers(result.served) == []
-    assert 0.0 <= result.threshold <= 0.5
+    assert math.isfinite(result.history["val_loss"][0])  # it trained, not diverged
 
 
 @pytest.mark.usefixtures("prefect_harness")
