@@ -9,7 +9,7 @@ import importlib
 import json
 import os
 import sys
-import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         _check_settings()
+        if args.runs_flows:
+            _use_running_stack()
         result = args.handler(args)
     except CommandError as error:
         print(f"malaria: error: {_one_line(error)}", file=sys.stderr)
@@ -76,44 +78,31 @@ def _one_line(error: Exception) -> str:
 
 
 def _run_flow(module: str, name: str, *args: Any) -> Any:
-    """Import and run a flow; Prefect's temporary server (if needed) starts meanwhile."""
-    server_ready = _start_temporary_prefect_server()
-    flow = getattr(importlib.import_module(module), name)
-    server_ready.wait()
-    return flow(*args)
+    """Import and run a flow against the Prefect server `connect_prefect` finds, or starts (a
+    temporary one comes up while the flow's modules import)."""
+    from app.prefect_api import PrefectApiError, connect_prefect
+
+    try:
+        api = connect_prefect()
+        flow = getattr(importlib.import_module(module), name)
+        api.wait_ready()
+        return flow(*args)
+    except PrefectApiError as error:
+        raise CommandError(str(error)) from None
 
 
-def _start_temporary_prefect_server() -> threading.Event:
-    """Start Prefect's temporary local server in the background when no API URL is set.
+def _use_running_stack() -> None:
+    """Commands that run flows use the local stack when it is up and nothing else is named."""
+    from app.prefect_api import adopt_running_stack
+    from app.stack_settings import StackSettings
 
-    A flow would start the same server on first use; starting it while the flow modules
-    import saves seconds. The returned event is set once the server answers (or failed to
-    start, in which case the flow starts it, and reports any error, itself).
-    """
-    ready = threading.Event()
-
-    def start() -> None:
-        try:
-            from prefect.settings import get_current_settings
-
-            if not get_current_settings().api.url:
-                from prefect.server.api.server import SubprocessASGIServer
-
-                SubprocessASGIServer().start()
-        except Exception:
-            pass
-        finally:
-            ready.set()
-
-    threading.Thread(target=start, name="prefect-server-start", daemon=True).start()
-    return ready
+    state_file = StackSettings().state_file
+    if adopt_running_stack(state_file):
+        print(f"malaria: using the stack recorded in {state_file}", file=sys.stderr)
 
 
 def _quiet_environment() -> None:
-    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter, and time for
-    Prefect's temporary server to start on a busy machine (its 20 s ran out in a soak test
-    while another pipeline used both cores)."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -183,6 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
     variants.set_defaults(handler=_run_variants)
     for command in commands.choices.values():
         command.add_argument("--json", action="store_true", help="end with one JSON line")
+        command.set_defaults(runs_flows=command not in (stack, variants))
     return parser
 
 
@@ -229,17 +219,17 @@ FIELD_OPTIONS = {"variant_options": "--transfer-weights"}
 
 
 def _ingest_config(args: argparse.Namespace):
-    """The validated ingest settings; a folder or zip source must exist in the NIH layout."""
+    """The validated ingest settings and their source; a folder or zip source must exist in
+    the NIH layout."""
     from cnn.config import IngestConfig
     from cnn.records import SourceError
     from cnn.sources import open_source
 
     config = _validated(lambda: IngestConfig(**given(args, IngestConfig)))
     try:
-        open_source(config.source, limit=config.limit)
+        return config, open_source(config.source, limit=config.limit)
     except SourceError as error:
         raise CommandError(f"--source: {error}", EXIT_USAGE) from error
-    return config
 
 
 def _train_settings(args: argparse.Namespace):
@@ -274,7 +264,7 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    config = _ingest_config(args)
+    config, _ = _ingest_config(args)
     variants, training, tracking, promotion = _train_settings(args)
     result = _run_flow(
         "flows.pipeline",
@@ -290,7 +280,16 @@ def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    config = _ingest_config(args)
+    """A dataset already ingested from the same source and settings is the answer as it is:
+    nothing runs, so no flow run is made (nor a Prefect server started)."""
+    from cnn.dataset import DatasetRef, find_dataset
+    from cnn.settings import datasets_dir
+
+    started = time.perf_counter()
+    config, source = _ingest_config(args)
+    existing = find_dataset(source, config, datasets_dir())
+    if existing is not None:
+        return _dump(DatasetRef.of(existing, True, time.perf_counter() - started))
     return _dump(_run_flow("flows.ingest", "ingest", config))
 
 

@@ -23,7 +23,6 @@ from app.stack_settings import StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOLS = ("cpu", "gpu")
-STATE_FILE = "stack.json"
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
 QUIET = {
@@ -52,7 +51,7 @@ class StackState:
 def stack_up(settings: StackSettings) -> StackState:
     """Start both servers, create the work pools, deploy `prefect.yaml`, start one worker per
     pool. On any failure, whatever this call started is stopped again."""
-    state_path = settings.state_dir / STATE_FILE
+    state_path = settings.state_file
     if state_path.exists():
         raise StackError(f"a stack is already recorded in {state_path}; `malaria stack down` first")
     if not (PROJECT_ROOT / "prefect.yaml").exists():
@@ -91,7 +90,7 @@ def stack_down(settings: StackSettings) -> list[str]:
     """Stop every process `up` recorded; return their names. Nothing recorded: an error."""
     state = read_state(settings)
     stopped = _stop_all(state)
-    (settings.state_dir / STATE_FILE).unlink()
+    settings.state_file.unlink()
     return stopped
 
 
@@ -105,7 +104,7 @@ def stack_status(settings: StackSettings) -> dict[str, dict]:
 
 
 def read_state(settings: StackSettings) -> StackState:
-    path = settings.state_dir / STATE_FILE
+    path = settings.state_file
     if not path.exists():
         raise StackError(f"no stack recorded in {path}; start one with `malaria stack up`")
     return StackState(**json.loads(path.read_text()))

@@ -26,6 +26,11 @@ class StackSettings(BaseModel):
     data_dir: Path = Field(default_factory=data_dir)
 
     @property
+    def state_file(self) -> Path:
+        """What `stack up` started, for `down`, `status` and commands that use the stack."""
+        return self.state_dir / "stack.json"
+
+    @property
     def prefect_url(self) -> str:
         return f"http://{client_host(self.host)}:{self.prefect_port}"
 

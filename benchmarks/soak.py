@@ -61,7 +61,8 @@ def temporary_prefect_servers() -> int:
     count = 0
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if "prefect.server.api.server:create_app" in command and process.pid not in own:
+        temporary = ("prefect.server.api.server:create_app", "-m app.prefect_api")
+        if any(mark in command for mark in temporary) and process.pid not in own:
             count += 1
     return count
 
@@ -88,7 +89,7 @@ def main() -> None:
             "DO_NOT_TRACK": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PREFECT_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # as `malaria` sets it
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # Prefect's own, in-process
         }
     )
     import psutil

@@ -103,7 +103,7 @@ def build_dataset(
     """Ingest `source` into a dataset under `datasets_dir`; return it and whether it was cached."""
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
-    final_path = datasets_dir / f"{source.kind}-{config.image_size}px-{fingerprint}"
+    final_path = _dataset_path(source, config, fingerprint, datasets_dir)
     if (final_path / MANIFEST_NAME).exists():
         return open_dataset(final_path), True
     with exclusive_lock(datasets_dir / LOCKS_DIR / f"{final_path.name}.lock"):
@@ -113,6 +113,22 @@ def build_dataset(
             source, source_fingerprint, fingerprint, config, final_path, workers
         )
         return dataset, False
+
+
+def find_dataset(source: CellSource, config: IngestConfig, datasets_dir: Path) -> Dataset | None:
+    """The finished dataset of `source` with `config` under `datasets_dir`, if there is one.
+
+    Lists the source (to fingerprint it) but decodes nothing.
+    """
+    fingerprint = dataset_fingerprint(source.fingerprint(), config)
+    path = _dataset_path(source, config, fingerprint, datasets_dir)
+    return open_dataset(path) if (path / MANIFEST_NAME).exists() else None
+
+
+def _dataset_path(
+    source: CellSource, config: IngestConfig, fingerprint: str, datasets_dir: Path
+) -> Path:
+    return datasets_dir / f"{source.kind}-{config.image_size}px-{fingerprint}"
 
 
 def _write_dataset(

@@ -68,3 +68,8 @@ def settings() -> Settings:
 def data_dir() -> Path:
     """Where datasets, checkpoints, kept models and locks live (`MALARIA_DATA_DIR`)."""
     return settings().data_dir
+
+
+def datasets_dir() -> Path:
+    """Where ingested datasets live: `datasets/` of the data directory, absolute."""
+    return data_dir().absolute() / "datasets"

@@ -1,10 +1,12 @@
-"""Train / validation / test assignment, grouped by patient so no patient leaks across splits."""
+"""Train / validation / test assignment, grouped by patient so no patient leaks across splits.
+
+scikit-learn is imported where a split needs it: importing it would slow every command's start.
+"""
 
 import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cnn.config import MAX_SEED, SplitStrategy
 
@@ -51,6 +53,8 @@ def _hold_out(
     """Indices of a held-out share of about `fraction` of the records."""
     indices = np.arange(len(labels))
     if strategy == "random":
+        from sklearn.model_selection import train_test_split
+
         try:
             _, held = train_test_split(
                 indices, test_size=fraction, stratify=labels, random_state=seed
@@ -69,6 +73,8 @@ def _hold_out(
         )
     # One fold of k holds out about 1/k; with few patients the fold is one patient, larger.
     n_folds = min(max(2, round(1 / fraction)), n_groups)
+    from sklearn.model_selection import StratifiedGroupKFold
+
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, held = next(folds.split(indices, labels, groups))
     return held

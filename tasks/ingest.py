@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetRef, build_dataset
-from cnn.settings import data_dir
+from cnn.settings import datasets_dir
 from cnn.sources import open_source
 from tasks.retry import IO_RETRIES
 
@@ -20,7 +20,7 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     logger = get_run_logger()
     started = time.perf_counter()
     source = open_source(config.source, limit=config.limit)
-    dataset, cache_hit = build_dataset(source, config, data_dir().absolute() / "datasets")
+    dataset, cache_hit = build_dataset(source, config, datasets_dir())
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)
     logger.info(
         "%s dataset %s: %d images in %.1f s (%s)",

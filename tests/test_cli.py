@@ -79,6 +79,27 @@ def test_empty_class_folder_is_reported_before_any_image_is_read(tmp_path, prefe
     assert not (tmp_path / "data").exists()
 
 
+def test_an_unchanged_ingest_is_answered_from_its_dataset_without_a_flow_run(
+    prefect_harness, data_dir, capsys
+):
+    from prefect.client.orchestration import get_client
+
+    def ingest() -> dict:
+        assert main(["ingest", "--source", "synthetic", "--limit", "24", "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def flow_runs() -> int:
+        with get_client(sync_client=True) as client:
+            return len(client.read_flow_runs())
+
+    first = ingest()
+    runs = flow_runs()
+    second = ingest()
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    assert second["path"] == first["path"] and second["rows"] == first["rows"] == 24
+    assert flow_runs() == runs
+
+
 def _malaria() -> str:
     return shutil.which("malaria", path=os.path.dirname(sys.executable)) or "malaria"
 

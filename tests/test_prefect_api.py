@@ -1,0 +1,122 @@
+"""Which Prefect server a command uses, and the temporary one that dies with its command."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.prefect_api import adopt_running_stack
+from tests.integration.servers import QUIET, REPO, free_port
+
+STACK_VARIABLES = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MALARIA_DATA_DIR")
+
+
+def _answers(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_a_prefect_url_that_does_not_answer_is_named_and_nothing_is_written(tmp_path):
+    """In a process of its own: Prefect reads `PREFECT_API_URL` once, when imported."""
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {"PREFECT_API_URL": url, "MALARIA_DATA_DIR": str(tmp_path / "data")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ingest", "--source", "synthetic", "--limit", "40"],
+        cwd=REPO,
+        env={**os.environ, **QUIET, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    (line,) = completed.stderr.strip().splitlines()
+    assert line == f"malaria: error: PREFECT_API_URL {url} does not answer"
+    assert not (tmp_path / "data").exists()
+
+
+def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
+    state_file = tmp_path / "stack.json"
+    env = {
+        "PREFECT_API_URL": prefect_url,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999",
+        "MALARIA_DATA_DIR": str(tmp_path / "stack-data"),
+    }
+    state_file.write_text(json.dumps({"env": env}))
+    return state_file
+
+
+def test_a_recorded_stack_that_answers_is_used_and_set_variables_win(
+    tmp_path, monkeypatch, prefect_harness
+):
+    from prefect.settings import PREFECT_API_URL
+
+    for name in STACK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALARIA_DATA_DIR", str(tmp_path / "mine"))
+    state_file = _record_stack(tmp_path, PREFECT_API_URL.value())
+
+    assert adopt_running_stack(state_file)
+    assert os.environ["PREFECT_API_URL"] == PREFECT_API_URL.value()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert os.environ["MALARIA_DATA_DIR"] == str(tmp_path / "mine")
+
+
+def test_a_recorded_stack_that_is_gone_is_ignored(tmp_path, monkeypatch):
+    for name in STACK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    state_file = _record_stack(tmp_path, f"http://127.0.0.1:{free_port()}/api")
+    assert not adopt_running_stack(state_file)
+    assert not adopt_running_stack(tmp_path / "no-such-stack.json")
+    assert not any(name in os.environ for name in STACK_VARIABLES)
+
+
+START_AND_WAIT = """
+import sys, time
+from app.prefect_api import connect_prefect
+api = connect_prefect()
+api.wait_ready()
+print(api.process.pid, api.url, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_command_killed_with_sigkill_leaves_no_temporary_server(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    command = subprocess.Popen(
+        [sys.executable, "-c", START_AND_WAIT],
+        cwd=REPO,
+        env={**env, **QUIET, "PREFECT_HOME": str(tmp_path / "prefect-home")},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid, url = command.stdout.readline().split()
+        assert _answers(url)
+        command.send_signal(signal.SIGKILL)  # the command only, as the OOM killer does
+        command.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(int(pid))
+        assert not _answers(url)
+    finally:
+        command.kill()
+        command.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1]
+    except FileNotFoundError:
+        return False
+    return not state.startswith("Z")  # a zombie has exited, and waits for init to reap it
