@@ -6,17 +6,33 @@ The lecture's loop reads one image at a time with scikit-image (`imread`, then `
 100×100) and appends it to a list. Both run on the same files in the same run, each as its
 own process, timed whole, with the peak memory of its process tree sampled every 0.1 s.
 `--replicate-to N` hard-links the folder's files under new patient ids until there are N.
+
+Before them, one image's path is timed on one core for each decoder that is installed
+(`--decoders 0` skips it): today's (imagecodecs' libpng, then Pillow's resize), Pillow alone
+(the decode limit the targets were set against), Pillow with `reduce()` where the scale
+allows, OpenCV `imdecode` + `resize` (area and linear) and pyvips; each with its pixels'
+difference from today's. OpenCV and pyvips are not dependencies of the project: install them
+beside it to compare (`pip install opencv-python-headless pyvips-binary`).
 Results are printed and saved to benchmarks/results/ingest.json.
 """
 
 import argparse
+import io
 import json
 import os
 import platform
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure, save
@@ -60,13 +76,141 @@ def replicate(folder: Path, target: int, into: Path) -> Path:
     return into
 
 
+def _decoders(size: int) -> dict[str, Callable[[bytes], np.ndarray]]:
+    """Encoded PNG → (size × size × 3) uint8, by each library that is installed."""
+    from PIL import Image
+
+    from cnn.images import decode_and_resize
+
+    bilinear = Image.Resampling.BILINEAR
+
+    def pillow(payload: bytes) -> np.ndarray:
+        image = Image.open(io.BytesIO(payload)).convert("RGB")
+        return np.asarray(image.resize((size, size), bilinear))
+
+    def pillow_reduce(payload: bytes) -> np.ndarray:
+        image = Image.open(io.BytesIO(payload)).convert("RGB")
+        return np.asarray(image.resize((size, size), bilinear, reducing_gap=2.0))
+
+    decoders = {
+        "imagecodecs + Pillow resize (today)": lambda payload: decode_and_resize(payload, size),
+        "Pillow": pillow,
+        "Pillow, reduce() first": pillow_reduce,
+    }
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+
+        def opencv(interpolation: int) -> Callable[[bytes], np.ndarray]:
+            def decode(payload: bytes) -> np.ndarray:
+                pixels = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+                pixels = cv2.resize(pixels, (size, size), interpolation=interpolation)
+                return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+            return decode
+
+        decoders["OpenCV, INTER_AREA"] = opencv(cv2.INTER_AREA)
+        decoders["OpenCV, INTER_LINEAR"] = opencv(cv2.INTER_LINEAR)
+    except ImportError:
+        pass
+    try:
+        import pyvips
+
+        def vips(payload: bytes) -> np.ndarray:
+            image = pyvips.Image.thumbnail_buffer(payload, size, height=size, size="force")
+            return np.ndarray(
+                (image.height, image.width, image.bands), np.uint8, image.write_to_memory()
+            )[..., :3]
+
+        decoders["pyvips thumbnail"] = vips
+    except (ImportError, OSError):
+        pass
+    return decoders
+
+
+def compare_decoders(folder: Path, size: int, count: int) -> dict[str, dict[str, float]]:
+    """µs per image on one core (best of 3) and mean / max |pixel difference| from today's."""
+    files = sorted(folder.glob("*/*.png"))
+    payloads = [path.read_bytes() for path in files[:: max(1, len(files) // count)][:count]]
+    decoders = _decoders(size)
+    reference = np.stack([decoders["imagecodecs + Pillow resize (today)"](p) for p in payloads])
+    results = {}
+    for name, decode in decoders.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            decoded = [decode(payload) for payload in payloads]
+            best = min(best, time.perf_counter() - started)
+        difference = np.abs(np.stack(decoded).astype(np.int16) - reference)
+        results[name] = {
+            "microseconds_per_image": round(best / len(payloads) * 1e6),
+            "images_per_second_per_core": round(len(payloads) / best),
+            "mean_abs_difference": round(float(difference.mean()), 3),
+            "max_abs_difference": int(difference.max()),
+        }
+        print(f"{name:38s} {results[name]}")
+    return results
+
+
+def _ingest(command: list[str], env: dict[str, str]) -> dict:
+    """One whole `malaria ingest`: its seconds and peak memory, and its task's own rate."""
+    run = measure(command, env=env)
+    if run.returncode != 0:
+        sys.exit(f"malaria ingest failed:\n{run.stderr[-3000:]}")
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": round(run.seconds, 2),
+        "peak_rss_gib": run.peak_rss_gib,
+        "cache_hit": summary["cache_hit"],
+        "rows": summary["rows"],
+        "skipped": len(summary["skipped"]),
+        "ingest_task_seconds": summary["seconds"],
+        "ingest_task_images_per_second": round(summary["rows"] / max(summary["seconds"], 1e-9)),
+    }
+
+
+@contextmanager
+def _prefect_server(home: Path, env: dict[str, str]):
+    """`prefect server start` on a free port until the block ends: `{"PREFECT_API_URL": …}`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env, "PREFECT_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    sys.exit("prefect server did not start")
+                time.sleep(0.5)
+        yield {"PREFECT_API_URL": url}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="NIH-layout folder")
     parser.add_argument("--replicate-to", type=int, help="grow the folder to N images first")
     parser.add_argument("--image-size", type=int, default=100)
     parser.add_argument("--skip-lecture", action="store_true", help="time only the pipeline")
+    parser.add_argument("--decoders", type=int, default=1500, help="images to compare decoders on")
     args = parser.parse_args()
+    decoders = {}
+    if args.decoders:
+        decoders = compare_decoders(args.folder, args.image_size, args.decoders)
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as scratch:
         scratch = Path(scratch)
@@ -84,36 +228,29 @@ def main() -> None:
             str(args.image_size),
             "--json",
         ]
-        env = {
-            "MALARIA_DATA_DIR": str(scratch / "data"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
+        quiet = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        env = {**quiet, "MALARIA_DATA_DIR": str(scratch / "data"), "PREFECT_HOME": str(scratch)}
+        os.environ.pop("PREFECT_API_URL", None)  # the first runs start their own server
 
-        cold = measure(command, env=env)
-        if cold.returncode != 0:
-            sys.exit(f"malaria ingest failed:\n{cold.stderr[-3000:]}")
-        summary = json.loads(cold.stdout.strip().splitlines()[-1])
-        warm = measure(command, env=env)
-        warm_summary = json.loads(warm.stdout.strip().splitlines()[-1])
-
+        # A first run migrates the new Prefect database (seconds no later run pays).
+        measure([malaria, "ingest", "--source", "synthetic", "--limit", "40"], env=env)
+        cold = _ingest(command, env)
+        warm = _ingest(command, env)
+        with _prefect_server(scratch / "server-home", quiet) as api_url:
+            served = _ingest(
+                command, {**env, "MALARIA_DATA_DIR": str(scratch / "data-2"), **api_url}
+            )
+        pillow = decoders.get("Pillow", {}).get("images_per_second_per_core")
         result = {
             "benchmark": "ingest",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "images": images,
             "image_size": args.image_size,
-            "pipeline": {
-                "seconds": round(cold.seconds, 2),
-                "images_per_second": round(images / cold.seconds, 1),
-                "peak_rss_gib": cold.peak_rss_gib,
-                "ingest_task_seconds": summary["seconds"],
-                "rows": summary["rows"],
-                "skipped": len(summary["skipped"]),
-            },
-            "unchanged_rerun": {
-                "seconds": round(warm.seconds, 2),
-                "cache_hit": warm_summary["cache_hit"],
-                "ingest_task_seconds": warm_summary["seconds"],
-            },
+            "decoders": decoders,
+            "pillow_decode_limit_per_second": pillow and pillow * (os.cpu_count() or 1),
+            "pipeline": cold,
+            "pipeline_with_a_running_server": served,
+            "unchanged_rerun": warm,
         }
         if not args.skip_lecture:
             lecture = measure(
@@ -126,7 +263,8 @@ def main() -> None:
                 "images_per_second": round(images / lecture.seconds, 1),
                 "peak_rss_gib": lecture.peak_rss_gib,
             }
-            result["speedup"] = round(lecture.seconds / cold.seconds, 2)
+            result["speedup"] = round(lecture.seconds / cold["seconds"], 2)
+            result["speedup_with_a_running_server"] = round(lecture.seconds / served["seconds"], 2)
         save("ingest", result)
 
 

@@ -27,6 +27,7 @@ from cnn.config import IngestConfig
 from cnn.labels import LABEL_NAMES
 from cnn.locks import exclusive_lock, process_alive
 from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest
+from cnn.parallel import start_decode_workers
 from cnn.records import CellRecord, CellSource
 from cnn.shards import write_shards
 from cnn.splits import SPLITS, assign_splits
@@ -142,6 +143,7 @@ def _write_dataset(
     """Decode the source into a temporary directory and publish it as `final_path`."""
     datasets_dir = final_path.parent
     records = select_subset(source.list_records(), config.limit, config.seed)
+    start_decode_workers(len(records), workers)
     strategy = config.split if source.has_patient_groups else "random"
     splits = assign_splits(
         [record.label for record in records],

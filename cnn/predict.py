@@ -5,11 +5,11 @@ the caller must match is its input size, so images of another size are resized (
 as at ingest) and grayscale or alpha images converted to RGB, and both are counted.
 """
 
-import io
 import json
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from cnn.batches import SplitBatches
 from cnn.config import PREDICT_BATCH
 from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
 from cnn.files import read_folder_entry
-from cnn.images import UnreadableImageError, decode_image, resize_square
+from cnn.images import fit_encoded, resize_square
 from cnn.labels import LABEL_NAMES, PARASITIZED
 from cnn.metrics import (
     DEFAULT_THRESHOLD,
@@ -33,6 +33,7 @@ from cnn.metrics import (
     evaluate_predictions,
     predicted_labels,
 )
+from cnn.parallel import PARALLEL_THRESHOLD, decode_pool, ordered_map, worker_count
 from cnn.records import IMAGE_SUFFIXES, Unreadable
 
 PREDICTION_SCHEMA = pa.schema(
@@ -211,27 +212,71 @@ def predict_to_file(
 def _folder_batches(
     folder: Path, image_size: int, batch_size: int, report: InputReport
 ) -> Iterator[Batch]:
-    """Images of the folder's image-named files, each read as a folder source reads it
-    (size-capped, links out of the folder and non-files skipped and reported)."""
+    """Images of the folder's image-named files in path order, each read as a folder source
+    reads it (size-capped, links out of the folder and non-files skipped and reported)."""
     root = folder.resolve()
-    ids, images = [], []
-    for entry in _image_entries(root, report):
+    entries = _image_entries(root, report)
+    chunks = (
+        _read_entries(entries[start : start + batch_size], root, report)
+        for start in range(0, len(entries), batch_size)
+    )
+    return _decoded_batches(chunks, len(entries), image_size, batch_size, report)
+
+
+def _decoded_batches(
+    chunks: Iterator[tuple[list[str], list[bytes]]],
+    images: int,
+    image_size: int,
+    batch_size: int,
+    report: InputReport,
+) -> Iterator[Batch]:
+    """Chunks of (source ids, encoded images) decoded and fitted to the model, over worker
+    processes a few chunks ahead of the model when there are enough `images`; yielded in
+    order, in full batches. Images that cannot be decoded are reported."""
+    chunk_ids: deque[list[str]] = deque()
+
+    def jobs() -> Iterator[tuple[list[bytes], int]]:
+        for ids, payloads in chunks:
+            chunk_ids.append(ids)
+            yield payloads, image_size
+
+    workers = worker_count(None)
+    if workers == 1 or images < PARALLEL_THRESHOLD:
+        fitted_chunks: Iterator[list] = (fit_encoded(*job) for job in jobs())
+    else:
+        pool = decode_pool(workers)
+        fitted_chunks = ordered_map(pool, fit_encoded, jobs(), max_in_flight=2 * workers)
+    ids, pixels = [], []
+    for fitted in fitted_chunks:
+        for source_id, image in zip(chunk_ids.popleft(), fitted, strict=True):
+            if isinstance(image, str):
+                report.skipped.append({"source_id": source_id, "reason": image})
+                continue
+            report.converted_to_rgb += image.converted_to_rgb
+            report.resized += image.resized
+            ids.append(source_id)
+            pixels.append(image.pixels)
+        while len(ids) >= batch_size:
+            yield ids[:batch_size], np.stack(pixels[:batch_size])
+            ids, pixels = ids[batch_size:], pixels[batch_size:]
+    if ids:
+        yield ids, np.stack(pixels)
+
+
+def _read_entries(
+    entries: list[os.DirEntry], root: Path, report: InputReport
+) -> tuple[list[str], list[bytes]]:
+    """The source ids and bytes of the entries that can be read; the others are reported."""
+    ids, payloads = [], []
+    for entry in entries:
         source_id = str(Path(entry.path).relative_to(root))
         payload = read_folder_entry(entry, root)
-        try:
-            if isinstance(payload, Unreadable):
-                raise UnreadableImageError(payload.reason)
-            image = _load_image(payload, image_size, report)
-        except UnreadableImageError as error:
-            report.skipped.append({"source_id": source_id, "reason": str(error)})
+        if isinstance(payload, Unreadable):
+            report.skipped.append({"source_id": source_id, "reason": payload.reason})
             continue
         ids.append(source_id)
-        images.append(image)
-        if len(ids) == batch_size:
-            yield ids, np.stack(images)
-            ids, images = [], []
-    if ids:
-        yield ids, np.stack(images)
+        payloads.append(payload)
+    return ids, payloads
 
 
 def _image_entries(root: Path, report: InputReport) -> list[os.DirEntry]:
@@ -253,16 +298,6 @@ def _image_entries(root: Path, report: InputReport) -> list[os.DirEntry]:
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(entry)
     return sorted(found, key=lambda entry: Path(entry.path))
-
-
-def _load_image(payload: bytes, image_size: int, report: InputReport) -> np.ndarray:
-    image = decode_image(payload)
-    with Image.open(io.BytesIO(payload)) as original:  # reads the header only
-        if original.mode != "RGB":
-            report.converted_to_rgb += 1
-    if image.size != (image_size, image_size):
-        report.resized += 1
-    return resize_square(image, image_size)
 
 
 def _dataset_batches(
@@ -290,24 +325,29 @@ def _parquet_batches(
         yield from _raw_pixel_batches(parquet, json.loads(shape), image_size, batch_size, report)
         return
     columns = ["image", "source_id"] if "source_id" in schema.names else ["image"]
+    yield from _decoded_batches(
+        _encoded_chunks(parquet, columns, batch_size),
+        parquet.metadata.num_rows,
+        image_size,
+        batch_size,
+        report,
+    )
+
+
+def _encoded_chunks(
+    parquet: pq.ParquetFile, columns: list[str], batch_size: int
+) -> Iterator[tuple[list[str], list[bytes]]]:
+    """(source ids, encoded images) of a Parquet file's rows; ids `row-N` when it has none."""
     row = 0
     for record_batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-        ids, images = [], []
-        payloads = record_batch.column("image").to_pylist()
-        names = (
+        payloads = [payload or b"" for payload in record_batch.column("image").to_pylist()]
+        ids = (
             record_batch.column("source_id").to_pylist()
             if "source_id" in columns
             else [f"row-{row + offset}" for offset in range(len(payloads))]
         )
         row += len(payloads)
-        for source_id, payload in zip(names, payloads, strict=True):
-            try:
-                images.append(_load_image(payload or b"", image_size, report))
-                ids.append(source_id)
-            except UnreadableImageError as error:
-                report.skipped.append({"source_id": source_id, "reason": str(error)})
-        if ids:
-            yield ids, np.stack(images)
+        yield ids, payloads
 
 
 def _raw_pixel_batches(

@@ -7,8 +7,7 @@ memory stays bounded by the shards in flight; the caller publishes the directory
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from joblib.externals.loky import get_reusable_executor
 
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
+from cnn.parallel import PARALLEL_THRESHOLD, completed_map, decode_pool, worker_count
 from cnn.records import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS
 
@@ -31,10 +30,6 @@ WRITE_BATCH = 256
 COMPRESSION = "zstd"
 DICTIONARY_COLUMNS = ["label_name", "group", "split"]
 """Chosen by benchmarks/storage.py: smallest files, and as fast to read as any."""
-PARALLEL_THRESHOLD = 256
-"""Below this many images, decoding in-process beats starting worker processes."""
-WORKER_IDLE_SECONDS = 10
-"""Idle decode workers exit after this long, so they hold no memory while a model trains."""
 
 
 def _schema(image_size: int) -> pa.Schema:
@@ -155,17 +150,15 @@ def write_shards(
     workers: int | None,
 ) -> WriteSummary:
     """Write all records as shards, over worker processes when there are enough images."""
-    workers = workers or os.cpu_count() or 1
+    workers = worker_count(workers)
     rows = [(record, split_of[record.source_id]) for record in records]
     shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
     jobs = _shard_jobs(directory, source, rows, shard_rows, image_size)
     if workers == 1 or len(rows) < PARALLEL_THRESHOLD:
         results = [_write_shard(*job) for job in jobs]
     else:
-        # loky spawns fresh workers (never forks a process running TensorFlow) without
-        # re-running the caller's __main__, and reuses them across calls.
-        pool = get_reusable_executor(max_workers=workers, timeout=WORKER_IDLE_SECONDS)
-        results = list(_bounded_map(pool, _write_shard, jobs, max_in_flight=2 * workers))
+        pool = decode_pool(workers)
+        results = list(completed_map(pool, _write_shard, jobs, max_in_flight=2 * workers))
     results.sort(key=lambda result: result.file)
     counts = {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
     for result in results:
@@ -204,23 +197,6 @@ def _shard_jobs(
         chunk_rows = [(record, split_of[record.source_id]) for record, _ in chunk]
         path = directory / f"part-{index:05d}.parquet"
         yield path, image_size, chunk_rows, None, [payload for _, payload in chunk]
-
-
-def _bounded_map(pool, function, jobs: Iterable[tuple], max_in_flight: int) -> Iterator:
-    """Like `pool.map`, but never more than `max_in_flight` jobs are held at once."""
-    pending: set = set()
-    try:
-        for job in jobs:
-            pending.add(pool.submit(function, *job))
-            if len(pending) >= max_in_flight:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (future.result() for future in done)
-    finally:
-        for future in pending:
-            future.cancel()
 
 
 def _describe(values: list[int]) -> dict[str, float]:

@@ -10,7 +10,9 @@ from PIL import Image
 
 from cnn.config import IngestConfig
 from cnn.dataset import build_dataset, load_split
+from cnn.images import decode_and_resize
 from cnn.labels import PARASITIZED
+from cnn.parallel import PARALLEL_THRESHOLD
 from cnn.predict import (
     InputReport,
     PredictionInputError,
@@ -64,6 +66,27 @@ def test_a_folder_is_scored_in_batches_with_grayscale_and_odd_sizes_fixed(tmp_pa
     assert (report.scored, report.resized, report.converted_to_rgb) == (3, 3, 1)
     assert [skip["source_id"] for skip in report.skipped] == ["broken.png"]
     assert any("converted to RGB" in note for note in report.notes())
+
+
+def test_a_large_folder_is_decoded_over_workers_in_path_order_and_full_batches(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    count = PARALLEL_THRESHOLD + 44
+    for index in range(count):
+        pixels = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:04d}.png")
+    (folder / "0007.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report = InputReport()
+    batches = list(iter_input_batches(folder, 16, batch_size=64, report=report))
+    ids = [source_id for batch_ids, _ in batches for source_id in batch_ids]
+    assert ids == [f"{index:04d}.png" for index in range(count) if index != 7]
+    assert [len(batch_ids) for batch_ids, _ in batches] == [64] * 4 + [count - 1 - 4 * 64]
+    pixels = np.concatenate([images for _, images in batches])
+    expected = decode_and_resize((folder / "0100.png").read_bytes(), 16)
+    np.testing.assert_array_equal(pixels[ids.index("0100.png")], expected)
+    assert [skip["source_id"] for skip in report.skipped] == ["0007.png"]
+    assert (report.scored, report.resized) == (count - 1, count - 1)
 
 
 def test_a_folder_is_read_as_a_folder_source_reads_it(tmp_path):
