@@ -23,6 +23,7 @@ from cnn.config import TrainConfig
 from cnn.dataset import Dataset
 from cnn.locks import LockTimeoutError, exclusive_lock
 from cnn.manifest import write_json_durably
+from cnn.writes import writing
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -74,7 +75,7 @@ class CheckpointStore:
                 for group in ARRAY_GROUPS
                 for index, array in enumerate(getattr(state, group))
             }
-            with open(temporary / ARRAYS_FILE, "wb") as handle:
+            with writing(temporary / ARRAYS_FILE), open(temporary / ARRAYS_FILE, "wb") as handle:
                 np.savez(handle, **arrays)
                 handle.flush()
                 os.fsync(handle.fileno())

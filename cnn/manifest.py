@@ -22,6 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
+from cnn.writes import writing
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -163,7 +165,7 @@ def _excerpt(value: Any, length: int = 60) -> str:
 
 def write_json_durably(path: Path, content: dict[str, Any]) -> None:
     """Write JSON and fsync it, so a rename that publishes it never exposes an empty file."""
-    with open(path, "w") as handle:
+    with writing(path), open(path, "w") as handle:
         json.dump(content, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())

@@ -35,6 +35,7 @@ from cnn.metrics import (
 )
 from cnn.parallel import PARALLEL_THRESHOLD, decode_pool, ordered_map, worker_count
 from cnn.records import IMAGE_SUFFIXES, Unreadable
+from cnn.writes import writing
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -157,7 +158,8 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        pq.write_table(table.replace_schema_metadata(metadata), temporary)
+        with writing(output):
+            pq.write_table(table.replace_schema_metadata(metadata), temporary)
         os.replace(temporary, output)
     finally:
         temporary.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from cnn.labels import LABEL_NAMES
 from cnn.parallel import PARALLEL_THRESHOLD, completed_map, decode_pool, worker_count
 from cnn.records import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS
+from cnn.writes import writing
 
 ROWS_PER_SHARD = 1024
 """At most this many rows a shard: one worker's unit of work (about 30 MB at 100 px)."""
@@ -100,11 +101,12 @@ def _write_shard(
 
     def flush() -> None:
         nonlocal writer
-        if writer is None:
-            writer = pq.ParquetWriter(
-                path, schema, compression=COMPRESSION, use_dictionary=DICTIONARY_COLUMNS
-            )
-        writer.write_table(_rows_table(batch, split_of, schema))
+        with writing(path):
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    path, schema, compression=COMPRESSION, use_dictionary=DICTIONARY_COLUMNS
+                )
+            writer.write_table(_rows_table(batch, split_of, schema))
         result.rows += len(batch)
         batch.clear()
 
@@ -125,9 +127,11 @@ def _write_shard(
             flush()
     finally:
         if writer is not None:
-            writer.close()
+            with writing(path):
+                writer.close()
     if writer is not None:
-        _fsync(path)
+        with writing(path):
+            _fsync(path)
     return result
 
 

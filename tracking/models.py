@@ -23,6 +23,7 @@ from cnn.config import TrainConfig
 from cnn.dataset import Dataset
 from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
+from cnn.writes import writing
 from tracking.store import configure_tracking, first_line
 
 LOADED_MODELS_KEPT = 2
@@ -163,8 +164,12 @@ def keep_model(
         return path if path.is_file() else None
     folder.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".model-{uuid.uuid4().hex[:8]}.keras")
-    model.save(temporary)
-    temporary.replace(path)
+    try:
+        with writing(path):
+            model.save(temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
