@@ -90,6 +90,8 @@ def mlflow_server(root: Path):
         f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
         str(root / "artifacts"),
+        "--workers",  # 4 by default: each imports MLflow, seconds of CPU the tests do not need
+        "1",
     ]
     with background(command, root / "mlflow-server.log", {}) as process:
         wait_until_healthy(f"http://127.0.0.1:{port}/health", process, root / "mlflow-server.log")
