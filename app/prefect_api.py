@@ -1,10 +1,11 @@
 """Which Prefect server a command's flows report to, and the temporary one when none answers.
 
-In this order: `PREFECT_API_URL` (from the environment or Prefect's active profile), which
-must answer; the local stack's server when `malaria stack up` recorded one in the working
-directory and it answers (the stack's MLflow server and data directory come with it, unless
-the environment names others); else a temporary server on a free port of 127.0.0.1, with
-Prefect's own database (`~/.prefect`), stopped when the command ends. It runs in a process
+In this order: `PREFECT_API_URL` in the environment, which must answer; the local stack's
+server when `malaria stack up` recorded one in the working directory and it answers (the
+stack's MLflow server and data directory come with it, unless the environment names others);
+a `PREFECT_API_URL` of Prefect's active profile, which must answer; else a temporary server on
+a free port of 127.0.0.1, with Prefect's own database (`~/.prefect`), stopped when the command
+ends. It runs in a process
 of its own that exits as soon as the command's process is gone, so a `malaria` killed with
 SIGKILL leaves no server behind.
 
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,8 +1,8 @@
 """Decode and resize cell images to square uint8 RGB arrays.
 
-8-bit RGB PNGs (the NIH cells) are decoded by imagecodecs' libpng, which is faster than
-Pillow's decoder and gives the same pixels; every other format, pixel type and damaged file
-goes to Pillow, which also words the errors. Resizing is Pillow's.
+8-bit RGB and palette PNGs (the NIH cells are RGB) are decoded by imagecodecs' libpng, which
+is faster than Pillow's decoder and gives the same pixels; every other format, pixel type and
+damaged file goes to Pillow, which also words the errors. Resizing is Pillow's.
 """
 
 import io

@@ -101,3 +101,17 @@ def write_nih_zip(path: Path, folder: Path, extra: dict[str, bytes] | None = Non
         for name, data in (extra or {}).items():
             archive.writestr(name, data)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first, in reverse path order (the integration and command-line
+    files, the longest, come early); each file's tests keep their order. xdist hands each
+    worker whole files: started early, the long ones do not end the run on one worker while
+    the other idles."""
+
+    def file_of(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow_files = sorted({file_of(item) for item in items if item.get_closest_marker("slow")})
+    rank = {file: -index for index, file in enumerate(slow_files)}
+    items.sort(key=lambda item: rank.get(file_of(item), 1))

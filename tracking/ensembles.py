@@ -11,7 +11,7 @@ from cnn.ensembles import ENSEMBLE, build_ensemble
 from cnn.training import operating_threshold
 from tracking.models import load_keras_model, log_served_model, validation_sample
 from tracking.runs import TrainedModel, VariantRun
-from tracking.training import as_mlflow_dataset
+from tracking.training import log_training_input
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def log_ensemble_model(
                 "target_sensitivity": config.target_sensitivity,
             }
         )
-        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
+        log_training_input(dataset)
         mlflow.log_metrics({"epochs_run": 0, "train_seconds": time.perf_counter() - started})
         sample = validation_sample(dataset)
         info = log_served_model(sample, model, threshold, config, registered_model)

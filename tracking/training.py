@@ -10,6 +10,7 @@ import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
 from cnn.augmentation import augmentation_preview
@@ -53,7 +54,7 @@ def train_and_log(
                     "image_shape": dataset.image_shape,
                 }
             )
-            mlflow.log_input(as_mlflow_dataset(dataset), context="training")
+            log_training_input(dataset)
             mlflow.log_dict(dataset.manifest.model_dump(mode="json"), "dataset/manifest.json")
             result = train_on_dataset(
                 dataset, variant, config, on_epoch_end=epoch_log.report, checkpoints=checkpoints
@@ -163,6 +164,24 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+DUPLICATE_ROW_MESSAGES = ("UNIQUE constraint failed", "duplicate key", "Duplicate entry")
+"""How SQLite, PostgreSQL and MySQL say a row with that key was inserted meanwhile."""
+
+
+def log_training_input(dataset: Dataset) -> None:
+    """Log the dataset as the active run's training input.
+
+    Runs that start at once on a dataset new to the experiment (the fan-out's variants) can
+    both insert it; the store refuses the second, which finds it logged when it tries again.
+    """
+    try:
+        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
+    except MlflowException as error:
+        if not any(message in str(error) for message in DUPLICATE_ROW_MESSAGES):
+            raise
+        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
 
 
 def as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
