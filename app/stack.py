@@ -23,6 +23,8 @@ from app.stack_settings import StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOLS = ("cpu", "gpu")
+WORKER_PREFIX = "worker-"
+"""Processes named so are workers: stopped before the servers they report to."""
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
 QUIET = {
@@ -78,7 +80,7 @@ def stack_up(settings: StackSettings) -> StackState:
         state.deployments = _deployment_names(settings)
         for pool in WORK_POOLS:
             command = ["worker", "start", "--pool", pool, "--name", f"malaria-{pool}"]
-            _start(state, f"worker-{pool}", [_bin("prefect"), *command], logs, state.env)
+            _start(state, f"{WORKER_PREFIX}{pool}", [_bin("prefect"), *command], logs, state.env)
     except BaseException:
         _stop_all(state)
         raise
@@ -194,18 +196,21 @@ def _deployment_names(settings: StackSettings) -> list[str]:
 
 
 def _stop_all(state: StackState) -> list[str]:
-    """Stop workers first, then the servers they talk to: SIGTERM to each process group,
-    then SIGKILL to what is still there after a grace period."""
-    stopped = []
-    for name, pid in reversed(state.processes.items()):
-        if _alive(pid):
+    """Stop the workers, then the servers they talk to: each tier at once, SIGTERM to each
+    process group, then SIGKILL to what is still there after a grace period. Returns the
+    names in reverse start order."""
+    names = list(reversed(state.processes))
+    workers = [name for name in names if name.startswith(WORKER_PREFIX)]
+    for tier in (workers, [name for name in names if name not in workers]):
+        running = [state.processes[name] for name in tier if _alive(state.processes[name])]
+        for pid in running:
             _signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while any(_alive(pid) for pid in running) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in running:
             _signal_group(pid, signal.SIGKILL)
-        stopped.append(name)
-    return stopped
+    return names
 
 
 def _signal_group(pid: int, signal_number: int) -> None:
