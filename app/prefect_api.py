@@ -5,9 +5,8 @@ server when `malaria stack up` recorded one in the working directory and it answ
 stack's MLflow server and data directory come with it, unless the environment names others);
 a `PREFECT_API_URL` of Prefect's active profile, which must answer; else a temporary server on
 a free port of 127.0.0.1, with Prefect's own database (`~/.prefect`), stopped when the command
-ends. It runs in a process
-of its own that exits as soon as the command's process is gone, so a `malaria` killed with
-SIGKILL leaves no server behind.
+ends. It runs in a process of its own that exits as soon as the command's process is gone, so
+a `malaria` killed with SIGKILL leaves no server behind.
 
 The temporary server takes seconds to start (it imports Prefect's whole server), so it starts
 before the command imports its flows, and comes up meanwhile.

@@ -8,7 +8,6 @@ memory while a model trains.
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
 from joblib.externals.loky import get_reusable_executor
@@ -24,47 +23,42 @@ def worker_count(workers: int | None) -> int:
     return workers or os.cpu_count() or 1
 
 
-def decode_pool(workers: int):
-    return get_reusable_executor(max_workers=workers, timeout=WORKER_IDLE_SECONDS)
+def parallel_map(
+    function: Callable[..., Any], jobs: Iterable[tuple], images: int, workers: int | None
+) -> Iterator[Any]:
+    """`function(*job)` for each job, in the jobs' order: over the decode workers when there are
+    enough `images` for them to pay (at most two jobs a worker ahead), else in this process."""
+    workers = worker_count(workers)
+    if not _worth_workers(images, workers):
+        return (function(*job) for job in jobs)
+    return _ordered_map(_decode_pool(workers), function, jobs, max_in_flight=2 * workers)
 
 
 def start_decode_workers(images: int, workers: int | None) -> None:
-    """Start the workers that decoding `images` images will use, so that they start (a second
-    or two: each imports its libraries) while the caller prepares."""
+    """Start the workers that `parallel_map` will use for `images` images, so that they start
+    (a second or two: each imports its libraries) while the caller prepares."""
     workers = worker_count(workers)
-    if workers > 1 and images >= PARALLEL_THRESHOLD:
-        pool = decode_pool(workers)
+    if _worth_workers(images, workers):
+        pool = _decode_pool(workers)
         for _ in range(workers):
             pool.submit(_started)
+
+
+def _worth_workers(images: int, workers: int) -> bool:
+    return workers > 1 and images >= PARALLEL_THRESHOLD
+
+
+def _decode_pool(workers: int):
+    return get_reusable_executor(max_workers=workers, timeout=WORKER_IDLE_SECONDS)
 
 
 def _started() -> None:
     """A worker's first job: nothing, but unpickling it imports this module there."""
 
 
-def completed_map(
+def _ordered_map(
     pool, function: Callable[..., Any], jobs: Iterable[tuple], max_in_flight: int
 ) -> Iterator[Any]:
-    """Like `pool.map`, in the order jobs finish, never more than `max_in_flight` held."""
-    pending: set = set()
-    try:
-        for job in jobs:
-            pending.add(pool.submit(function, *job))
-            if len(pending) >= max_in_flight:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (future.result() for future in done)
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def ordered_map(
-    pool, function: Callable[..., Any], jobs: Iterable[tuple], max_in_flight: int
-) -> Iterator[Any]:
-    """Like `pool.map`, in the jobs' order, never more than `max_in_flight` submitted ahead."""
     pending: deque = deque()
     try:
         for job in jobs:

@@ -33,7 +33,7 @@ from cnn.metrics import (
     evaluate_predictions,
     predicted_labels,
 )
-from cnn.parallel import PARALLEL_THRESHOLD, decode_pool, ordered_map, worker_count
+from cnn.parallel import parallel_map
 from cnn.records import IMAGE_SUFFIXES, Unreadable
 from cnn.writes import writing
 
@@ -242,14 +242,8 @@ def _decoded_batches(
             chunk_ids.append(ids)
             yield payloads, image_size
 
-    workers = worker_count(None)
-    if workers == 1 or images < PARALLEL_THRESHOLD:
-        fitted_chunks: Iterator[list] = (fit_encoded(*job) for job in jobs())
-    else:
-        pool = decode_pool(workers)
-        fitted_chunks = ordered_map(pool, fit_encoded, jobs(), max_in_flight=2 * workers)
     ids, pixels = [], []
-    for fitted in fitted_chunks:
+    for fitted in parallel_map(fit_encoded, jobs(), images, workers=None):
         for source_id, image in zip(chunk_ids.popleft(), fitted, strict=True):
             if isinstance(image, str):
                 report.skipped.append({"source_id": source_id, "reason": image})

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
-from cnn.parallel import PARALLEL_THRESHOLD, completed_map, decode_pool, worker_count
+from cnn.parallel import parallel_map, worker_count
 from cnn.records import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS
 from cnn.writes import writing
@@ -158,12 +158,7 @@ def write_shards(
     rows = [(record, split_of[record.source_id]) for record in records]
     shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
     jobs = _shard_jobs(directory, source, rows, shard_rows, image_size)
-    if workers == 1 or len(rows) < PARALLEL_THRESHOLD:
-        results = [_write_shard(*job) for job in jobs]
-    else:
-        pool = decode_pool(workers)
-        results = list(completed_map(pool, _write_shard, jobs, max_in_flight=2 * workers))
-    results.sort(key=lambda result: result.file)
+    results = list(parallel_map(_write_shard, jobs, len(rows), workers))
     counts = {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
     for result in results:
         for split, per_label in result.counts.items():

@@ -176,12 +176,13 @@ def log_training_input(dataset: Dataset) -> None:
     Runs that start at once on a dataset new to the experiment (the fan-out's variants) can
     both insert it; the store refuses the second, which finds it logged when it tries again.
     """
+    logged = as_mlflow_dataset(dataset)
     try:
-        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
+        mlflow.log_input(logged, context="training")
     except MlflowException as error:
         if not any(message in str(error) for message in DUPLICATE_ROW_MESSAGES):
             raise
-        mlflow.log_input(as_mlflow_dataset(dataset), context="training")
+        mlflow.log_input(logged, context="training")
 
 
 def as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
