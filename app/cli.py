@@ -163,7 +163,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument("action", choices=("up", "down", "status"))
     add_config_options(
-        stack, StackSettings, only={"host", "prefect_port", "mlflow_port", "state_dir"}
+        stack,
+        StackSettings,
+        only={"host", "prefect_port", "mlflow_port", "mlflow_workers", "state_dir"},
     )
     stack.set_defaults(handler=_run_stack)
 

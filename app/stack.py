@@ -72,12 +72,18 @@ def stack_up(settings: StackSettings) -> StackState:
         _start(state, "prefect-server", _prefect_server_command(settings), logs, {})
         _start(state, "mlflow-server", _mlflow_server_command(settings), logs, {})
         _wait_healthy(state, "prefect-server", f"{settings.prefect_url}/api/health")
-        _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
-        for pool in WORK_POOLS:  # an existing pool keeps its settings (a custom job template)
-            if httpx.get(f"{settings.prefect_url}/api/work_pools/{pool}", timeout=10).is_error:
-                _prefect(["work-pool", "create", pool, "--type", "process"], state)
-        _prefect(["--no-prompt", "deploy", "--all"], state, log=logs / "deploy.log")
+        # Pools and deployments need only Prefect: made while MLflow still comes up.
+        _prefect(  # an existing pool keeps its settings (a custom job template)
+            *(
+                ["work-pool", "create", pool, "--type", "process"]
+                for pool in WORK_POOLS
+                if httpx.get(f"{settings.prefect_url}/api/work_pools/{pool}", timeout=10).is_error
+            ),
+            state=state,
+        )
+        _prefect(["--no-prompt", "deploy", "--all"], state=state, log=logs / "deploy.log")
         state.deployments = _deployment_names(settings)
+        _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
         for pool in WORK_POOLS:
             command = ["worker", "start", "--pool", pool, "--name", f"malaria-{pool}"]
             _start(state, f"{WORKER_PREFIX}{pool}", [_bin("prefect"), *command], logs, state.env)
@@ -137,6 +143,8 @@ def _mlflow_server_command(settings: StackSettings) -> list[str]:
         f"sqlite:///{store / 'mlflow.db'}",
         "--artifacts-destination",
         str(store / "artifacts"),
+        "--workers",
+        str(settings.mlflow_workers),
     ]
 
 
@@ -172,21 +180,28 @@ def _wait_healthy(state: StackState, name: str, url: str) -> None:
     )
 
 
-def _prefect(arguments: list[str], state: StackState, log: Path | None = None) -> None:
-    """Run a Prefect CLI command against the stack's server; fail with its output."""
-    result = subprocess.run(
-        [_bin("prefect"), *arguments],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **QUIET, **state.env},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-    )
+def _prefect(*commands: list[str], state: StackState, log: Path | None = None) -> None:
+    """Run Prefect CLI commands at once against the stack's server; fail with the output of
+    the first that fails."""
+    started = [
+        subprocess.Popen(
+            [_bin("prefect"), *arguments],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **QUIET, **state.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for arguments in commands
+    ]
+    outputs = [process.communicate()[0] for process in started]
     if log is not None:
-        log.write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).strip().splitlines()[-5:]
-        raise StackError(f"`prefect {' '.join(arguments)}` failed: {' / '.join(output)}")
+        log.write_text("".join(outputs))
+    for arguments, process, output in zip(commands, started, outputs, strict=True):
+        if process.returncode != 0:
+            last_lines = output.strip().splitlines()[-5:]
+            raise StackError(f"`prefect {' '.join(arguments)}` failed: {' / '.join(last_lines)}")
 
 
 def _deployment_names(settings: StackSettings) -> list[str]:

@@ -21,6 +21,9 @@ class StackSettings(BaseModel):
     )
     prefect_port: Port = Field(4200, description="Port of the Prefect server")
     mlflow_port: Port = Field(5000, description="Port of the MLflow server")
+    mlflow_workers: int = Field(
+        4, ge=1, description="Worker processes of the MLflow server (one serves a single user)"
+    )
     state_dir: Path = Field(Path(".stack"), description="Where pids and logs are kept")
     mlflow_store: Path = Path("mlflow") / "store"
     data_dir: Path = Field(default_factory=data_dir)

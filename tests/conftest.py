@@ -34,8 +34,12 @@ NIH_PATIENTS = (
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A real, temporary Prefect server and database for the session."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    # Now, not in a test's first flow run: its console handler would keep writing to that
+    # test's `capsys` stream, closed when the test ends.
+    setup_logging()
     with prefect_test_harness(server_startup_timeout=120):
         yield
 

@@ -1,5 +1,7 @@
 """The `malaria` command: JSON output, one-line errors naming the bad option, a real run."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -44,6 +46,7 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["evaluate", "--model", "models:/m/1", "--dataset", "/no/such/set"], "/no/such/set"),
         (["stack", "up", "--prefect-port", "70000"], "--prefect-port"),
         (["stack", "up", "--mlflow-port", "0"], "--mlflow-port"),
+        (["stack", "up", "--mlflow-workers", "0"], "--mlflow-workers"),
         (["stack", "restart"], "restart"),
         (["stack", "status", "--state-dir", "/no/such/stack"], "/no/such/stack/stack.json"),
         (["stack", "down", "--state-dir", "/no/such/stack"], "malaria stack up"),
@@ -105,13 +108,13 @@ def _malaria() -> str:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
-    """The README's first run: default stores under the working directory, no server started."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MLFLOW_", "PREFECT_API", "MALARIA_"))
-    }
+def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path, monkeypatch, prefect_harness):
+    """The README's first run, a process of its own: default stores under the working
+    directory, no server started. Then its model scores, evaluates and refuses as the
+    commands that follow would (in this process: each `malaria` process costs seconds)."""
+    for key in list(os.environ):
+        if key.startswith(("MLFLOW_", "PREFECT_API", "MALARIA_")):
+            monkeypatch.delenv(key)
     completed = subprocess.run(
         [
             _malaria(),
@@ -125,7 +128,6 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
             "--json",
         ],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -150,44 +152,59 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path):
     assert {"test_accuracy", "val_loss", "loss"} <= metric_names
     assert list((tmp_path / "mlflow" / "store" / "artifacts").rglob("MLmodel"))
 
-    def malaria(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [_malaria(), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+    monkeypatch.chdir(tmp_path)
+
+    def malaria(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+        return code, out.getvalue(), err.getvalue()
 
     cells = tmp_path / "new-cells"
     cells.mkdir()
     rng = np.random.default_rng(1)
     for index in range(5):
         Image.fromarray(draw_cell(rng, parasitized=index % 2 == 0)).save(cells / f"{index}.png")
-    predicted = malaria("predict", "--input", str(cells), "--output", "out.parquet", "--json")
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    summary = json.loads(predicted.stdout.strip().splitlines()[-1])
-    assert summary["model_uri"] == "models:/malaria-cnn@champion"
-    assert summary["rows"] == pq.read_table(tmp_path / "out.parquet").num_rows == 5
+    try:
+        code, out, err = malaria(
+            "predict", "--input", str(cells), "--output", "out.parquet", "--json"
+        )
+        assert code == 0, err[-3000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["model_uri"] == "models:/malaria-cnn@champion"
+        assert summary["rows"] == pq.read_table(tmp_path / "out.parquet").num_rows == 5
 
-    evaluated = malaria(
-        "evaluate", "--model", run["model_uri"], "--dataset", result["dataset"]["path"], "--json"
-    )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    scores = json.loads(evaluated.stdout.strip().splitlines()[-1])
-    assert scores["accuracy"] == pytest.approx(run["test_accuracy"])
+        code, out, err = malaria(
+            "evaluate",
+            "--model",
+            run["model_uri"],
+            "--dataset",
+            result["dataset"]["path"],
+            "--json",
+        )
+        assert code == 0, err[-3000:]
+        scores = json.loads(out.strip().splitlines()[-1])
+        assert scores["accuracy"] == pytest.approx(run["test_accuracy"])
 
-    unset = malaria(
-        "predict",
-        "--model",
-        "models:/malaria-cnn@nightly",
-        "--input",
-        str(cells),
-        "--output",
-        "never.parquet",
-    )
-    assert unset.returncode == 2  # bad input, refused before any flow starts
-    assert (
-        "--model: registered model 'malaria-cnn': alias 'nightly' is not set"
-        in (unset.stderr.strip().splitlines()[-1])
-    )
-    assert not (tmp_path / "never.parquet").exists()
+        code, _, err = malaria(
+            "predict",
+            "--model",
+            "models:/malaria-cnn@nightly",
+            "--input",
+            str(cells),
+            "--output",
+            "never.parquet",
+        )
+        assert code == 2  # bad input, refused before any flow starts
+        assert (
+            "--model: registered model 'malaria-cnn': alias 'nightly' is not set"
+            in err.strip().splitlines()[-1]
+        )
+        assert not (tmp_path / "never.parquet").exists()
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
 
 
 def test_stack_up_on_a_busy_port_names_it_and_starts_nothing(tmp_path, capsys):

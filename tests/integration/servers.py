@@ -17,6 +17,8 @@ QUIET = {
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+PROMPT_WORKERS = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
+"""Workers look for scheduled runs every second (Prefect's 10 s would be waited out by tests)."""
 
 
 def free_port() -> int:
@@ -48,7 +50,7 @@ def background(command: list[str], log: Path, env: dict[str, str], cwd: Path = R
         process = subprocess.Popen(
             command,
             cwd=cwd,
-            env={**os.environ, **QUIET, **env},
+            env={**os.environ, **QUIET, **PROMPT_WORKERS, **env},
             stdout=output,
             stderr=output,
             start_new_session=True,

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.servers import BIN, QUIET, free_port
+from tests.integration.servers import BIN, PROMPT_WORKERS, QUIET, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def malaria(*arguments: str, cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "malaria"), *arguments],
         cwd=cwd,
-        env={**os.environ, **QUIET, **env},
+        env={**os.environ, **QUIET, **PROMPT_WORKERS, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -42,8 +42,9 @@ def stack(tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MALARIA_DATA_DIR": str(tmp_path / "data"),
     }
-    ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
-    started = malaria("stack", "up", *ports, "--json", cwd=tmp_path, env=env)
+    options = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
+    options += ["--mlflow-workers", "1"]
+    started = malaria("stack", "up", *options, "--json", cwd=tmp_path, env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         yield json.loads(started.stdout.strip().splitlines()[-1]), tmp_path, env
