@@ -102,10 +102,10 @@ def _use_running_stack() -> None:
 
 
 def _quiet_environment() -> None:
-    """Offline-friendly defaults: no telemetry, no TensorFlow start-up chatter."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from app.stack_settings import QUIET_ENVIRONMENT
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from app.stack_settings import StackSettings, client_host
+from app.stack_settings import QUIET_ENVIRONMENT, StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOLS = ("cpu", "gpu")
@@ -27,11 +27,6 @@ WORKER_PREFIX = "worker-"
 """Processes named so are workers: stopped before the servers they report to."""
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
-QUIET = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
 
 
 class StackError(RuntimeError):
@@ -154,7 +149,7 @@ def _start(state: StackState, name: str, command: list[str], logs: Path, env: di
         process = subprocess.Popen(
             command,
             cwd=PROJECT_ROOT,
-            env={**os.environ, **QUIET, **env},
+            env={**QUIET_ENVIRONMENT, **os.environ, **env},
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -187,7 +182,7 @@ def _prefect(*commands: list[str], state: StackState, log: Path | None = None) -
         subprocess.Popen(
             [_bin("prefect"), *arguments],
             cwd=PROJECT_ROOT,
-            env={**os.environ, **QUIET, **state.env},
+            env={**QUIET_ENVIRONMENT, **os.environ, **state.env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

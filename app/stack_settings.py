@@ -10,6 +10,15 @@ from cnn.settings import data_dir
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+QUIET_ENVIRONMENT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+"""Offline-friendly defaults of every `malaria` command and stack process (a variable already
+set wins): no telemetry, no TensorFlow start-up chatter, no download bars in the logs."""
+
 
 class StackSettings(BaseModel):
     """Where the stack listens and keeps its state, store and data."""

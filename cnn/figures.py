@@ -5,6 +5,7 @@ Each picture is a function that returns a matplotlib `Figure`, made directly, ne
 pyplot, so no global state is touched.
 """
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -167,6 +168,50 @@ def tile_grid(count: int, columns: int, inches: float = TILE_INCHES) -> tuple[Fi
         ax.set_axis_off()
         ax.set_visible(index < count)
     return figure, axes[:count]
+
+
+def mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Tiles (N × h × w) laid out `columns` to a row, `gap` pixels apart, as one float array
+    (NaN between and after the tiles: drawn as the figure's background). One image in one
+    axes renders in a fraction of the time of a grid of axes."""
+    count, height, width = tiles.shape
+    rows = -(-count // columns)
+    canvas = np.full(
+        (rows * (height + gap) - gap, columns * (width + gap) - gap), np.nan, dtype=np.float32
+    )
+    for index, tile in enumerate(tiles):
+        top, left = mosaic_origin(index, columns, tile.shape, gap)
+        canvas[top : top + height, left : left + width] = tile
+    return canvas
+
+
+def mosaic_origin(
+    index: int, columns: int, shape: tuple[int, ...], gap: int = 1
+) -> tuple[int, int]:
+    """Top-left pixel of tile `index` in a `mosaic` of tiles of `shape`."""
+    row, column = divmod(index, columns)
+    return row * (shape[0] + gap), column * (shape[1] + gap)
+
+
+def mosaic_figure(
+    canvas: np.ndarray, inches_per_pixel: float, cmap: str, title: str
+) -> tuple[Figure, object]:
+    """A figure showing a `mosaic` in one axes (ticks off), each pixel `inches_per_pixel` wide;
+    its axes is returned for labels."""
+    height, width = canvas.shape
+    figure = Figure(
+        figsize=(width * inches_per_pixel + 0.8, height * inches_per_pixel + 0.9),
+        layout="constrained",
+    )
+    ax = figure.add_subplot()
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    ax.imshow(canvas, cmap=colormap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    figure.suptitle(title)
+    return figure, ax
 
 
 def unit_range(values: np.ndarray) -> np.ndarray:

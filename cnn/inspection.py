@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cnn.figures import tile_grid, unit_range
+from cnn.figures import mosaic, mosaic_figure, mosaic_origin, tile_grid, unit_range
 from cnn.labels import LABEL_NAMES
 from cnn.metrics import (
     DEFAULT_THRESHOLD,
@@ -18,6 +18,10 @@ from cnn.metrics import (
 FEATURE_MAP_LIMIT = 32
 FEATURE_MAP_COLUMNS = 4
 """The lecture's 8×4 grid of the first layer's 32 feature maps."""
+FEATURE_MAP_INCHES = 1.1
+"""Width of one feature map in the picture, whatever its pixels."""
+FEATURE_MAP_GAP = 2
+FILTER_INCHES_PER_PIXEL = 0.16
 GRAD_CAM_GRADIENT_BACKENDS = ("tensorflow", "jax")
 
 
@@ -28,34 +32,54 @@ def first_conv_layer(model: keras.Model) -> keras.layers.Layer:
 
 def filter_grid(model: keras.Model, filters_per_row: int = 1) -> Figure:
     """The first conv layer's filters as in the lecture: one small image per input channel
-    (R, G, B) for each filter, each scaled to its own range for display.
+    (R, G, B) for each filter, each scaled to its own range for display, in one mosaic
+    (`filter_mosaic`); each filter's number above its first channel.
 
     One filter per row by default; `filters_per_row` puts several side by side.
     """
     layer = first_conv_layer(model)
     kernel = keras.ops.convert_to_numpy(layer.kernel)  # (height, width, channels, filters)
     channels, filters = kernel.shape[2], kernel.shape[3]
-    channel_names = ("R", "G", "B") if channels == 3 else tuple(f"ch {c}" for c in range(channels))
     per_row = max(1, min(filters_per_row, filters))
-    rows, columns = -(-filters // per_row), per_row * channels
-    figure = Figure(figsize=(0.5 * columns + 0.6, 0.5 * rows + 0.6), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
+    canvas = filter_mosaic(kernel, per_row)
+    title = f"{layer.name}: {filters} filters {kernel.shape[0]}×{kernel.shape[1]}"
+    figure, ax = mosaic_figure(canvas, FILTER_INCHES_PER_PIXEL, "gray", title)
+    names = ("R", "G", "B") if channels == 3 else tuple(f"ch {c}" for c in range(channels))
+    ax.set_xticks(
+        [
+            mosaic_origin(column, per_row * channels, kernel.shape)[1] + (kernel.shape[1] - 1) / 2
+            for column in range(per_row * channels)
+        ],
+        [names[column % channels] for column in range(per_row * channels)],
+        fontsize=7,
+    )
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
     for filter_index in range(filters):
-        row, first_column = divmod(filter_index, per_row)
-        for channel in range(channels):
-            ax = axes[row, first_column * channels + channel]
-            ax.set_axis_on()
-            ax.imshow(unit_range(kernel[:, :, channel, filter_index]), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(channel_names[channel], fontsize=8)
-            if channel == 0:
-                ax.set_ylabel(str(filter_index), fontsize=7, rotation=0, labelpad=8)
-    figure.suptitle(f"{layer.name}: {filters} filters {kernel.shape[0]}×{kernel.shape[1]}")
+        top, left = mosaic_origin(filter_index * channels, per_row * channels, kernel.shape)
+        ax.text(
+            left - 0.6,
+            top + (kernel.shape[0] - 1) / 2,
+            str(filter_index),
+            fontsize=6,
+            ha="right",
+            va="center",
+        )
     return figure
+
+
+def filter_mosaic(kernel: np.ndarray, filters_per_row: int) -> np.ndarray:
+    """A conv kernel (height × width × channels × filters) as a `mosaic`: each filter's
+    channels side by side in unit range, `filters_per_row` filters to a row."""
+    channels, filters = kernel.shape[2], kernel.shape[3]
+    tiles = np.stack(
+        [
+            unit_range(kernel[:, :, channel, filter_index])
+            for filter_index in range(filters)
+            for channel in range(channels)
+        ]
+    )
+    return mosaic(tiles, filters_per_row * channels)
 
 
 def first_conv_activations(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -68,14 +92,14 @@ def first_conv_activations(model: keras.Model, images: np.ndarray) -> np.ndarray
 
 def feature_maps(model: keras.Model, image: np.ndarray) -> Figure:
     """The first conv layer's activation maps for one cell: the lecture's 8×4 grid of 32 (fewer
-    filters: all of them, four to a row; more: the first 32)."""
+    filters: all of them, four to a row; more: the first 32), each map in its own range."""
     maps = first_conv_activations(model, image[None])[0]
     shown = min(maps.shape[-1], FEATURE_MAP_LIMIT)
-    figure, axes = tile_grid(shown, columns=FEATURE_MAP_COLUMNS, inches=1.1)
-    for index, ax in enumerate(axes[:shown]):
-        ax.imshow(maps[:, :, index], cmap="viridis")
-    layer = first_conv_layer(model)
-    figure.suptitle(f"{layer.name}: {shown} of {maps.shape[-1]} feature maps")
+    tiles = np.stack([unit_range(maps[:, :, index]) for index in range(shown)])
+    canvas = mosaic(tiles, min(shown, FEATURE_MAP_COLUMNS), gap=FEATURE_MAP_GAP)
+    title = f"{first_conv_layer(model).name}: {shown} of {maps.shape[-1]} feature maps"
+    inches = FEATURE_MAP_INCHES / maps.shape[1]
+    figure, _ = mosaic_figure(canvas, inches, "viridis", title)
     return figure
 
 

@@ -4,6 +4,7 @@ task of the process), and what to do with a model MLflow would not take."""
 import os
 import threading
 import uuid
+import warnings
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -127,7 +128,9 @@ def log_served_model(
     """Log and register `model` with its operating point to the active run, its signature
     and input example from `sample` (uint8 images); tag the run with where it went."""
     mlflow.log_metric("operating_threshold", threshold)
-    signature = infer_signature(sample, ServedModel(model, threshold).predict(sample))
+    with warnings.catch_warnings():  # the predicted label is an integer never missing
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        signature = infer_signature(sample, ServedModel(model, threshold).predict(sample))
     info = Model.log(
         artifact_path=None,
         name="model",

@@ -12,11 +12,14 @@ from cnn.figures import (
     confusion_heatmap,
     learning_curves,
     misclassified_gallery,
+    mosaic_origin,
     roc_curve_figure,
+    unit_range,
     worst_mistakes,
 )
 from cnn.images import resize_square
 from cnn.inspection import (
+    FEATURE_MAP_GAP,
     feature_maps,
     filter_grid,
     first_conv_activations,
@@ -161,27 +164,39 @@ def test_first_conv_layer_names_a_model_without_one():
         first_conv_layer(dense_only)
 
 
+def _mosaic_tiles(figure, count: int, columns: int, shape: tuple[int, int], gap: int = 1):
+    """The tiles of the one mosaic image a figure shows, and the mosaic itself."""
+    (ax,) = figure.axes
+    canvas = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+    tiles = []
+    for index in range(count):
+        top, left = mosaic_origin(index, columns, shape, gap)
+        tiles.append(canvas[top : top + shape[0], left : left + shape[1]])
+    return tiles, canvas
+
+
 def test_filter_grid_has_one_image_per_filter_and_input_channel(simple_model):
     figure = filter_grid(simple_model)
-    shown = _image_axes(figure)
-    assert len(shown) == 32 * 3
-    assert [ax.get_title() for ax in shown[:3]] == ["R", "G", "B"]
+    tiles, canvas = _mosaic_tiles(figure, 32 * 3, 3, (3, 3))
+    assert canvas.shape == (32 * 4 - 1, 3 * 4 - 1)  # one filter a row, 1-pixel gaps
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["R", "G", "B"]
+    assert sorted(int(text.get_text()) for text in figure.axes[0].texts) == list(range(32))
     kernel = keras.ops.convert_to_numpy(simple_model.get_layer("conv1").kernel)
     filter_7_green = kernel[:, :, 1, 7]
     expected = (filter_7_green - filter_7_green.min()) / np.ptp(filter_7_green)
-    np.testing.assert_allclose(shown[7 * 3 + 1].images[0].get_array(), expected, atol=1e-6)
-    assert all(ax.images[0].get_array().min() == 0 for ax in shown)
-    assert all(ax.images[0].get_array().max() == 1 for ax in shown)
+    np.testing.assert_allclose(tiles[7 * 3 + 1], expected, atol=1e-6)
+    assert all(tile.min() == 0 and tile.max() == 1 for tile in tiles)
+    assert np.isnan(canvas[3, :]).all()  # the gap between filters 0 and 1
 
 
 def test_filter_grid_can_put_several_filters_side_by_side(simple_model):
     figure = filter_grid(simple_model, filters_per_row=4)
-    assert len(_image_axes(figure)) == 32 * 3
-    assert figure.axes[0].get_subplotspec().get_gridspec().get_geometry() == (8, 12)
+    tiles, canvas = _mosaic_tiles(figure, 32 * 3, 12, (3, 3))
+    assert canvas.shape == (8 * 4 - 1, 12 * 4 - 1)  # 8 rows of 4 filters × 3 channels
     kernel = keras.ops.convert_to_numpy(simple_model.get_layer("conv1").kernel)
     filter_7_blue = kernel[:, :, 2, 7]  # row 1, fourth filter of the row, third channel
     expected = (filter_7_blue - filter_7_blue.min()) / np.ptp(filter_7_blue)
-    np.testing.assert_allclose(figure.axes[12 + 3 * 3 + 2].images[0].get_array(), expected)
+    np.testing.assert_allclose(tiles[12 + 3 * 3 + 2], expected, atol=1e-6)
 
 
 def _relu_conv_same(image: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -195,20 +210,21 @@ def _relu_conv_same(image: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> 
 def test_feature_maps_of_simple_are_32_maps_of_relu_conv_of_the_scaled_cell(simple_model):
     cell = _cells(1)[0][0]
     figure = feature_maps(simple_model, cell)
-    shown = _image_axes(figure)
-    assert len(shown) == 32 and len(figure.axes) == 32  # the 8×4 grid, every tile used
-    assert shown[0].get_subplotspec().get_gridspec().get_geometry() == (8, 4)
+    tiles, canvas = _mosaic_tiles(figure, 32, 4, (SIDE, SIDE), FEATURE_MAP_GAP)
+    assert canvas.shape == (8 * (SIDE + 2) - 2, 4 * (SIDE + 2) - 2)  # the 8×4 grid, all used
     kernel, bias = simple_model.get_layer("conv1").get_weights()
     expected = _relu_conv_same(cell, kernel, bias)
-    shown_maps = np.stack([ax.images[0].get_array() for ax in shown], axis=-1)
-    np.testing.assert_allclose(shown_maps, expected, atol=1e-4)
+    for index, tile in enumerate(tiles):  # each map in its own range
+        np.testing.assert_allclose(tile, unit_range(expected[:, :, index]), atol=1e-3)
 
 
 def test_feature_maps_show_all_of_fewer_filters_four_to_a_row():
     lenet5 = build_model("lenet5", (SIDE, SIDE, 3))
     figure = feature_maps(lenet5, _cells(1)[0][0])
-    assert len(_image_axes(figure)) == 6
-    assert figure.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 4)
+    side = lenet5.get_layer("conv1").output.shape[1]
+    tiles, canvas = _mosaic_tiles(figure, 6, 4, (side, side), FEATURE_MAP_GAP)
+    assert canvas.shape == (2 * (side + 2) - 2, 4 * (side + 2) - 2)
+    assert np.isnan(tiles[-1]).sum() == 0 and np.isnan(canvas[-side:, -side:]).all()
 
 
 def test_feature_maps_of_resnet_are_its_stride_2_stem_on_the_scaled_cell():
@@ -219,7 +235,9 @@ def test_feature_maps_of_resnet_are_its_stride_2_stem_on_the_scaled_cell():
     np.testing.assert_allclose(
         first_conv_activations(resnet, cell[None]), keras.ops.convert_to_numpy(expected), atol=1e-4
     )
-    assert len(_image_axes(feature_maps(resnet, cell))) == 32
+    side = SIDE // 2
+    _, canvas = _mosaic_tiles(feature_maps(resnet, cell), 32, 4, (side, side), FEATURE_MAP_GAP)
+    assert canvas.shape == (8 * (side + 2) - 2, 4 * (side + 2) - 2)
 
 
 def test_feature_maps_of_transfer_go_through_the_backbones_preprocessing(transfer_model):
@@ -231,9 +249,11 @@ def test_feature_maps_of_transfer_go_through_the_backbones_preprocessing(transfe
     activations = first_conv_activations(transfer_model, cells)
     assert activations.shape == (2, SIDE // 2, SIDE // 2, 64)
     np.testing.assert_allclose(activations, expected, rtol=1e-4, atol=1e-3)
-    shown = _image_axes(feature_maps(transfer_model, cells[0]))
-    assert len(shown) == 32  # the first 32 of ResNet50's 64
-    np.testing.assert_allclose(shown[31].images[0].get_array(), expected[0, :, :, 31], atol=1e-3)
+    side = SIDE // 2
+    figure = feature_maps(transfer_model, cells[0])
+    tiles, canvas = _mosaic_tiles(figure, 32, 4, (side, side), FEATURE_MAP_GAP)
+    assert canvas.shape[0] == 8 * (side + 2) - 2  # the first 32 of ResNet50's 64
+    np.testing.assert_allclose(tiles[31], unit_range(expected[0, :, :, 31]), atol=1e-2)
 
 
 # --- Grad-CAM -----------------------------------------------------------------------------------

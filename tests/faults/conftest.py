@@ -1,17 +1,17 @@
-"""The fault suite's real servers: one Prefect server for every run of the suite, so that
-killed runs leave no temporary server behind; an MLflow store (or server) per test."""
+"""The fault suite's real servers: the session's Prefect server (the test harness's, a process
+of its own) for every `malaria` process, so that killed runs leave no temporary server behind;
+an MLflow store (or server) per test."""
 
 from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import prefect_server
-
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory) -> dict[str, str]:
-    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
-        yield env
+def prefect_api(prefect_harness) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 @pytest.fixture

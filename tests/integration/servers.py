@@ -10,13 +10,11 @@ from pathlib import Path
 
 import httpx
 
+from app.stack_settings import QUIET_ENVIRONMENT
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-QUIET = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
+QUIET = QUIET_ENVIRONMENT
 PROMPT_WORKERS = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 """Workers look for scheduled runs every second (Prefect's 10 s would be waited out by tests)."""
 
@@ -64,18 +62,6 @@ def background(command: list[str], log: Path, env: dict[str, str], cwd: Path = R
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-@contextmanager
-def prefect_server(home: Path):
-    port = free_port()
-    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with background(command, home / "prefect-server.log", env) as process:
-        wait_until_healthy(
-            f"http://127.0.0.1:{port}/api/health", process, home / "prefect-server.log"
-        )
-        yield env
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 import os
 import subprocess
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
-from tests.integration.servers import BIN, REPO, background, mlflow_server, prefect_server
+from tests.integration.servers import BIN, REPO, background, mlflow_server
 from tracking.config import TrackingConfig
 
 pytestmark = pytest.mark.slow
@@ -18,13 +19,18 @@ pytestmark = pytest.mark.slow
 POOL = "gpu"
 
 
-def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(tmp_path, monkeypatch):
+def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(
+    tmp_path, monkeypatch, prefect_harness
+):
+    """The session's Prefect server (the harness's, a process of its own) stands in for the
+    shared one; the workers are processes of their own."""
+    from prefect.settings import PREFECT_API_URL
+
     config = IngestConfig(source="synthetic", image_size=32, limit=120)
     dataset, _ = build_dataset(SyntheticSource(count=120), config, tmp_path / "datasets")
     with ExitStack() as stack:
-        prefect_env = stack.enter_context(prefect_server(tmp_path))
         tracking_uri = stack.enter_context(mlflow_server(tmp_path))
-        env = {**prefect_env, "MLFLOW_TRACKING_URI": tracking_uri}
+        env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "MLFLOW_TRACKING_URI": tracking_uri}
         subprocess.run(
             [str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
             env={**os.environ, **env},
@@ -43,19 +49,17 @@ def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(tmp_path, mon
             stack.enter_context(background(command, tmp_path / f"{name}.log", env))
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         from flows.train import train
 
-        with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
-            runs = train(
-                str(dataset.path),
-                ["simple", "lenet5"],
-                TrainConfig(epochs=1, batch_size=32),
-                TrackingConfig(experiment="fan-out"),
-                work_pool=POOL,
-            )
-            flow_runs = _variant_flow_runs()
+        started = datetime.now(UTC)
+        runs = train(
+            str(dataset.path),
+            ["simple", "lenet5"],
+            TrainConfig(epochs=1, batch_size=32),
+            TrackingConfig(experiment="fan-out"),
+            work_pool=POOL,
+        )
+        flow_runs = _variant_flow_runs(since=started)
 
         assert sorted(run.variant for run in runs) == ["lenet5", "simple"]
         client = MlflowClient(tracking_uri)
@@ -64,6 +68,7 @@ def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(tmp_path, mon
             assert tracked.info.status == "FINISHED"
             assert tracked.data.params["variant"] == run.variant
             assert 0.0 <= tracked.data.metrics["test_accuracy"] <= 1.0
+        assert len(flow_runs) == 2
         assert {flow_run.work_pool_name for flow_run in flow_runs} == {POOL}
         assert all(flow_run.state.is_completed() for flow_run in flow_runs)
         assert all(flow_run.parent_task_run_id for flow_run in flow_runs)  # linked as subflows
@@ -71,11 +76,18 @@ def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(tmp_path, mon
         assert len(versions) == 2
 
 
-def _variant_flow_runs():
+def _variant_flow_runs(since: datetime):
+    """The `train-variant` flow runs started since then (the session's server holds others)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-variant"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train-variant"])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
         )
