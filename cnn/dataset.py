@@ -1,4 +1,4 @@
-"""Parquet datasets: a directory of shards plus `manifest.json`, written last and atomically.
+"""Parquet datasets: a directory of shards plus `_manifest.json`, written last and atomically.
 
 A dataset's directory name carries a fingerprint of its source and settings, so an unchanged
 rerun finds the finished dataset and decodes nothing. Shards are written into a hidden
@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from cnn.config import IngestConfig
 from cnn.labels import LABEL_NAMES
 from cnn.locks import exclusive_lock, process_alive
-from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest
+from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest, manifest_path
 from cnn.parallel import start_decode_workers
 from cnn.records import CellRecord, CellSource
 from cnn.shards import write_shards
@@ -105,10 +105,10 @@ def build_dataset(
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
     final_path = _dataset_path(source, config, fingerprint, datasets_dir)
-    if (final_path / MANIFEST_NAME).exists():
+    if manifest_path(final_path):
         return open_dataset(final_path), True
     with exclusive_lock(datasets_dir / LOCKS_DIR / f"{final_path.name}.lock"):
-        if (final_path / MANIFEST_NAME).exists():  # a concurrent run wrote it meanwhile
+        if manifest_path(final_path):  # a concurrent run wrote it meanwhile
             return open_dataset(final_path), True
         dataset = _write_dataset(
             source, source_fingerprint, fingerprint, config, final_path, workers
@@ -123,7 +123,7 @@ def find_dataset(source: CellSource, config: IngestConfig, datasets_dir: Path) -
     """
     fingerprint = dataset_fingerprint(source.fingerprint(), config)
     path = _dataset_path(source, config, fingerprint, datasets_dir)
-    return open_dataset(path) if (path / MANIFEST_NAME).exists() else None
+    return open_dataset(path) if manifest_path(path) else None
 
 
 def _dataset_path(
@@ -192,7 +192,6 @@ def _write_dataset(
 def open_dataset(path: str | Path) -> Dataset:
     """Open a finished dataset, refusing anything without a complete manifest and shards."""
     path = Path(path)
-    manifest_path = path / MANIFEST_NAME
     if not path.exists():
         reason = "is a broken link" if path.is_symlink() else "does not exist"
         raise DatasetError(f"dataset {str(path)!r} {reason}")
@@ -201,9 +200,9 @@ def open_dataset(path: str | Path) -> Dataset:
             f"dataset {str(path)!r} is not a directory (a dataset is a directory of Parquet "
             f"shards and a {MANIFEST_NAME})"
         )
-    if not manifest_path.is_file():
+    if (found := manifest_path(path)) is None:
         raise DatasetError(f"dataset {str(path)!r} has no {MANIFEST_NAME}: not a finished dataset")
-    manifest = Manifest.read(manifest_path)
+    manifest = Manifest.read(found)
     for shard in manifest.shards:
         shard_path = path / shard.file
         if _parquet_rows(shard_path) != shard.rows:
@@ -278,7 +277,7 @@ def _publish(temporary_path: Path, final_path: Path) -> None:
     try:
         temporary_path.rename(final_path)
     except OSError:
-        if not (final_path / MANIFEST_NAME).exists():
+        if not manifest_path(final_path):
             raise
     directory_fd = os.open(final_path.parent, os.O_RDONLY)
     try:

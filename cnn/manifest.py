@@ -25,7 +25,19 @@ from pydantic import (
 from cnn.writes import writing
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"
+"""Beside the shards; the leading underscore makes pyarrow and pandas skip it, so
+`pd.read_parquet(dataset_dir)` reads the rows."""
+LEGACY_MANIFEST_NAME = "manifest.json"
+"""The name datasets written before had; they open as they are."""
+
+
+def manifest_path(dataset_dir: Path) -> Path | None:
+    """The manifest of a dataset directory (either name), or None when it has none yet."""
+    for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
+        if (dataset_dir / name).is_file():
+            return dataset_dir / name
+    return None
 
 
 class DatasetError(ValueError):

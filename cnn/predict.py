@@ -23,10 +23,11 @@ from pydantic import BaseModel
 
 from cnn.batches import SplitBatches
 from cnn.config import PREDICT_BATCH
-from cnn.dataset import MANIFEST_NAME, Dataset, images_from_column, open_dataset
+from cnn.dataset import Dataset, images_from_column, open_dataset
 from cnn.files import read_folder_entry
 from cnn.images import fit_encoded, resize_square
 from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.manifest import manifest_path
 from cnn.metrics import (
     DEFAULT_THRESHOLD,
     BinaryEvaluation,
@@ -109,7 +110,7 @@ def iter_input_batches(
     path = Path(source)
     if not path.exists():
         raise PredictionInputError(f"input {str(path)!r} does not exist")
-    if path.is_dir() and not (path / MANIFEST_NAME).exists():
+    if path.is_dir() and not manifest_path(path):
         batches = _folder_batches(path, image_size, batch_size, report)
     elif path.is_dir():
         batches = _dataset_batches(path, image_size, batch_size, report)

@@ -110,8 +110,9 @@ def write_nih_zip(path: Path, folder: Path, extra: dict[str, bytes] | None = Non
 def pytest_collection_modifyitems(items):
     """Files with slow tests first, in reverse path order (the integration and command-line
     files, the longest, come early); each file's tests keep their order. xdist hands each
-    worker whole files: started early, the long ones do not end the run on one worker while
-    the other idles."""
+    worker whole files in this order (`--no-loadscope-reorder`; by default it sends the files
+    with the most tests first): started early, the long ones do not end the run on one worker
+    while the other idles."""
 
     def file_of(item) -> str:
         return item.nodeid.split("::")[0]

@@ -16,6 +16,7 @@ from cnn.dataset import (
     select_subset,
 )
 from cnn.files import FolderSource
+from cnn.manifest import LEGACY_MANIFEST_NAME
 from cnn.records import CellRecord
 from cnn.sources import SyntheticSource
 
@@ -111,12 +112,33 @@ def _crashing_after(count: int):
     return crashing
 
 
+def test_pandas_and_pyarrow_read_a_datasets_rows_from_its_directory(tmp_path):
+    import pandas as pd
+    import pyarrow.dataset
+
+    dataset, _ = _ingest(SyntheticSource(count=60), tmp_path)
+    frame = pd.read_parquet(dataset.path)
+    assert len(frame) == dataset.rows == 60
+    assert sorted(frame["source_id"]) == sorted(
+        pq.read_table(dataset.shard_paths)["source_id"].to_pylist()
+    )
+    assert pyarrow.dataset.dataset(dataset.path).count_rows() == 60
+
+
+def test_a_dataset_written_with_the_former_manifest_name_opens_and_is_reused(tmp_path):
+    dataset, _ = _ingest(SyntheticSource(count=40), tmp_path)
+    (dataset.path / MANIFEST_NAME).rename(dataset.path / LEGACY_MANIFEST_NAME)
+    assert open_dataset(dataset.path).manifest == dataset.manifest
+    again, cache_hit = _ingest(SyntheticSource(count=40), tmp_path)
+    assert cache_hit and again.path == dataset.path
+
+
 def test_open_refuses_directories_without_a_finished_manifest(tmp_path):
     dataset, _ = _ingest(SyntheticSource(count=40), tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(tmp_path / "missing")
     (dataset.path / MANIFEST_NAME).rename(dataset.path / "manifest.partial")
-    with pytest.raises(DatasetError, match=r"no manifest\.json"):
+    with pytest.raises(DatasetError, match=r"no _manifest\.json"):
         open_dataset(dataset.path)
 
 
