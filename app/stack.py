@@ -22,7 +22,8 @@ import httpx
 from app.stack_settings import QUIET_ENVIRONMENT, StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WORK_POOLS = ("cpu", "gpu")
+GPU_POOL = "gpu"
+WORK_POOLS = ("cpu", GPU_POOL)
 WORKER_PREFIX = "worker-"
 """Processes named so are workers: stopped before the servers they report to."""
 HEALTH_TIMEOUT_SECONDS = 120
@@ -81,6 +82,8 @@ def stack_up(settings: StackSettings) -> StackState:
         _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
         for pool in WORK_POOLS:
             command = ["worker", "start", "--pool", pool, "--name", f"malaria-{pool}"]
+            if pool == GPU_POOL:  # one flow run at a time: variants never share the GPU
+                command += ["--limit", "1"]
             _start(state, f"{WORKER_PREFIX}{pool}", [_bin("prefect"), *command], logs, state.env)
     except BaseException:
         _stop_all(state)

@@ -5,13 +5,14 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from flows import names
 from tasks.evaluate import evaluate_model
 from tasks.report import render_report
 from tracking.config import TrackingConfig
 from tracking.runs import tracked_run
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=names.evaluate_run_name, log_prints=True)
 def evaluate(
     model_uri: Annotated[str, Field(min_length=1, description="Any MLflow model URI")],
     dataset: Annotated[str, Field(min_length=1, description="Path of an ingested dataset")],

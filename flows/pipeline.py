@@ -11,6 +11,7 @@ from cnn.config import (
     VariantNames,
 )
 from cnn.dataset import DatasetRef
+from flows import names
 from flows.ingest import ingest
 from flows.train import train
 from tasks.registry import find_champion
@@ -31,7 +32,7 @@ class PipelineResult(BaseModel):
     )
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=names.pipeline_run_name, log_prints=True)
 def pipeline(
     data: IngestConfig = IngestConfig(),
     variants: VariantNames = DEFAULT_VARIANTS,

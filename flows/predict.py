@@ -7,12 +7,13 @@ from pydantic import Field
 
 from cnn.config import PREDICT_BATCH, PredictBatch
 from cnn.predict import PredictionSummary
+from flows import names
 from tasks.predict import predict_images
 from tracking.config import DEFAULT_MODEL_URI
 from tracking.store import require_tracking_server
 
 
-@flow(name="predict", log_prints=True)
+@flow(name="predict", flow_run_name=names.predict_run_name, log_prints=True)
 def predict(
     input: Annotated[
         str, Field(min_length=1, description="A folder of images, a dataset, or a Parquet file")

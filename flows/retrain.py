@@ -10,6 +10,7 @@ from cnn.config import (
     TrainConfig,
     VariantNames,
 )
+from flows import names
 from flows.pipeline import PipelineResult, pipeline
 from tasks.notify import notify_failure, post_notification
 from tasks.registry import find_champion
@@ -18,7 +19,13 @@ from tracking.config import TrackingConfig
 from tracking.store import require_tracking_server
 
 
-@flow(name="retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+@flow(
+    name="retrain",
+    flow_run_name=names.retrain_run_name,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def retrain(
     data: IngestConfig = IngestConfig(),
     variants: VariantNames = DEFAULT_VARIANTS,

@@ -1,6 +1,6 @@
 """Train flows: one `train-variant` flow run per CNN variant, each its own MLflow run."""
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.runtime import flow_run
 
 from cnn.config import (
@@ -11,6 +11,7 @@ from cnn.config import (
     VariantNames,
 )
 from cnn.ensembles import ENSEMBLE, check_ensemble_size
+from flows import names
 from tasks.ensemble import log_ensemble
 from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
@@ -22,7 +23,7 @@ from tracking.runs import TrainedModel, VariantRun, tracked_run
 from tracking.store import require_tracking_server
 
 
-@flow(name="train-variant", log_prints=True)
+@flow(name="train-variant", flow_run_name=names.train_variant_run_name, log_prints=True)
 def train_variant(
     dataset: str,
     variant: VariantName = "simple",
@@ -39,7 +40,7 @@ def train_variant(
     return read_variant_run(run_id)
 
 
-@flow(name="train-ensemble", log_prints=True)
+@flow(name="train-ensemble", flow_run_name=names.train_ensemble_run_name, log_prints=True)
 def train_ensemble(
     dataset: str,
     candidates: list[VariantRun],
@@ -71,7 +72,7 @@ def _evaluate_promote_report(
     render_report(model.model_uri, dataset, run_id, decision)
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name=names.train_run_name, log_prints=True)
 def train(
     dataset: str,
     variants: VariantNames = DEFAULT_VARIANTS,
@@ -112,13 +113,16 @@ def _train_variants(
     work_pool: str | None,
 ) -> list[VariantRun]:
     if work_pool is None:
-        return [
-            train_variant(dataset, variant, training, tracking, promotion) for variant in variants
-        ]
+        runs = []
+        for variant in variants:
+            with tags(*names.variant_tags(variant, dataset)):
+                runs.append(train_variant(dataset, variant, training, tracking, promotion))
+        return runs
     deployment = find_variant_deployment(work_pool)
     submitted = [
         run_variant_deployment.submit(
             deployment,
+            names.variant_tags(variant, dataset),
             {
                 "dataset": dataset,
                 "variant": variant,

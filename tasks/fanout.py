@@ -33,10 +33,13 @@ def find_variant_deployment(work_pool: str) -> str:
     return f"{VARIANT_FLOW}/{deployments[0].name}"
 
 
-@task(name="run-variant-deployment")
-def run_variant_deployment(deployment: str, parameters: dict) -> str:
-    """Run one variant on the pool and wait for it; return its flow run id."""
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=None, poll_interval=2)
+@task(name="run-variant-deployment", task_run_name="run-variant-deployment {parameters[variant]}")
+def run_variant_deployment(deployment: str, tags: list[str], parameters: dict) -> str:
+    """Run one variant on the pool (its flow run tagged `tags`) and wait for it; return its
+    flow run id."""
+    flow_run = run_deployment(
+        deployment, parameters=parameters, tags=tags, timeout=None, poll_interval=2
+    )
     get_run_logger().info(
         "%s on %s: flow run %s ended %s",
         parameters["variant"],

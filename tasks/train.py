@@ -22,7 +22,7 @@ def check_variant_downloads(variants: list[str], config: TrainConfig) -> None:
     check_downloads(variants, config.variant_options)
 
 
-@task(name="train-model", **IO_RETRIES)
+@task(name="train-model", task_run_name="train-model {variant}", **IO_RETRIES)
 def train_model(
     dataset_path: str, variant: str, config: TrainConfig, run_id: str, registered_model: str
 ) -> TrainedModel:

@@ -80,6 +80,31 @@ def test_confusion_matrix_artifact_uses_the_lectures_layout(finished_pipeline):
     assert scores["accuracy"] == pytest.approx((tp + tn) / (tp + fn + fp + tn))
 
 
+def test_the_prefect_runs_are_named_and_tagged_by_what_they_ran(finished_pipeline):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    label = f"synthetic-40px-{Path(result.dataset.path).name.rsplit('-', 1)[1][:4]}"
+    flow_run_id = MlflowClient(uri).get_run(run_result.run_id).data.tags["prefect_flow_run_id"]
+    with get_client(sync_client=True) as client:
+        variant_run = client.read_flow_run(flow_run_id)
+        train_run = client.read_flow_run(
+            client.read_task_run(variant_run.parent_task_run_id).flow_run_id
+        )
+        pipeline_run = client.read_flow_run(
+            client.read_task_run(train_run.parent_task_run_id).flow_run_id
+        )
+        in_variant_run = FlowRunFilter(id=FlowRunFilterId(any_=[variant_run.id]))
+        task_names = {task.name for task in client.read_task_runs(flow_run_filter=in_variant_run)}
+    assert variant_run.name == f"train-variant simple {label}"
+    assert {"variant:simple", f"dataset:{label}"} <= set(variant_run.tags)
+    assert train_run.name == f"train simple {label}"
+    assert pipeline_run.name == "pipeline synthetic@40"
+    assert "train-model simple" in task_names
+
+
 def test_every_test_prediction_is_logged_and_agrees_with_the_scores(finished_pipeline):
     result, uri = finished_pipeline
     (run_result,) = result.runs

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
+from flows.names import dataset_label
 from tests.integration.servers import BIN, REPO, background, mlflow_server
 from tracking.config import TrackingConfig
 
@@ -69,6 +70,11 @@ def test_two_variants_train_on_two_pool_workers_and_land_in_mlflow(
             assert tracked.data.params["variant"] == run.variant
             assert 0.0 <= tracked.data.metrics["test_accuracy"] <= 1.0
         assert len(flow_runs) == 2
+        label = dataset_label(str(dataset.path))  # tests/flows/test_names.py checks it
+        for flow_run in flow_runs:  # named and tagged as the variant they trained
+            variant = flow_run.name.split(" ")[1]
+            assert flow_run.name == f"train-variant {variant} {label}"
+            assert {f"variant:{variant}", f"dataset:{label}"} <= set(flow_run.tags)
         assert {flow_run.work_pool_name for flow_run in flow_runs} == {POOL}
         assert all(flow_run.state.is_completed() for flow_run in flow_runs)
         assert all(flow_run.parent_task_run_id for flow_run in flow_runs)  # linked as subflows

@@ -70,6 +70,8 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     }
     for name, pid in state["processes"].items():
         assert _listens_only_on_loopback(pid) or name.startswith("worker"), name
+    gpu_worker = psutil.Process(state["processes"]["worker-gpu"]).cmdline()
+    assert gpu_worker[gpu_worker.index("--limit") + 1] == "1"  # one variant at a time a GPU
 
     retrain = httpx.get(f"{api}/deployments/name/retrain/retrain", timeout=10).json()
     (schedule,) = retrain["schedules"]

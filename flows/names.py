@@ -1,0 +1,72 @@
+"""What a flow run is called and tagged in the Prefect UI: the variant, dataset, source or day
+it ran, read from the run's parameters (Prefect hands configs over as models or dicts)."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect.runtime import flow_run
+
+FINGERPRINT_SHOWN = 4
+"""Characters of a dataset's fingerprint in names and tags: enough to tell datasets apart."""
+
+
+def dataset_label(dataset: str) -> str:
+    """A dataset directory's name with its fingerprint cut short: `folder-64px-ea59`."""
+    stem, _, fingerprint = Path(dataset).name.rpartition("-")
+    return f"{stem}-{fingerprint[:FINGERPRINT_SHOWN]}" if stem else Path(dataset).name
+
+
+def source_label(source: str) -> str:
+    """A source spec with its location cut to the last folder: `folder:cell_images`."""
+    kind, separator, location = source.partition(":")
+    return f"{kind}:{Path(location).name}" if separator and location else source
+
+
+def variant_tags(variant: str, dataset: str) -> list[str]:
+    """The tags of one variant's flow run: `variant:resnet`, `dataset:folder-64px-ea59`."""
+    return [f"variant:{variant}", f"dataset:{dataset_label(dataset)}"]
+
+
+def _field(config: Any, name: str) -> Any:
+    return config[name] if isinstance(config, dict) else getattr(config, name)
+
+
+def _ingested(config: Any) -> str:
+    return f"{source_label(_field(config, 'source'))}@{_field(config, 'image_size')}"
+
+
+def pipeline_run_name() -> str:
+    return f"pipeline {_ingested(flow_run.parameters['data'])}"
+
+
+def retrain_run_name() -> str:
+    return f"retrain {datetime.now(UTC):%Y-%m-%d} {_ingested(flow_run.parameters['data'])}"
+
+
+def ingest_run_name() -> str:
+    return f"ingest {_ingested(flow_run.parameters['config'])}"
+
+
+def train_run_name() -> str:
+    parameters = flow_run.parameters
+    variants = ",".join(parameters["variants"])
+    return f"train {variants} {dataset_label(parameters['dataset'])}"
+
+
+def train_variant_run_name() -> str:
+    parameters = flow_run.parameters
+    return f"train-variant {parameters['variant']} {dataset_label(parameters['dataset'])}"
+
+
+def train_ensemble_run_name() -> str:
+    return f"train-ensemble {dataset_label(flow_run.parameters['dataset'])}"
+
+
+def evaluate_run_name() -> str:
+    parameters = flow_run.parameters
+    return f"evaluate {parameters['model_uri']} {dataset_label(parameters['dataset'])}"
+
+
+def predict_run_name() -> str:
+    return f"predict {Path(flow_run.parameters['input']).name}"
