@@ -296,7 +296,7 @@ PATH_CASES = [
     (["train", "--dataset", "{file}"], 2, ["--dataset", "{file}", "not a directory"]),
     (["train", "--dataset", "{fifo}"], 2, ["--dataset", "{fifo}", "not a directory"]),
     (["train", "--dataset", "{loop}"], 2, ["--dataset", "{loop}"]),
-    (["train", "--dataset", "{empty_dir}"], 2, ["--dataset", "{empty_dir}", "no manifest.json"]),
+    (["train", "--dataset", "{empty_dir}"], 2, ["--dataset", "{empty_dir}", "no _manifest.json"]),
     (["evaluate", "--model", "models:/m/1", "--dataset", "{dangling}"], 2, ["--dataset"]),
     (["predict", "--input", "{dangling}", "--output", "p.parquet"], 2, ["--input", "{dangling}"]),
     (["predict", "--input", "{loop}", "--output", "p.parquet"], 2, ["--input", "{loop}"]),
