@@ -33,7 +33,7 @@ def first_conv_layer(model: keras.Model) -> keras.layers.Layer:
 def filter_grid(model: keras.Model, filters_per_row: int = 1) -> Figure:
     """The first conv layer's filters as in the lecture: one small image per input channel
     (R, G, B) for each filter, each scaled to its own range for display, in one mosaic
-    (`filter_mosaic`); each filter's number above its first channel.
+    (`filter_mosaic`); each filter's number left of its first channel.
 
     One filter per row by default; `filters_per_row` puts several side by side.
     """
