@@ -7,6 +7,7 @@ pyplot, so no global state is touched.
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
@@ -22,6 +23,8 @@ from cnn.metrics import (
 )
 
 TILE_INCHES = 1.3
+MOSAIC_GAP = 1
+"""Pixels between the tiles of a `mosaic`."""
 
 
 def confusion_heatmap(evaluation: BinaryEvaluation) -> Figure:
@@ -170,7 +173,7 @@ def tile_grid(count: int, columns: int, inches: float = TILE_INCHES) -> tuple[Fi
     return figure, axes[:count]
 
 
-def mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+def mosaic(tiles: np.ndarray, columns: int, gap: int = MOSAIC_GAP) -> np.ndarray:
     """Tiles (N × h × w) laid out `columns` to a row, `gap` pixels apart, as one float array
     (NaN between and after the tiles: drawn as the figure's background). One image in one
     axes renders in a fraction of the time of a grid of axes."""
@@ -186,7 +189,7 @@ def mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
 
 
 def mosaic_origin(
-    index: int, columns: int, shape: tuple[int, ...], gap: int = 1
+    index: int, columns: int, shape: tuple[int, ...], gap: int = MOSAIC_GAP
 ) -> tuple[int, int]:
     """Top-left pixel of tile `index` in a `mosaic` of tiles of `shape`."""
     row, column = divmod(index, columns)
@@ -195,7 +198,7 @@ def mosaic_origin(
 
 def mosaic_figure(
     canvas: np.ndarray, inches_per_pixel: float, cmap: str, title: str
-) -> tuple[Figure, object]:
+) -> tuple[Figure, Axes]:
     """A figure showing a `mosaic` in one axes (ticks off), each pixel `inches_per_pixel` wide;
     its axes is returned for labels."""
     height, width = canvas.shape

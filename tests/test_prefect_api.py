@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from app.prefect_api import adopt_running_stack
-from tests.integration.servers import QUIET, REPO, free_port
+from app.stack_settings import QUIET_ENVIRONMENT
+from tests.integration.servers import REPO, free_port
 
 STACK_VARIABLES = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MALARIA_DATA_DIR")
 
@@ -32,7 +33,7 @@ def test_a_prefect_url_that_does_not_answer_is_named_and_nothing_is_written(tmp_
     completed = subprocess.run(
         [sys.executable, "-m", "app.cli", "ingest", "--source", "synthetic", "--limit", "40"],
         cwd=REPO,
-        env={**os.environ, **QUIET, **env},
+        env={**os.environ, **QUIET_ENVIRONMENT, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -95,7 +96,7 @@ def test_a_command_killed_with_sigkill_leaves_no_temporary_server(tmp_path):
     command = subprocess.Popen(
         [sys.executable, "-c", START_AND_WAIT],
         cwd=REPO,
-        env={**env, **QUIET, "PREFECT_HOME": str(tmp_path / "prefect-home")},
+        env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(tmp_path / "prefect-home")},
         stdout=subprocess.PIPE,
         text=True,
     )

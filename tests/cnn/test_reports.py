@@ -9,6 +9,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from cnn.figures import (
+    MOSAIC_GAP,
     confusion_heatmap,
     learning_curves,
     misclassified_gallery,
@@ -164,7 +165,7 @@ def test_first_conv_layer_names_a_model_without_one():
         first_conv_layer(dense_only)
 
 
-def _mosaic_tiles(figure, count: int, columns: int, shape: tuple[int, int], gap: int = 1):
+def _mosaic_tiles(figure, count: int, columns: int, shape: tuple[int, int], gap: int = MOSAIC_GAP):
     """The tiles of the one mosaic image a figure shows, and the mosaic itself."""
     (ax,) = figure.axes
     canvas = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.servers import QUIET, REPO
+from app.stack_settings import QUIET_ENVIRONMENT
+from tests.integration.servers import REPO
 
 TINY_PIPELINE = [
     "--source", "synthetic", "--limit", "60", "--image-size", "24",
@@ -49,7 +50,7 @@ def malaria(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", *arguments],
         cwd=REPO,
-        env={**os.environ, **QUIET, **env},
+        env={**os.environ, **QUIET_ENVIRONMENT, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,9 +11,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from app.stack_settings import QUIET_ENVIRONMENT
 from tests.faults.conftest import data_dir_of
 from tests.faults.harness import prefect_log_text
-from tests.integration.servers import QUIET, REPO, free_port
+from tests.integration.servers import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ print(json.dumps(result.model_dump(mode="json")))
 
 def test_two_retrains_at_once_write_the_dataset_once_and_keep_the_better_champion(fault_env):
     webhook = f"http://127.0.0.1:{free_port()}/hooks/{WEBHOOK_TOKEN}"  # nobody listens
-    env = {**os.environ, **QUIET, **fault_env, "MALARIA_WEBHOOK_URL": webhook}
+    env = {**os.environ, **QUIET_ENVIRONMENT, **fault_env, "MALARIA_WEBHOOK_URL": webhook}
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", RETRAIN, learning_rate],

@@ -14,7 +14,6 @@ from app.stack_settings import QUIET_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-QUIET = QUIET_ENVIRONMENT
 PROMPT_WORKERS = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
 """Workers look for scheduled runs every second (Prefect's 10 s would be waited out by tests)."""
 
@@ -48,7 +47,7 @@ def background(command: list[str], log: Path, env: dict[str, str], cwd: Path = R
         process = subprocess.Popen(
             command,
             cwd=cwd,
-            env={**os.environ, **QUIET, **PROMPT_WORKERS, **env},
+            env={**os.environ, **QUIET_ENVIRONMENT, **PROMPT_WORKERS, **env},
             stdout=output,
             stderr=output,
             start_new_session=True,

@@ -12,7 +12,8 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.servers import BIN, PROMPT_WORKERS, QUIET, free_port
+from app.stack_settings import QUIET_ENVIRONMENT
+from tests.integration.servers import BIN, PROMPT_WORKERS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def malaria(*arguments: str, cwd, env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "malaria"), *arguments],
         cwd=cwd,
-        env={**os.environ, **QUIET, **PROMPT_WORKERS, **env},
+        env={**os.environ, **QUIET_ENVIRONMENT, **PROMPT_WORKERS, **env},
         capture_output=True,
         text=True,
         timeout=300,
