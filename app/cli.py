@@ -7,6 +7,7 @@ file and exits non-zero. With `--json`, the last line of standard output is one 
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -102,10 +103,12 @@ def _use_running_stack() -> None:
 
 
 def _quiet_environment() -> None:
-    from app.stack_settings import QUIET_ENVIRONMENT
+    from app.stack_settings import QUIET_ENVIRONMENT, QUIET_LOGGERS
 
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -161,11 +164,15 @@ def _build_parser() -> argparse.ArgumentParser:
     stack = commands.add_parser(
         "stack", help="start, inspect or stop the local service stack (servers, pools, workers)"
     )
-    stack.add_argument("action", choices=("up", "down", "status"))
+    stack.add_argument(
+        "action",
+        choices=("up", "down", "status", "alerts"),
+        help="alerts: (re)install the server's automations on $PREFECT_API_URL (or the stack's)",
+    )
     add_config_options(
         stack,
         StackSettings,
-        only={"host", "prefect_port", "mlflow_port", "mlflow_workers", "state_dir"},
+        only={"host", "prefect_port", "mlflow_port", "mlflow_workers", "state_dir", "webhook_url"},
     )
     stack.set_defaults(handler=_run_stack)
 
@@ -370,7 +377,7 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
 def _run_stack(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from app.stack import StackError, stack_down, stack_status, stack_up
+    from app.stack import StackError, stack_alerts, stack_down, stack_status, stack_up
     from app.stack_settings import StackSettings
 
     settings = _validated(lambda: StackSettings(**given(args, StackSettings)))
@@ -379,6 +386,8 @@ def _run_stack(args: argparse.Namespace) -> dict[str, Any]:
             return {"action": "up", **asdict(stack_up(settings))}
         if args.action == "down":
             return {"action": "down", "stopped": stack_down(settings)}
+        if args.action == "alerts":
+            return {"action": "alerts", **stack_alerts(settings)}
         return {"action": "status", "processes": stack_status(settings)}
     except StackError as error:
         raise CommandError(str(error), EXIT_USAGE) from error

@@ -50,13 +50,20 @@ def print_stack(result: dict[str, Any]) -> None:
         print(f"Prefect UI   {result['prefect_url']}   (flow runs, deployments, the Run form)")
         print(f"MLflow UI    {result['mlflow_url']}   (runs, comparisons, the model registry)")
         print(f"deployments  {', '.join(result['deployments'])}")
+        print(f"alerts       {_alerts_line(result['alerts'])}")
         print(f"logs         {Path(next(iter(result['logs'].values()))).parent}/")
         print("use it from a shell:")
         for name, value in result["env"].items():
             print(f"  export {name}={value}")
     elif result["action"] == "down":
         print(f"stopped {', '.join(result['stopped'])}")
+    elif result["action"] == "alerts":
+        print(f"alerts on {result['prefect_api_url']}: {_alerts_line(result['alerts'])}")
     else:
         for name, process in result["processes"].items():
             state = "running" if process["running"] else "NOT running"
             print(f"{name:<15} pid {process['pid']:<8} {state:<12} {process['log']}")
+
+
+def _alerts_line(alerts: list[str]) -> str:
+    return "; ".join(alerts) or "none"

@@ -16,15 +16,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from app.stack_settings import QUIET_ENVIRONMENT, StackSettings, client_host
+from app.stack_settings import HEARTBEAT_SECONDS, QUIET_ENVIRONMENT, StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL = "gpu"
 WORK_POOLS = ("cpu", GPU_POOL)
 WORKER_PREFIX = "worker-"
+WORKER_ENVIRONMENT = {"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+"""Flow-run processes of the workers tell the server that they live, so a run whose process
+or host is gone is found (`app.alerts`)."""
 """Processes named so are workers: stopped before the servers they report to."""
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
@@ -44,11 +48,14 @@ class StackState:
     processes: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     deployments: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
 
 
 def stack_up(settings: StackSettings) -> StackState:
     """Start both servers, create the work pools, deploy `prefect.yaml`, start one worker per
     pool. On any failure, whatever this call started is stopped again."""
+    from tasks.notify import WEBHOOK_ENV, webhook_url
+
     state_path = settings.state_file
     if state_path.exists():
         raise StackError(f"a stack is already recorded in {state_path}; `malaria stack down` first")
@@ -79,12 +86,18 @@ def stack_up(settings: StackSettings) -> StackState:
         )
         _prefect(["--no-prompt", "deploy", "--all"], state=state, log=logs / "deploy.log")
         state.deployments = _deployment_names(settings)
+        webhook = settings.webhook_url or webhook_url()
+        state.alerts = install_stack_alerts(f"{settings.prefect_url}/api", webhook)
         _wait_healthy(state, "mlflow-server", f"{settings.mlflow_url}/health")
+        worker_env = {**state.env, **WORKER_ENVIRONMENT}
         for pool in WORK_POOLS:
             command = ["worker", "start", "--pool", pool, "--name", f"malaria-{pool}"]
             if pool == GPU_POOL:  # one flow run at a time: variants never share the GPU
                 command += ["--limit", "1"]
-            _start(state, f"{WORKER_PREFIX}{pool}", [_bin("prefect"), *command], logs, state.env)
+            # the server alerts now: a worker's own hook would post the same failure twice
+            unset = (WEBHOOK_ENV,) if webhook else ()
+            name = f"{WORKER_PREFIX}{pool}"
+            _start(state, name, [_bin("prefect"), *command], logs, worker_env, unset)
     except BaseException:
         _stop_all(state)
         raise
@@ -146,13 +159,50 @@ def _mlflow_server_command(settings: StackSettings) -> list[str]:
     ]
 
 
-def _start(state: StackState, name: str, command: list[str], logs: Path, env: dict) -> None:
+def stack_alerts(settings: StackSettings) -> dict[str, Any]:
+    """(Re)install the alerts on the server `PREFECT_API_URL` names, else on the recorded
+    stack's: for a server that `up` did not start, or a new webhook."""
+    from tasks.notify import webhook_url
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        if not settings.state_file.exists():
+            raise StackError(
+                f"no Prefect server to install alerts on: set PREFECT_API_URL, or start the "
+                f"stack (no stack recorded in {settings.state_file})"
+            )
+        api_url = f"{read_state(settings).prefect_url}/api"
+    webhook = settings.webhook_url or webhook_url()
+    return {"prefect_api_url": api_url, "alerts": install_stack_alerts(api_url, webhook)}
+
+
+def install_stack_alerts(api_url: str, webhook: str | None) -> list[str]:
+    """The server's automations (`app.alerts`), on the Prefect server at `api_url`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from app.alerts import install_alerts
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return install_alerts(webhook)
+
+
+def _start(
+    state: StackState,
+    name: str,
+    command: list[str],
+    logs: Path,
+    env: dict,
+    unset: tuple[str, ...] = (),
+) -> None:
     log = logs / f"{name}.log"
+    environment = {**QUIET_ENVIRONMENT, **os.environ, **env}
+    for variable in unset:
+        environment.pop(variable, None)
     with open(log, "ab") as output:
         process = subprocess.Popen(
             command,
             cwd=PROJECT_ROOT,
-            env={**QUIET_ENVIRONMENT, **os.environ, **env},
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,

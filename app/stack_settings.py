@@ -18,6 +18,12 @@ QUIET_ENVIRONMENT = {
 }
 """Offline-friendly defaults of every `malaria` command and stack process (a variable already
 set wins): no telemetry, no TensorFlow start-up chatter, no download bars in the logs."""
+QUIET_LOGGERS = ("tensorflow", "mlflow.system_metrics")
+"""Loggers a `malaria` command keeps to errors: TensorFlow's tf.function retracing advice and
+MLflow's start and stop of each training's system-metrics monitor."""
+HEARTBEAT_SECONDS = 30
+"""How often a worker's flow-run process tells the server it lives
+(`PREFECT_RUNNER_HEARTBEAT_FREQUENCY`); three missed, and `app.alerts` marks the run Crashed."""
 
 
 class StackSettings(BaseModel):
@@ -34,6 +40,11 @@ class StackSettings(BaseModel):
         4, ge=1, description="Worker processes of the MLflow server (one serves a single user)"
     )
     state_dir: Path = Field(Path(".stack"), description="Where pids and logs are kept")
+    webhook_url: str | None = Field(
+        None,
+        description="Where the Prefect server's automations post alerts (failed, crashed or "
+        "lost runs, a pool without workers, a promotion); default: $MALARIA_WEBHOOK_URL",
+    )
     mlflow_store: Path = Path("mlflow") / "store"
     data_dir: Path = Field(default_factory=data_dir)
 

@@ -28,6 +28,7 @@ from cnn.labels import LABEL_NAMES
 from cnn.locks import exclusive_lock, process_alive
 from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest, manifest_path
 from cnn.parallel import start_decode_workers
+from cnn.progress import Progress
 from cnn.records import CellRecord, CellSource
 from cnn.shards import write_shards
 from cnn.splits import SPLITS, assign_splits
@@ -100,8 +101,10 @@ def build_dataset(
     config: IngestConfig,
     datasets_dir: Path,
     workers: int | None = None,
+    on_progress: Progress | None = None,
 ) -> tuple[Dataset, bool]:
-    """Ingest `source` into a dataset under `datasets_dir`; return it and whether it was cached."""
+    """Ingest `source` into a dataset under `datasets_dir` (telling `on_progress` the share of
+    images written); return it and whether it was cached."""
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
     final_path = _dataset_path(source, config, fingerprint, datasets_dir)
@@ -111,7 +114,7 @@ def build_dataset(
         if manifest_path(final_path):  # a concurrent run wrote it meanwhile
             return open_dataset(final_path), True
         dataset = _write_dataset(
-            source, source_fingerprint, fingerprint, config, final_path, workers
+            source, source_fingerprint, fingerprint, config, final_path, workers, on_progress
         )
         return dataset, False
 
@@ -139,6 +142,7 @@ def _write_dataset(
     config: IngestConfig,
     final_path: Path,
     workers: int | None,
+    on_progress: Progress | None,
 ) -> Dataset:
     """Decode the source into a temporary directory and publish it as `final_path`."""
     datasets_dir = final_path.parent
@@ -161,7 +165,7 @@ def _write_dataset(
     temporary_path.mkdir()
     try:
         written = write_shards(
-            temporary_path, source, records, split_of, config.image_size, workers
+            temporary_path, source, records, split_of, config.image_size, workers, on_progress
         )
         manifest = Manifest(
             format_version=FORMAT_VERSION,

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from cnn.images import UnreadableImageError, decode_image, resize_square
 from cnn.labels import LABEL_NAMES
 from cnn.parallel import parallel_map, worker_count
+from cnn.progress import Progress
 from cnn.records import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS
 from cnn.writes import writing
@@ -152,13 +153,19 @@ def write_shards(
     split_of: dict[str, str],
     image_size: int,
     workers: int | None,
+    on_progress: Progress | None = None,
 ) -> WriteSummary:
-    """Write all records as shards, over worker processes when there are enough images."""
+    """Write all records as shards, over worker processes when there are enough images;
+    `on_progress` hears the share of the records written after each shard."""
     workers = worker_count(workers)
     rows = [(record, split_of[record.source_id]) for record in records]
     shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
     jobs = _shard_jobs(directory, source, rows, shard_rows, image_size)
-    results = list(parallel_map(_write_shard, jobs, len(rows), workers))
+    results = []
+    for result in parallel_map(_write_shard, jobs, len(rows), workers):
+        results.append(result)
+        if on_progress is not None:
+            on_progress(min(1.0, len(results) * shard_rows / max(len(rows), 1)))
     counts = {split: dict.fromkeys(LABEL_NAMES, 0) for split in SPLITS}
     for result in results:
         for split, per_label in result.counts.items():

@@ -17,6 +17,7 @@ from cnn.dataset import Dataset, load_split
 from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
 from cnn.predict import predict_split
+from cnn.progress import Progress
 from cnn.resumable import (
     EpochCheckpoint,
     ResumableEarlyStopping,
@@ -64,6 +65,21 @@ class EpochReporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._report(epoch + 1, {name: float(value) for name, value in (logs or {}).items()})
+
+
+class BatchProgress(keras.callbacks.Callback):
+    """Tells `report` after every batch the share of the training's epochs done."""
+
+    def __init__(self, report: Progress, epochs: int, steps_per_epoch: int) -> None:
+        super().__init__()
+        self._report, self._epochs, self._steps = report, epochs, max(steps_per_epoch, 1)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._report(min(1.0, (self._epoch + (batch + 1) / self._steps) / self._epochs))
 
 
 def gpu_present() -> bool:
@@ -129,6 +145,7 @@ def train_on_dataset(
     variant: str,
     config: TrainConfig,
     on_epoch_end: EpochReport | None = None,
+    on_progress: Progress | None = None,
     verbose: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     checkpoints: CheckpointStore | None = None,
@@ -144,6 +161,8 @@ def train_on_dataset(
 
     With `checkpoints`, every epoch ends with a checkpoint there, and training starts from
     the newest one found (`TrainingResult.resumed_epochs` says how many epochs it skipped).
+    `on_progress` hears the share of the epochs done after every batch (of both phases with
+    fine-tuning; early stopping ends it short of 1.0).
     """
     keras.utils.set_random_seed(config.seed)
     on_gpu = gpu_present()
@@ -151,15 +170,20 @@ def train_on_dataset(
     with dtype_policy(config.mixed_precision):
         model = build_model(variant, dataset.image_shape, **config.variant_options.get(variant, {}))
         augmenter = named_augmenter(config.augment, seed=config.seed)
+    steps_per_epoch = -(-_split_rows(dataset, "train") // batch_size)
+    reporters = [EpochReporter(on_epoch_end)] if on_epoch_end else []
+    if on_progress is not None:
+        phase_count = 2 if config.fine_tune_layers else 1
+        reporters.append(BatchProgress(on_progress, config.epochs * phase_count, steps_per_epoch))
     phases = _Phases(
         model=model,
         trainer_of=lambda: with_augmentation(model, augmenter),
         config=config,
         inputs=fit_inputs(dataset, batch_size, config),
-        steps_per_epoch=-(-_split_rows(dataset, "train") // batch_size),
+        steps_per_epoch=steps_per_epoch,
         checkpoints=checkpoints,
         resumed=checkpoints.latest() if checkpoints else None,
-        callbacks=[*([EpochReporter(on_epoch_end)] if on_epoch_end else []), *callbacks],
+        callbacks=[*reporters, *callbacks],
         verbose=verbose,
     )
     started = time.perf_counter()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.runtime import flow_run
+from prefect.utilities.urls import url_for
 
 FINGERPRINT_SHOWN = 4
 """Characters of a dataset's fingerprint in names and tags: enough to tell datasets apart."""
@@ -26,6 +27,14 @@ def source_label(source: str) -> str:
 def variant_tags(variant: str, dataset: str) -> list[str]:
     """The tags of one variant's flow run: `variant:resnet`, `dataset:folder-64px-ea59`."""
     return [f"variant:{variant}", f"dataset:{dataset_label(dataset)}"]
+
+
+def mlflow_tags() -> dict[str, str]:
+    """What ties an MLflow run to the flow run that made it: its id, name and Prefect UI page."""
+    tags = {"prefect_flow_run_id": str(flow_run.id), "prefect_flow_run_name": flow_run.name}
+    if url := url_for("flow-run", obj_id=flow_run.id):
+        tags["prefect_flow_run_url"] = url
+    return tags
 
 
 def _field(config: Any, name: str) -> Any:

@@ -1,6 +1,7 @@
 """The whole pipeline: ingest, then train and evaluate every variant."""
 
 from prefect import flow
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from cnn.config import (
@@ -17,7 +18,7 @@ from flows.train import train
 from tasks.registry import find_champion
 from tracking.config import TrackingConfig
 from tracking.registry import ChampionRef
-from tracking.runs import VariantRun
+from tracking.runs import VariantRun, tracked_run
 from tracking.store import require_tracking_server
 
 
@@ -52,8 +53,22 @@ def pipeline(
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
     """
     require_tracking_server()  # fail now, not after the ingest, if MLflow is away
+    with tracked_run(tracking.experiment, flow_run.name, names.mlflow_tags()) as parent_run_id:
+        return run_pipeline(data, variants, training, tracking, promotion, work_pool, parent_run_id)
+
+
+def run_pipeline(
+    data: IngestConfig,
+    variants: list[str],
+    training: TrainConfig,
+    tracking: TrackingConfig,
+    promotion: PromotionConfig,
+    work_pool: str | None,
+    parent_run_id: str,
+) -> PipelineResult:
+    """The pipeline's steps, its variants' MLflow runs nested under `parent_run_id`."""
     dataset = ingest(data)
-    runs = train(dataset.path, variants, training, tracking, promotion, work_pool)
+    runs = train(dataset.path, variants, training, tracking, promotion, work_pool, parent_run_id)
     best = max(runs, key=lambda run: run.test_accuracy)
     champion = find_champion(tracking.registered_model)
     return PipelineResult(dataset=dataset, runs=runs, best=best, champion=champion)

@@ -2,6 +2,7 @@
 promote; then a `retrain-summary` artifact, and a webhook post if it promoted or failed."""
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from cnn.config import (
     DEFAULT_VARIANTS,
@@ -11,11 +12,13 @@ from cnn.config import (
     VariantNames,
 )
 from flows import names
-from flows.pipeline import PipelineResult, pipeline
+from flows.pipeline import PipelineResult, run_pipeline
 from tasks.notify import notify_failure, post_notification
 from tasks.registry import find_champion
-from tasks.summary import promoted, promotion_outcome, summarize_retrain
+from tasks.summary import summarize_retrain
 from tracking.config import TrackingConfig
+from tracking.registry import promoted, promotion_outcome
+from tracking.runs import tracked_run
 from tracking.store import require_tracking_server
 
 
@@ -46,8 +49,11 @@ def retrain(
     """
     require_tracking_server()
     champion_before = find_champion(tracking.registered_model)
-    result = pipeline.fn(data, variants, training, tracking, promotion, work_pool)
-    summarize_retrain(result.dataset, result.runs, champion_before, result.champion)
+    with tracked_run(tracking.experiment, flow_run.name, names.mlflow_tags()) as parent_run_id:
+        result = run_pipeline(
+            data, variants, training, tracking, promotion, work_pool, parent_run_id
+        )
+        summarize_retrain(result.dataset, result.runs, champion_before, result.champion)
     if promoted(champion_before, result.champion):
         post_notification(
             "promoted",

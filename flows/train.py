@@ -1,5 +1,7 @@
 """Train flows: one `train-variant` flow run per CNN variant, each its own MLflow run."""
 
+from contextlib import AbstractContextManager, nullcontext
+
 from prefect import flow, tags
 from prefect.runtime import flow_run
 
@@ -12,10 +14,11 @@ from cnn.config import (
 )
 from cnn.ensembles import ENSEMBLE, check_ensemble_size
 from flows import names
+from tasks.compare import compare_variants, log_parent_run
 from tasks.ensemble import log_ensemble
 from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
-from tasks.registry import promote_model
+from tasks.registry import find_champion, promote_model
 from tasks.report import render_report
 from tasks.train import check_variant_downloads, find_variant_run, read_variant_run, train_model
 from tracking.config import TrackingConfig
@@ -30,13 +33,15 @@ def train_variant(
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
+    parent_run_id: str | None = None,
 ) -> VariantRun:
     """Train one variant on the dataset, evaluate it on the test split, register it, give it
-    `champion` if it beats the current one (else `challenger`), and render its report."""
-    tags = {"variant": variant, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
-    with tracked_run(tracking.experiment, run_name=variant, tags=tags) as run_id:
+    `champion` if it beats the current one (else `challenger`), and render its report; its
+    MLflow run is nested under `parent_run_id` if given."""
+    tags = {"variant": variant, "dataset": dataset, **names.mlflow_tags()}
+    with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:
         model = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        _evaluate_promote_report(model, dataset, run_id, tracking, promotion)
+        _evaluate_promote_report(model, dataset, variant, run_id, tracking, promotion)
     return read_variant_run(run_id)
 
 
@@ -47,25 +52,27 @@ def train_ensemble(
     training: TrainConfig = TrainConfig(),
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
+    parent_run_id: str | None = None,
 ) -> VariantRun:
     """Average the best `training.ensemble` of the trained variants into one model, then
     evaluate, register, promote and report it as any variant."""
-    tags = {"variant": ENSEMBLE, "dataset": dataset, "prefect_flow_run_id": str(flow_run.id)}
-    with tracked_run(tracking.experiment, run_name=ENSEMBLE, tags=tags) as run_id:
+    tags = {"variant": ENSEMBLE, "dataset": dataset, **names.mlflow_tags()}
+    with tracked_run(tracking.experiment, ENSEMBLE, tags, parent_run_id) as run_id:
         model = log_ensemble(dataset, candidates, training, run_id, tracking.registered_model)
-        _evaluate_promote_report(model, dataset, run_id, tracking, promotion)
+        _evaluate_promote_report(model, dataset, ENSEMBLE, run_id, tracking, promotion)
     return read_variant_run(run_id)
 
 
 def _evaluate_promote_report(
     model: TrainedModel,
     dataset: str,
+    variant: str,
     run_id: str,
     tracking: TrackingConfig,
     promotion: PromotionConfig,
 ) -> None:
     """Score a registered model on the test split, decide its alias, render its report."""
-    scores = evaluate_model(model.model_uri, dataset, run_id)
+    scores = evaluate_model(model.model_uri, dataset, run_id, variant)
     decision = promote_model(
         tracking.registered_model, model.version, dataset, scores, run_id, promotion
     )
@@ -80,8 +87,10 @@ def train(
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
     work_pool: str | None = None,
+    parent_run_id: str | None = None,
 ) -> list[VariantRun]:
-    """Train each variant as its own `train-variant` flow run.
+    """Train each variant as its own `train-variant` flow run, its MLflow run nested under one
+    parent run that holds the dataset, the variants' comparison and the champion decision.
 
     Without a work pool they run here, one after another. With one, each is submitted to the
     pool's `train-variant` deployment at once, and this flow waits for all of them. With
@@ -94,14 +103,27 @@ def train(
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Run each variant on this work pool's workers (unset: here, in turn).
+        parent_run_id: MLflow run to nest the variants' runs under (unset: a new one, named
+            as this flow run).
     """
     require_tracking_server()
     check_ensemble_size(training.ensemble, variants)
     check_variant_downloads(list(variants), training)
-    runs = _train_variants(dataset, variants, training, tracking, promotion, work_pool)
-    if training.ensemble:
-        runs.append(train_ensemble(dataset, runs, training, tracking, promotion))
+    with parent_run(tracking, parent_run_id) as parent:
+        champion_before = find_champion(tracking.registered_model)
+        log_parent_run(parent, dataset, list(variants), training)
+        runs = _train_variants(dataset, variants, training, tracking, promotion, work_pool, parent)
+        if training.ensemble:
+            runs.append(train_ensemble(dataset, runs, training, tracking, promotion, parent))
+        compare_variants(parent, runs, champion_before, tracking.registered_model)
     return runs
+
+
+def parent_run(tracking: TrackingConfig, parent_run_id: str | None) -> AbstractContextManager[str]:
+    """The MLflow run given, or a new top-level one named and tagged as this flow run."""
+    if parent_run_id is not None:
+        return nullcontext(parent_run_id)
+    return tracked_run(tracking.experiment, flow_run.name, names.mlflow_tags())
 
 
 def _train_variants(
@@ -111,12 +133,15 @@ def _train_variants(
     tracking: TrackingConfig,
     promotion: PromotionConfig,
     work_pool: str | None,
+    parent_run_id: str,
 ) -> list[VariantRun]:
     if work_pool is None:
         runs = []
         for variant in variants:
             with tags(*names.variant_tags(variant, dataset)):
-                runs.append(train_variant(dataset, variant, training, tracking, promotion))
+                runs.append(
+                    train_variant(dataset, variant, training, tracking, promotion, parent_run_id)
+                )
         return runs
     deployment = find_variant_deployment(work_pool)
     submitted = [
@@ -129,6 +154,7 @@ def _train_variants(
                 "training": training.model_dump(mode="json"),
                 "tracking": tracking.model_dump(mode="json"),
                 "promotion": promotion.model_dump(mode="json"),
+                "parent_run_id": parent_run_id,
             },
         )
         for variant in variants

@@ -1,25 +1,30 @@
 """Evaluate task: score a logged model on a dataset's test split, log scores and pictures."""
 
+import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from cnn.dataset import open_dataset
 from cnn.metrics import evaluate_predictions
 from cnn.predict import predict_split
+from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_evaluation
 from tracking.models import load_keras_model, model_threshold
+from tracking.runs import run_link
 from tracking.store import configure_tracking
 
 
-@task(name="evaluate-model", **IO_RETRIES)
-def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
+@task(name="evaluate-model", task_run_name="evaluate-model {label}", **IO_RETRIES)
+def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -> dict:
     """Test-split scores of `model_uri` at its operating point, logged to the run as `test_*`
-    metrics, a confusion table (MLflow and Prefect), a confusion heatmap and a ROC curve."""
+    metrics, a confusion table (MLflow, and Prefect under `confusion-matrix-<label>`), a
+    confusion heatmap and a ROC curve; the test split is the run's evaluation input."""
     logger = get_run_logger()
-    configure_tracking()
+    tracking_uri = configure_tracking()
     model = load_keras_model(model_uri)
-    scores = predict_split(model, open_dataset(dataset_path), "test")
+    dataset = open_dataset(dataset_path)
+    scores = predict_split(model, dataset, "test")
     if scores.resized_from:
         logger.warning(
             "The model takes %d px images; the dataset's %d px test images were resized",
@@ -27,15 +32,16 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str) -> dict:
         )
     threshold = model_threshold(model_uri)
     evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
-    confusion = log_evaluation(run_id, scores, evaluation, threshold)
+    confusion = log_evaluation(run_id, dataset, scores, evaluation, threshold)
     logger.info(
         "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "
         "cols pred:yes/no) %s",
         *(evaluation.accuracy, threshold, evaluation.count, evaluation.confusion_matrix),
     )
     create_table_artifact(
-        key="confusion-matrix",
+        key=artifact_key("confusion-matrix", label),
         table=confusion.to_dict(orient="records"),
-        description=f"Test confusion matrix of {model_uri} (yes = parasitized)",
+        description=f"Test confusion matrix of {model_uri} (yes = parasitized), MLflow run "
+        + run_link(tracking_uri, mlflow.MlflowClient().get_run(run_id).info.experiment_id, run_id),
     )
     return {**evaluation.as_dict(), "threshold": threshold}

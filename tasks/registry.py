@@ -1,12 +1,16 @@
 """Registry tasks: champion/challenger promotion, and who holds `champion` now."""
 
 from prefect import get_run_logger, task
+from prefect.events import emit_event
 
 from cnn.config import PromotionConfig
 from cnn.promotion import PromotionDecision
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, find_champion_version, promote
 from tracking.store import configure_tracking
+
+PROMOTED_EVENT = "malaria.model.promoted"
+"""The Prefect event of a model version taking the `champion` alias (`app.alerts` notifies)."""
 
 
 @task(name="promote-model", **IO_RETRIES)
@@ -19,12 +23,22 @@ def promote_model(
     config: PromotionConfig,
 ) -> PromotionDecision:
     """Give the new version `champion` if it beats the current champion on this dataset's
-    test split, else `challenger` (see `tracking.registry.promote`)."""
+    test split, else `challenger` (see `tracking.registry.promote`); a new champion is a
+    `malaria.model.promoted` event that server automations can notify on."""
     configure_tracking()
     decision = promote(registered_model, version, dataset_path, candidate_scores, run_id, config)
     get_run_logger().info(
         "%s version %s → %s: %s", registered_model, version, decision.alias, decision.reason
     )
+    if decision.promoted:
+        emit_event(
+            event=PROMOTED_EVENT,
+            resource={
+                "prefect.resource.id": f"malaria.model.{registered_model}",
+                "prefect.resource.name": registered_model,
+            },
+            payload={"version": version, "run_id": run_id, "reason": decision.reason},
+        )
     return decision
 
 

@@ -6,7 +6,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cnn.dataset import DatasetRef
 from tasks.retry import IO_RETRIES
-from tracking.registry import ChampionRef
+from tracking.registry import ChampionRef, promotion_outcome
 from tracking.runs import VariantRun, run_link
 from tracking.store import configure_tracking
 
@@ -69,21 +69,6 @@ def retrain_markdown(
         )
     lines += ["", f"**Promotion**: {promotion_outcome(champion_before, champion_after)}"]
     return "\n".join(lines) + "\n"
-
-
-def promotion_outcome(before: ChampionRef | None, after: ChampionRef | None) -> str:
-    """One sentence: did `champion` move, and from which version to which."""
-    if after is None:
-        return "no champion (no model could be scored)"
-    if before is None:
-        return f"version {after.version} is the first champion"
-    if before.version != after.version:
-        return f"champion moved from version {before.version} to version {after.version}"
-    return f"champion stays version {after.version}: no new model beat it"
-
-
-def promoted(before: ChampionRef | None, after: ChampionRef | None) -> bool:
-    return after is not None and (before is None or before.version != after.version)
 
 
 def _score(value: float | None) -> str:

@@ -11,7 +11,7 @@ from cnn.ensembles import ENSEMBLE, build_ensemble
 from cnn.training import operating_threshold
 from tracking.models import load_keras_model, log_served_model, validation_sample
 from tracking.runs import TrainedModel, VariantRun
-from tracking.training import log_training_input
+from tracking.training import dataset_input, log_dataset_inputs
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def log_ensemble_model(
                 "target_sensitivity": config.target_sensitivity,
             }
         )
-        log_training_input(dataset)
+        log_dataset_inputs(run_id, dataset_input(dataset, "training"))
         mlflow.log_metrics({"epochs_run": 0, "train_seconds": time.perf_counter() - started})
         sample = validation_sample(dataset)
         info = log_served_model(sample, model, threshold, config, registered_model)

@@ -10,14 +10,20 @@ import numpy as np
 import pandas as pd
 
 from cnn.config import AUGMENTATIONS
-from cnn.dataset import open_dataset
+from cnn.dataset import Dataset, open_dataset
 from cnn.figures import confusion_heatmap, roc_curve_figure
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
 from cnn.predict import SplitScores, fit_images, model_image_size, split_images
 from cnn.promotion import PromotionDecision
 from cnn.reports import build_run_report, report_cell_positions
 from tracking.models import load_keras_model, model_threshold
-from tracking.training import AUGMENTATION_DIR, augmentation_preview_path
+from tracking.runs import run_link
+from tracking.training import (
+    AUGMENTATION_DIR,
+    augmentation_preview_path,
+    dataset_input,
+    log_dataset_inputs,
+)
 
 TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
 """Label and P(uninfected) of every test image, in the split's order (the report reads it)."""
@@ -33,11 +39,17 @@ def confusion_frame(evaluation: BinaryEvaluation) -> pd.DataFrame:
 
 
 def log_evaluation(
-    run_id: str, scores: SplitScores, evaluation: BinaryEvaluation, threshold: float
+    run_id: str,
+    dataset: Dataset,
+    scores: SplitScores,
+    evaluation: BinaryEvaluation,
+    threshold: float,
 ) -> pd.DataFrame:
-    """`test_*` metrics, the scores at the threshold, every test prediction, the confusion
-    table and heatmap, and the ROC curve with the operating point; returns the table."""
+    """The test split as evaluation input, `test_*` metrics, the scores at the threshold, every
+    test prediction, the confusion table and heatmap, and the ROC curve with the operating
+    point; returns the table."""
     confusion = confusion_frame(evaluation)
+    log_dataset_inputs(run_id, dataset_input(dataset, "evaluation", split="test"))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {
@@ -165,7 +177,6 @@ def report_markdown(report: LoggedReport, tracking_uri: str) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in summary.items())
     where = f"`{report.uri}`"
     if tracking_uri.startswith("http"):
-        run_path = f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        link = f"{tracking_uri.rstrip('/')}/#/{run_path}"
-        where += f" ([run in the MLflow UI]({link}), Artifacts → {REPORT_DIR}/report.html)"
+        link = run_link(tracking_uri, run.info.experiment_id, run.info.run_id)
+        where += f" (run {link} in the MLflow UI, Artifacts → {REPORT_DIR}/report.html)"
     return f"## {summary['variant']}: run summary\n\n| | |\n|---|---|\n{rows}\n\nReport: {where}\n"

@@ -89,6 +89,21 @@ def promote(
     return decision
 
 
+def promotion_outcome(before: ChampionRef | None, after: ChampionRef | None) -> str:
+    """One sentence: did `champion` move, and from which version to which."""
+    if after is None:
+        return "no champion (no model could be scored)"
+    if before is None:
+        return f"version {after.version} is the first champion"
+    if before.version != after.version:
+        return f"champion moved from version {before.version} to version {after.version}"
+    return f"champion stays version {after.version}: no new model beat it"
+
+
+def promoted(before: ChampionRef | None, after: ChampionRef | None) -> bool:
+    return after is not None and (before is None or before.version != after.version)
+
+
 def promotion_lock_path(registered_model: str) -> Path:
     """The lock that promotions into `registered_model` take turns on."""
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", registered_model)

@@ -8,6 +8,7 @@ from contextlib import contextmanager, suppress
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pydantic import BaseModel, Field
 
 from cnn.locks import process_alive
@@ -18,8 +19,11 @@ HOST_TAG, PID_TAG = "host", "pid"
 
 
 @contextmanager
-def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-    """Create an MLflow run, yield its id, and mark it FINISHED, or FAILED on any error.
+def tracked_run(
+    experiment: str, run_name: str, tags: dict[str, str], parent_run_id: str | None = None
+) -> Iterator[str]:
+    """Create an MLflow run (nested under `parent_run_id` if given), yield its id, and mark it
+    FINISHED, or FAILED on any error.
 
     Tasks resume the run by id (`mlflow.start_run(run_id=...)`): the active run is
     thread-local, so it must not be carried across tasks. Runs left RUNNING by killed
@@ -30,7 +34,8 @@ def tracked_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterato
     experiment_id = ensure_experiment(experiment)
     mark_abandoned_runs(client, experiment_id)
     owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner})
+    parent = {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **owner, **parent})
     run_id = run.info.run_id
     try:
         yield run_id

@@ -9,14 +9,16 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric
+from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from cnn.augmentation import augmentation_preview
 from cnn.checkpoints import CheckpointStore
 from cnn.config import AUGMENTATIONS, TrainConfig
 from cnn.dataset import Dataset
+from cnn.progress import Progress
 from cnn.training import TrainingResult, train_on_dataset
 from tracking.models import ModelNotLoggedError, keep_model, log_served_model, validation_sample
 from tracking.store import first_line, tracking_uri
@@ -39,25 +41,31 @@ def train_and_log(
     registered_model: str,
     checkpoints: CheckpointStore | None,
     logger: Any,
+    on_progress: Progress | None = None,
 ) -> tuple[TrainingResult, ModelInfo]:
-    """Train (resuming from `checkpoints`), log the run and the registered model; if the
-    model cannot be logged, keep it on disk and say where."""
+    """Train (resuming from `checkpoints`, telling `on_progress` how far it is), log the run
+    and the registered model; if the model cannot be logged, keep it on disk and say where."""
     client = mlflow.MlflowClient()
     epoch_log = EpochMetricLog(client, run_id, logger, f"{variant} epoch %d/{config.epochs}")
     result = None
     try:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id, log_system_metrics=True):
             mlflow.log_params(
                 {
                     "variant": variant,
-                    **_flatten(config.model_dump()),
+                    **flatten_params(config.model_dump()),
                     "image_shape": dataset.image_shape,
                 }
             )
-            log_training_input(dataset)
+            log_dataset_inputs(run_id, dataset_input(dataset, "training"))
             mlflow.log_dict(dataset.manifest.model_dump(mode="json"), "dataset/manifest.json")
             result = train_on_dataset(
-                dataset, variant, config, on_epoch_end=epoch_log.report, checkpoints=checkpoints
+                dataset,
+                variant,
+                config,
+                on_epoch_end=epoch_log.report,
+                on_progress=on_progress,
+                checkpoints=checkpoints,
             )
             if result.resumed_epochs:
                 logger.info(
@@ -155,12 +163,12 @@ def _metrics_of_epoch(epoch: int, metrics: dict[str, float]) -> list[Metric]:
     return [Metric(name, float(value), timestamp, epoch) for name, value in metrics.items()]
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted MLflow params: {"augmentation.zoom": 0.15, …}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_params(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -170,28 +178,36 @@ DUPLICATE_ROW_MESSAGES = ("UNIQUE constraint failed", "duplicate key", "Duplicat
 """How SQLite, PostgreSQL and MySQL say a row with that key was inserted meanwhile."""
 
 
-def log_training_input(dataset: Dataset) -> None:
-    """Log the dataset as the active run's training input.
+def log_dataset_inputs(run_id: str, *inputs: DatasetInput) -> None:
+    """Log datasets as the run's inputs (`dataset_input` makes them).
 
     Runs that start at once on a dataset new to the experiment (the fan-out's variants) can
     both insert it; the store refuses the second, which finds it logged when it tries again.
     """
-    logged = as_mlflow_dataset(dataset)
+    client = mlflow.MlflowClient()
     try:
-        mlflow.log_input(logged, context="training")
+        client.log_inputs(run_id, datasets=list(inputs))
     except MlflowException as error:
         if not any(message in str(error) for message in DUPLICATE_ROW_MESSAGES):
             raise
-        mlflow.log_input(logged, context="training")
+        client.log_inputs(run_id, datasets=list(inputs))
 
 
-def as_mlflow_dataset(dataset: Dataset) -> MetaDataset:
-    """The dataset as an MLflow input: its location and content fingerprint as digest."""
+def as_mlflow_dataset(dataset: Dataset, split: str | None = None) -> MetaDataset:
+    """The dataset (or one of its splits, named `<dataset>/<split>`) as an MLflow input: its
+    location and content fingerprint as digest."""
     with warnings.catch_warnings():  # MLflow registers its local source class twice
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(dataset.path.absolute().as_uri())
     return MetaDataset(
         source=source,
-        name=dataset.name,
+        name=f"{dataset.name}/{split}" if split else dataset.name,
         digest=dataset.manifest.fingerprint,
     )
+
+
+def dataset_input(dataset: Dataset, context: str, split: str | None = None) -> DatasetInput:
+    """The dataset as a run input for `MlflowClient.log_inputs` (which, unlike
+    `mlflow.log_input`, leaves the run's status alone)."""
+    logged = as_mlflow_dataset(dataset, split)._to_mlflow_entity()
+    return DatasetInput(logged, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])

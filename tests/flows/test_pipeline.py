@@ -32,6 +32,7 @@ def finished_pipeline(tmp_path_factory, prefect_harness):
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MALARIA_DATA_DIR", str(root / "data"))
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the training is short
     result = pipeline(
         IngestConfig(source="synthetic", limit=200, image_size=40),
         ["simple"],
@@ -180,13 +181,62 @@ def test_the_registered_model_averages_the_8_dihedral_views(finished_pipeline):
     np.testing.assert_allclose(model.predict(images[:4], verbose=0), mean, atol=1e-5)
 
 
-def test_dataset_is_logged_as_the_runs_input(finished_pipeline):
+def logged_inputs(run: mlflow.entities.Run) -> dict[str, tuple[str, str]]:
+    """A run's dataset inputs by context: (name, digest)."""
+    return {
+        {tag.key: tag.value for tag in logged.tags}["mlflow.data.context"]: (
+            logged.dataset.name,
+            logged.dataset.digest,
+        )
+        for logged in run.inputs.dataset_inputs
+    }
+
+
+def test_dataset_is_the_training_input_and_its_test_split_the_evaluation_input(
+    finished_pipeline,
+):
     result, uri = finished_pipeline
     run = MlflowClient(uri).get_run(result.runs[0].run_id)
-    (dataset_input,) = run.inputs.dataset_inputs
-    manifest = open_dataset(result.dataset.path).manifest
-    assert dataset_input.dataset.digest == manifest.fingerprint
-    assert dataset_input.dataset.name == result.dataset.name
+    fingerprint = open_dataset(result.dataset.path).manifest.fingerprint
+    assert logged_inputs(run) == {
+        "training": (result.dataset.name, fingerprint),
+        "evaluation": (f"{result.dataset.name}/test", fingerprint),
+    }
+
+
+def test_one_parent_run_holds_the_pipeline_with_each_variant_nested(finished_pipeline):
+    result, uri = finished_pipeline
+    (variant,) = result.runs
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pipeline-test").experiment_id
+    (parent,) = client.search_runs(
+        [experiment], filter_string="attributes.run_name = 'pipeline synthetic@40'"
+    )
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert [child.info.run_id for child in children] == [variant.run_id]
+    assert parent.info.status == "FINISHED"
+    assert logged_inputs(parent) == logged_inputs(children[0])  # the dataset and its test split
+    assert parent.data.params["variants"] == "simple" and parent.data.params["epochs"] == "2"
+    assert parent.data.tags["champion.version"] == str(result.champion.version)
+    assert parent.data.tags["champion.outcome"] == "version 1 is the first champion"
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(variant.test_accuracy)
+    comparison = client.load_table(experiment, "comparison.json", run_ids=[parent.info.run_id])
+    assert comparison[["variant", "alias", "run_id"]].values.tolist() == [
+        ["simple", "champion", variant.run_id]
+    ]
+    for run in (parent, children[0]):  # each links back to the flow run that made it
+        tags = run.data.tags
+        assert tags["prefect_flow_run_url"].endswith(f"/flow-run/{tags['prefect_flow_run_id']}")
+    assert parent.data.tags["prefect_flow_run_name"] == "pipeline synthetic@40"
+
+
+def test_a_training_run_records_system_metrics(finished_pipeline):
+    result, uri = finished_pipeline
+    metrics = MlflowClient(uri).get_run(result.runs[0].run_id).data.metrics
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
 def test_a_failing_variant_marks_its_mlflow_run_failed(tmp_path, mlflow_uri):
@@ -318,7 +368,7 @@ def test_run_summary_artifact_says_where_the_report_is(finished_pipeline):
     async def latest():
         async with get_client() as client:
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-report"]))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["run-report-simple"]))
             )
         return max(artifacts, key=lambda artifact: artifact.created)  # other tests made some
 
@@ -326,6 +376,31 @@ def test_run_summary_artifact_says_where_the_report_is(finished_pipeline):
     assert result.runs[0].run_id in summary
     assert "report/report.html" in summary
     assert "champion: no champion yet" in summary
+
+
+def test_ingest_and_training_progress_artifacts_reach_100_percent(finished_pipeline):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    result, uri = finished_pipeline
+    flow_run_id = MlflowClient(uri).get_run(result.runs[0].run_id).data.tags["prefect_flow_run_id"]
+    with get_client(sync_client=True) as client:
+        (training,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["training-progress-simple"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+        ingests = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-progress"]))
+        )
+    ingest = max(ingests, key=lambda artifact: artifact.created)  # other tests made some
+    assert (training.type, training.data) == ("progress", 100.0)
+    assert (ingest.type, ingest.data) == ("progress", 100.0)
 
 
 @pytest.mark.parametrize("entry_flow", ["pipeline", "retrain", "train"])

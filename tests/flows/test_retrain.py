@@ -3,10 +3,6 @@ one, then one forced worse), shared by every test here: the summary artifact, th
 notifications, champion/challenger promotion, re-evaluating and predicting with the champion.
 Against the Prefect test harness, an MLflow SQLite store and a webhook receiver on 127.0.0.1."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,6 +16,7 @@ from flows.retrain import retrain
 from flows.train import train
 from tasks.summary import SUMMARY_KEY
 from tests.conftest import write_easy_folder
+from tests.integration.servers import WebhookReceiver
 from tracking.config import TrackingConfig
 from tracking.models import ModelNotFoundError, load_keras_model
 
@@ -27,30 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 TRACKING = TrackingConfig(experiment="retrain-test", registered_model="easy-cells")
 REGISTERED = TRACKING.registered_model
-
-
-class WebhookReceiver:
-    """A real HTTP endpoint on 127.0.0.1 that keeps every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/secret-token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self) -> list[str]:
-        return [body["event"] for body in self.received]
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """Real servers for integration tests: started on 127.0.0.1 ports, stopped by the test."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
@@ -83,3 +86,37 @@ def mlflow_server(root: Path):
     with background(command, root / "mlflow-server.log", {}) as process:
         wait_until_healthy(f"http://127.0.0.1:{port}/health", process, root / "mlflow-server.log")
         yield f"http://127.0.0.1:{port}"
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint on 127.0.0.1 that keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/secret-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [body["event"] for body in self.received]
+
+    def wait_for(self, wanted, timeout_seconds: float = 120.0) -> dict:
+        """The first body posted for which `wanted(body)` is true, waiting for it."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            for body in list(self.received):
+                if wanted(body):
+                    return body
+            time.sleep(0.5)
+        raise TimeoutError(f"no such post in {timeout_seconds} s; received {self.received}")

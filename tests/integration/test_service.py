@@ -12,8 +12,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from app.alerts import ALERTS, AUTOMATION_PREFIX
 from app.stack_settings import QUIET_ENVIRONMENT
-from tests.integration.servers import BIN, PROMPT_WORKERS, free_port
+from tests.integration.servers import BIN, PROMPT_WORKERS, WebhookReceiver, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +38,22 @@ def malaria(*arguments: str, cwd, env) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def stack(tmp_path):
-    """`malaria stack up` in a fresh directory, with a Prefect home of its own; down after."""
+def webhook():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture
+def stack(tmp_path, webhook):
+    """`malaria stack up` in a fresh directory, with a Prefect home of its own and the server's
+    alerts posting to `webhook`; down after."""
     env = {
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MALARIA_DATA_DIR": str(tmp_path / "data"),
     }
     options = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
-    options += ["--mlflow-workers", "1"]
+    options += ["--mlflow-workers", "1", "--webhook-url", webhook.url]
     started = malaria("stack", "up", *options, "--json", cwd=tmp_path, env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
@@ -58,7 +67,7 @@ def stack(tmp_path):
         assert not [pid for pid in state["processes"].values() if _running(pid)]
 
 
-def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(stack):
+def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(stack, webhook):
     state, root, _ = stack
     api = f"{state['prefect_url']}/api"
     assert set(state["deployments"]) >= {
@@ -75,6 +84,11 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     assert gpu_worker[gpu_worker.index("--limit") + 1] == "1"  # one variant at a time a GPU
 
     retrain = httpx.get(f"{api}/deployments/name/retrain/retrain", timeout=10).json()
+    # any worker's host runs it from its own checkout, not from this host's path
+    assert retrain["pull_steps"] == [{"app.deploy_steps.set_project_directory": {}}]
+    automations = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+    assert sorted(a["name"] for a in automations) == sorted(state["alerts"])
+    assert sorted(state["alerts"]) == sorted(AUTOMATION_PREFIX + title for title in ALERTS)
     (schedule,) = retrain["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1"
     assert schedule["schedule"]["timezone"] == "UTC"
@@ -101,8 +115,13 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
 
     client = MlflowClient(state["mlflow_url"])
     (experiment,) = [e for e in client.search_experiments() if e.name == "malaria-cnn"]
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
+    parent, run = sorted(
+        client.search_runs([experiment.experiment_id]),
+        key=lambda run: "mlflow.parentRunId" in run.data.tags,
+    )
+    assert parent.info.run_name == flow_run["name"] and flow_run["name"].startswith("retrain ")
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.info.status == parent.info.status == "FINISHED"
     assert run.data.params["variant"] == "simple"
     assert run.data.params["image_shape"] == "(32, 32, 3)"
     champion = client.get_model_version_by_alias("malaria-cnn", "champion")
@@ -120,6 +139,39 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     )
     assert "is the first champion" in summary["data"]
     assert (root / "data" / "datasets").is_dir()  # the workers used the stack's data dir
+    promoted = webhook.wait_for(lambda body: body["event"] == "promoted")
+    assert promoted["source"] == "prefect-server" and "version 1 is champion" in promoted["text"]
+
+    # A flow run SIGKILLed (as the OOM killer does) sends nothing itself: the server alerts.
+    longer = {**UI_PARAMETERS, "training": {"epochs": 200, "batch_size": 16}}
+    created = httpx.post(
+        f"{api}/deployments/{retrain['id']}/create_flow_run",
+        json={"parameters": longer},
+        timeout=10,
+    )
+    killed = _kill_when_running(api, created.json()["id"], state["processes"]["worker-cpu"])
+    alert = webhook.wait_for(lambda body: body["event"] == "failed")
+    assert killed["name"] in alert["text"] and "Crashed" in alert["text"]
+    assert alert["source"] == "prefect-server"
+    assert len(webhook.received) == 2  # no post from the workers themselves
+
+
+def _kill_when_running(api: str, flow_run_id: str, worker_pid: int) -> dict:
+    """SIGKILL the process that runs the flow run once it runs; return the flow run."""
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        engines = [
+            process
+            for process in psutil.Process(worker_pid).children(recursive=True)
+            if "prefect.engine" in " ".join(process.cmdline())
+        ]
+        if flow_run["state"]["type"] == "RUNNING" and engines:
+            for process in engines:
+                process.kill()
+            return flow_run
+        time.sleep(0.5)
+    raise TimeoutError(f"flow run {flow_run_id} never ran")
 
 
 def _wait_for_final_state(api: str, flow_run_id: str) -> dict:

@@ -5,8 +5,8 @@ import socket
 
 from cnn.dataset import DatasetRef
 from tasks.notify import WEBHOOK_ENV, post_notification
-from tasks.summary import promoted, promotion_outcome, retrain_markdown
-from tracking.registry import ChampionRef
+from tasks.summary import retrain_markdown
+from tracking.registry import ChampionRef, promoted, promotion_outcome
 from tracking.runs import VariantRun, run_link
 
 DATASET = DatasetRef(

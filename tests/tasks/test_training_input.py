@@ -7,7 +7,7 @@ import mlflow
 from cnn.config import IngestConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
-from tracking.training import log_training_input
+from tracking.training import dataset_input, log_dataset_inputs
 
 RUNS = 8
 
@@ -23,12 +23,11 @@ def test_runs_logging_a_new_dataset_at_once_all_get_it(tmp_path, mlflow_uri):
     errors: list[Exception] = []
 
     def log(run_id: str) -> None:
-        with mlflow.start_run(run_id=run_id):
-            together.wait()
-            try:
-                log_training_input(dataset)
-            except Exception as error:  # collected: a thread's exception would be lost
-                errors.append(error)
+        together.wait()
+        try:
+            log_dataset_inputs(run_id, dataset_input(dataset, "training"))
+        except Exception as error:  # collected: a thread's exception would be lost
+            errors.append(error)
 
     threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]
     for thread in threads:
