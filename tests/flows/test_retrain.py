@@ -135,14 +135,34 @@ def test_the_champion_moves_only_by_more_than_the_margin(two_runs):
     assert int(champion.version) == good.runs[0].registered_version
 
 
-def test_evaluate_rescores_the_champion_as_its_own_run(two_runs):
+def test_evaluate_rescores_the_champion_as_a_run_under_its_own_parent(two_runs):
     good, _, _, client = two_runs
     result = evaluate(f"models:/{REGISTERED}@champion", good.dataset.path, TRACKING)
     assert result["accuracy"] == pytest.approx(good.runs[0].test_accuracy)
     run = client.get_run(result["run_id"])
+    parent = client.get_run(result["parent_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "mlflow.parentRunId" not in parent.data.tags
+    assert parent.info.run_name.startswith(f"evaluate models:/{REGISTERED}@champion ")
     assert run.data.tags["evaluation_of"] == f"models:/{REGISTERED}@champion"
-    assert run.data.metrics["test_accuracy"] == pytest.approx(result["accuracy"])
+    for scored in (run, parent):
+        assert scored.data.metrics["test_accuracy"] == pytest.approx(result["accuracy"])
+        (test_split,) = scored.inputs.dataset_inputs
+        assert test_split.dataset.name == f"{good.dataset.name}/test"
     assert result["report"].endswith("report/report.html")
+
+
+def test_each_retrain_is_one_parent_run_named_by_its_day(two_runs):
+    good, worse, _, client = two_runs
+    parents = []
+    for result in (good, worse):
+        (child,) = result.runs
+        parents.append(client.get_run(client.get_run(child.run_id).data.tags["mlflow.parentRunId"]))
+    assert len({parent.info.run_id for parent in parents}) == 2
+    for parent in parents:
+        assert parent.info.run_name.startswith("retrain 20")  # retrain <UTC day> <source>@<size>
+        assert parent.data.tags["prefect_flow_run_name"] == parent.info.run_name
+    assert parents[1].data.tags["champion.outcome"].startswith("champion stays version")
 
 
 def test_predict_scores_a_folder_with_the_champion(two_runs, tmp_path):
