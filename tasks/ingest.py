@@ -9,7 +9,7 @@ from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetRef, build_dataset
 from cnn.settings import datasets_dir
 from cnn.sources import open_source
-from tasks.progress import ProgressArtifact
+from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 
 MAX_LOGGED_SKIPS = 20
@@ -21,9 +21,10 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     logger = get_run_logger()
     started = time.perf_counter()
     source = open_source(config.source, limit=config.limit)
-    progress = ProgressArtifact("ingest-progress", f"Images of {config.source} written")
-    dataset, cache_hit = build_dataset(source, config, datasets_dir(), on_progress=progress)
-    progress.finish()
+    written = f"Images of {config.source} written"
+    with TaskProgress("ingest-progress", "ingest", written) as progress:
+        dataset, cache_hit = build_dataset(source, config, datasets_dir(), on_progress=progress)
+        progress.finish()
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)
     logger.info(
         "%s dataset %s: %d images in %.1f s (%s)",

@@ -10,7 +10,7 @@ from cnn.dataset import open_dataset
 from cnn.models import check_downloads
 from cnn.settings import data_dir
 from tasks.keys import artifact_key
-from tasks.progress import ProgressArtifact
+from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 from tracking import runs
 from tracking.runs import TrainedModel, VariantRun
@@ -42,14 +42,16 @@ def train_model(
     with ExitStack() as held:
         root = data_dir().absolute() / "checkpoints"
         checkpoints = claim_checkpoints(root, dataset, variant, config, held, logger)
-        progress = ProgressArtifact(
+        progress = TaskProgress(
             artifact_key("training-progress", variant),
+            f"train {variant}",
             f"{variant}: share of {config.epochs} epochs trained, MLflow run {run_id}",
         )
-        result, info = train_and_log(
-            dataset, variant, config, run_id, registered_model, checkpoints, logger, progress
-        )
-        progress.finish()
+        with progress:
+            result, info = train_and_log(
+                dataset, variant, config, run_id, registered_model, checkpoints, logger, progress
+            )
+            progress.finish()
         if checkpoints is not None:
             checkpoints.clear()  # the model is safe in MLflow now
     logger.info(
