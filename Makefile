@@ -20,7 +20,7 @@ lock: ## re-resolve the dependencies of pyproject.toml into requirements.lock (l
 	  && mv requirements.lock.tmp requirements.lock; rm -rf $(LOCK_VENV) requirements.lock.tmp
 
 pipeline: install ## offline demo: synthetic cells end to end
-	$(BIN)/malaria pipeline --source synthetic --limit 400 --epochs 2
+	$(BIN)/malaria pipeline --source synthetic --limit 2000 --epochs 10
 
 test: install ## lint, the import contract, then the whole suite (slow end-to-end tests included)
 	$(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/pytest
