@@ -106,14 +106,14 @@ def feature_maps(model: keras.Model, image: np.ndarray) -> Figure:
 def grad_cam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Grad-CAM heatmaps (N × H × W, in [0, 1], at the input's size) for each image's predicted
     class: the gradient of p (uninfected predicted) or 1 − p (parasitized) with respect to the
-    last spatial activation before pooling or flattening, inside a nested backbone if there is
-    one. Gradients are backend-specific: TensorFlow and JAX are supported."""
+    activation `grad_cam_target` picks, inside a nested backbone if there is one. Gradients
+    are backend-specific: TensorFlow and JAX are supported."""
     backend = keras.backend.backend()
     if backend not in GRAD_CAM_GRADIENT_BACKENDS:
         raise NotImplementedError(f"grad_cam has no gradient code for the {backend} backend")
     images = np.asarray(images, "float32")
-    path = _last_spatial_path(model)
-    features, head = _extractor(model, path), _head(model, path)
+    path, head = grad_cam_target(model)
+    features = _extractor(model, path)
     gradient = _tensorflow_gradient if backend == "tensorflow" else _jax_gradient
     heatmaps = []
     for start in range(0, len(images), batch_size):
@@ -204,20 +204,39 @@ def _first_conv_path(model: keras.Model) -> LayerPath:
     raise ValueError(f"model {model.name!r} has no Conv2D layer")
 
 
-def _last_spatial_path(model: keras.Model) -> LayerPath:
-    """The last layer with a 4-D (batch, height, width, channels) output from the first
-    convolution on, pooling layers excepted: Grad-CAM's target."""
+GRAD_CAM_MIN_SIDE = 8
+"""Grad-CAM is taken where the feature map is at least this many cells a side: coarser, and
+every heatmap is the same smooth blur of a few cells that cannot point at a parasite."""
+
+
+def grad_cam_target(model: keras.Model) -> tuple[LayerPath, keras.Model]:
+    """Grad-CAM's layer and the rest of the model from it: the last spatial activation (a
+    4-D output from the first convolution on, pooling excepted) that is at least
+    `GRAD_CAM_MIN_SIDE` a side and that the rest of the network depends on alone (a residual
+    block's output, not a layer inside it); the last such activation of any size if none is
+    that fine (a tiny input)."""
+    spatial = _spatial_paths(model)
+    fine = [path for path in spatial if min(path[-1].output.shape[1:3]) >= GRAD_CAM_MIN_SIDE]
+    for path in [*reversed(fine), *reversed(spatial)]:
+        try:
+            return path, _head(model, path)
+        except ValueError:  # a skip connection goes around it
+            continue
+    raise ValueError(f"model {model.name!r} has no convolutional layer for Grad-CAM")
+
+
+def _spatial_paths(model: keras.Model) -> list[LayerPath]:
+    """The layers with a 4-D (batch, height, width, channels) output from the first
+    convolution on, pooling layers excepted, in graph order."""
     convolutions = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
     pooling = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-    after_first_conv, target = False, None
+    after_first_conv, spatial = False, []
     for path in _layer_paths(model):
         layer = path[-1]
         after_first_conv = after_first_conv or isinstance(layer, convolutions)
         if after_first_conv and len(layer.output.shape) == 4 and not isinstance(layer, pooling):
-            target = path
-    if target is None:
-        raise ValueError(f"model {model.name!r} has no convolutional layer for Grad-CAM")
-    return target
+            spatial.append(path)
+    return spatial
 
 
 def _call_tensors(model: keras.Model, nested: keras.Model):

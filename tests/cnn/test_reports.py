@@ -27,6 +27,7 @@ from cnn.inspection import (
     first_conv_layer,
     grad_cam,
     grad_cam_figure,
+    grad_cam_target,
 )
 from cnn.labels import PARASITIZED, UNINFECTED
 from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
@@ -269,6 +270,21 @@ def test_grad_cam_gives_one_unit_range_heatmap_per_image_at_input_size(
     assert heatmaps.shape == (3, SIDE, SIDE)
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1
     assert np.all(heatmaps.max(axis=(1, 2)) == pytest.approx(1.0))
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "side"),
+    [
+        (64, "stage2_block2_out", 8),  # the default model: 8×8, not its last stage's 2×2
+        (32, "stage1_block2_out", 8),
+        (16, "stem_relu", 8),
+        (8, "stage4_block2_out", 1),  # nothing 8 a side: the last block's output
+    ],
+)
+def test_grad_cam_takes_a_residual_block_output_of_8_by_8_or_finer(size, target, side):
+    path, head = grad_cam_target(build_model("resnet", (size, size, 3)))
+    assert path[-1].name == target and path[-1].output.shape[1:3] == (side, side)
+    assert head.input.shape[1:] == path[-1].output.shape[1:]
 
 
 def _red_detector(weight: float) -> keras.Model:
