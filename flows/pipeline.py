@@ -1,7 +1,6 @@
 """The whole pipeline: ingest, then train and evaluate every variant."""
 
 from prefect import flow
-from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from cnn.config import (
@@ -14,11 +13,11 @@ from cnn.config import (
 from cnn.dataset import DatasetRef
 from flows import names
 from flows.ingest import ingest
-from flows.train import train
+from flows.train import parent_run, train
 from tasks.registry import find_champion
 from tracking.config import TrackingConfig
 from tracking.registry import ChampionRef
-from tracking.runs import VariantRun, tracked_run
+from tracking.runs import VariantRun
 from tracking.store import require_tracking_server
 
 
@@ -53,7 +52,7 @@ def pipeline(
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
     """
     require_tracking_server()  # fail now, not after the ingest, if MLflow is away
-    with tracked_run(tracking.experiment, flow_run.name, names.mlflow_tags()) as parent_run_id:
+    with parent_run(tracking, None) as parent_run_id:
         return run_pipeline(data, variants, training, tracking, promotion, work_pool, parent_run_id)
 
 

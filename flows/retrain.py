@@ -2,7 +2,6 @@
 promote; then a `retrain-summary` artifact, and a webhook post if it promoted or failed."""
 
 from prefect import flow
-from prefect.runtime import flow_run
 
 from cnn.config import (
     DEFAULT_VARIANTS,
@@ -13,12 +12,12 @@ from cnn.config import (
 )
 from flows import names
 from flows.pipeline import PipelineResult, run_pipeline
+from flows.train import parent_run
 from tasks.notify import notify_failure, post_notification
 from tasks.registry import find_champion
 from tasks.summary import summarize_retrain
 from tracking.config import TrackingConfig
 from tracking.registry import promoted, promotion_outcome
-from tracking.runs import tracked_run
 from tracking.store import require_tracking_server
 
 
@@ -49,7 +48,7 @@ def retrain(
     """
     require_tracking_server()
     champion_before = find_champion(tracking.registered_model)
-    with tracked_run(tracking.experiment, flow_run.name, names.mlflow_tags()) as parent_run_id:
+    with parent_run(tracking, None) as parent_run_id:
         result = run_pipeline(
             data, variants, training, tracking, promotion, work_pool, parent_run_id
         )

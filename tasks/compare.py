@@ -1,6 +1,5 @@
 """Parent-run tasks: what a flow's variants share, then their comparison and the champion."""
 
-import mlflow
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
@@ -9,7 +8,7 @@ from cnn.dataset import open_dataset
 from tasks.retry import IO_RETRIES
 from tracking import parents
 from tracking.registry import ChampionRef, find_champion_version, promotion_outcome
-from tracking.runs import VariantRun, run_link
+from tracking.runs import VariantRun, link_to_run
 from tracking.store import configure_tracking
 
 COMPARISON_KEY = "variant-comparison"
@@ -37,11 +36,10 @@ def compare_variants(
     tracking_uri = configure_tracking()
     champion_after = find_champion_version(registered_model)
     table = parents.log_comparison(run_id, runs, champion_before, champion_after)
-    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     create_table_artifact(
         key=COMPARISON_KEY,
         table=table.astype(object).where(table.notna(), None).to_dict(orient="records"),
-        description=f"Variants of MLflow run {run_link(tracking_uri, experiment_id, run_id)}: "
+        description=f"Variants of MLflow run {link_to_run(tracking_uri, run_id)}: "
         f"{promotion_outcome(champion_before, champion_after)}",
     )
     return champion_after

@@ -1,6 +1,5 @@
 """Evaluate task: score a logged model on a dataset's test split, log scores and pictures."""
 
-import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
@@ -11,7 +10,7 @@ from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_evaluation
 from tracking.models import load_keras_model, model_threshold
-from tracking.runs import run_link
+from tracking.runs import link_to_run
 from tracking.store import configure_tracking
 
 
@@ -42,6 +41,6 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
         key=artifact_key("confusion-matrix", label),
         table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized), MLflow run "
-        + run_link(tracking_uri, mlflow.MlflowClient().get_run(run_id).info.experiment_id, run_id),
+        + link_to_run(tracking_uri, run_id),
     )
     return {**evaluation.as_dict(), "threshold": threshold}

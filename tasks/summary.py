@@ -1,13 +1,12 @@
 """Retrain summary: one Prefect markdown artifact per retrain, with links to the MLflow runs."""
 
-import mlflow
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from cnn.dataset import DatasetRef
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, promotion_outcome
-from tracking.runs import VariantRun, run_link
+from tracking.runs import VariantRun, link_to_run
 from tracking.store import configure_tracking
 
 SUMMARY_KEY = "retrain-summary"
@@ -23,13 +22,7 @@ def summarize_retrain(
 ) -> str:
     """Leave the `retrain-summary` markdown artifact; return its markdown."""
     tracking_uri = configure_tracking()
-    client = mlflow.MlflowClient()
-    links = {
-        run.run_id: run_link(
-            tracking_uri, client.get_run(run.run_id).info.experiment_id, run.run_id
-        )
-        for run in runs
-    }
+    links = {run.run_id: link_to_run(tracking_uri, run.run_id) for run in runs}
     markdown = retrain_markdown(dataset, runs, champion_before, champion_after, links)
     create_markdown_artifact(
         key=SUMMARY_KEY,

@@ -127,3 +127,8 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     if not tracking_uri.startswith(("http://", "https://")):
         return f"`{run_id}`"
     return f"[{run_id[:8]}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def link_to_run(tracking_uri: str, run_id: str) -> str:
+    """`run_link` for a run known only by its id (looks up its experiment)."""
+    return run_link(tracking_uri, MlflowClient().get_run(run_id).info.experiment_id, run_id)
