@@ -89,13 +89,13 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: 
 class DroppingProxy:
     """An HTTP proxy on 127.0.0.1 in front of `upstream`. While `down`, it closes every
     connection without an answer: to a client, the server is gone. `on_request` sees each
-    request path first (and may set `down`)."""
+    request's method, path and body first (and may set `down`)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.down = False
         self.dropped = 0
-        self.on_request: Callable[[str, str], None] = lambda method, path: None
+        self.on_request: Callable[[str, str, bytes], None] = lambda method, path, body: None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -107,7 +107,7 @@ class DroppingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                proxy.on_request(self.command, self.path)
+                proxy.on_request(self.command, self.path, body or b"")
                 if proxy.down:
                     proxy.dropped += 1
                     self.close_connection = True

@@ -69,8 +69,8 @@ def test_an_outage_mid_training_is_bridged_and_loses_no_epoch(proxied_server):
     proxy, env, arguments = proxied_server
     epoch_logs = []
 
-    def cut_at_second_epoch(method: str, path: str) -> None:
-        if path.endswith("/runs/log-batch"):
+    def cut_at_second_epoch(method: str, path: str, body: bytes) -> None:
+        if path.endswith("/runs/log-batch") and b'"val_loss"' in body:  # an epoch's
             epoch_logs.append(path)
             if len(epoch_logs) == 2:
                 proxy.down = True
@@ -98,7 +98,7 @@ def test_a_model_that_cannot_be_logged_is_kept_and_logged_by_the_rerun(proxied_s
     proxy, env, arguments = proxied_server
     data_dir = data_dir_of(env)
 
-    def cut_when_the_model_is_logged(method: str, path: str) -> None:
+    def cut_when_the_model_is_logged(method: str, path: str, body: bytes) -> None:
         if method == "POST" and path.endswith("/logged-models"):
             proxy.down = True  # and stays down
 
@@ -113,7 +113,7 @@ def test_a_model_that_cannot_be_logged_is_kept_and_logged_by_the_rerun(proxied_s
     assert model.input_shape == (None, 24, 24, 3)
     assert EPOCHS in checkpoint_epochs(data_dir)
 
-    proxy.down, proxy.on_request = False, lambda method, path: None  # the server is back
+    proxy.down, proxy.on_request = False, lambda method, path, body: None  # the server is back
     rerun = run_malaria(arguments, env)
     (variant,) = rerun.result["runs"]
     assert variant["epochs_run"] == EPOCHS

@@ -164,7 +164,7 @@ def _kill_when_running(api: str, flow_run_id: str, worker_pid: int) -> dict:
         engines = [
             process
             for process in psutil.Process(worker_pid).children(recursive=True)
-            if "prefect.engine" in " ".join(process.cmdline())
+            if "prefect.engine" in " ".join(_command_line(process))
         ]
         if flow_run["state"]["type"] == "RUNNING" and engines:
             for process in engines:
@@ -172,6 +172,14 @@ def _kill_when_running(api: str, flow_run_id: str, worker_pid: int) -> dict:
             return flow_run
         time.sleep(0.5)
     raise TimeoutError(f"flow run {flow_run_id} never ran")
+
+
+def _command_line(process: psutil.Process) -> list[str]:
+    """The process's command line; none for one that has ended (a zombie until reaped)."""
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
 
 
 def _wait_for_final_state(api: str, flow_run_id: str) -> dict:
