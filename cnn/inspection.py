@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from cnn.figures import mosaic, mosaic_figure, mosaic_origin, tile_grid, unit_range
 from cnn.labels import LABEL_NAMES
@@ -23,6 +24,11 @@ FEATURE_MAP_INCHES = 1.1
 FEATURE_MAP_GAP = 2
 FILTER_INCHES_PER_PIXEL = 0.16
 GRAD_CAM_GRADIENT_BACKENDS = ("tensorflow", "jax")
+GRAD_CAM_METHODS = ("hirescam", "gradcam")
+"""How the heatmap combines gradients and activations; the first is the default."""
+GRAD_CAM_SMOOTHING_PIXELS = 1.5
+"""The heatmap is blurred with a Gaussian of this σ (input pixels): a fine map reads as spots,
+not specks, and its peak moves little."""
 
 
 def first_conv_layer(model: keras.Model) -> keras.layers.Layer:
@@ -103,14 +109,26 @@ def feature_maps(model: keras.Model, image: np.ndarray) -> Figure:
     return figure
 
 
-def grad_cam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Grad-CAM heatmaps (N × H × W, in [0, 1], at the input's size) for each image's predicted
-    class: the gradient of p (uninfected predicted) or 1 − p (parasitized) with respect to the
-    activation `grad_cam_target` picks, inside a nested backbone if there is one. Gradients
-    are backend-specific: TensorFlow and JAX are supported."""
+def grad_cam(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 32,
+    method: str = GRAD_CAM_METHODS[0],
+    smoothing_pixels: float = GRAD_CAM_SMOOTHING_PIXELS,
+) -> np.ndarray:
+    """Heatmaps (N × H × W, in [0, 1], at the input's size) of where each image's predicted
+    class's evidence lies, from the gradient of p (uninfected predicted) or 1 − p (parasitized)
+    with respect to the activation `grad_cam_target` picks (inside a nested backbone if there
+    is one). `hirescam` sums gradient × activation position by position (HiResCAM); `gradcam`
+    weighs each channel by its mean gradient (Grad-CAM). Gradients are backend-specific:
+    TensorFlow and JAX are supported."""
     backend = keras.backend.backend()
     if backend not in GRAD_CAM_GRADIENT_BACKENDS:
         raise NotImplementedError(f"grad_cam has no gradient code for the {backend} backend")
+    if method not in GRAD_CAM_METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; expected one of {', '.join(GRAD_CAM_METHODS)}"
+        )
     images = np.asarray(images, "float32")
     path, head = grad_cam_target(model)
     features = _extractor(model, path)
@@ -120,9 +138,10 @@ def grad_cam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np
         activations = features(images[start : start + batch_size], training=False)
         gradients = gradient(head, activations).astype(np.float32)
         activations = keras.ops.convert_to_numpy(activations).astype(np.float32)
-        channel_weights = gradients.mean(axis=(1, 2), keepdims=True)
-        heatmaps.extend(np.maximum((channel_weights * activations).sum(axis=-1), 0.0))
-    return np.stack([_resize_unit(cam, images.shape[1:3]) for cam in heatmaps])
+        if method == "gradcam":
+            gradients = gradients.mean(axis=(1, 2), keepdims=True)
+        heatmaps.extend(np.maximum((gradients * activations).sum(axis=-1), 0.0))
+    return np.stack([_resize_unit(cam, images.shape[1:3], smoothing_pixels) for cam in heatmaps])
 
 
 def grad_cam_figure(
@@ -173,13 +192,15 @@ def _jax_gradient(head: keras.Model, activations) -> np.ndarray:
     return np.asarray(jax.grad(predicted_class_score)(activations))
 
 
-def _resize_unit(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a non-negative heatmap bilinearly to (height, width) and scale it to peak at 1
-    (all zero stays zero)."""
+def _resize_unit(heatmap: np.ndarray, size: tuple[int, int], smoothing_pixels: float) -> np.ndarray:
+    """Resize a non-negative heatmap bilinearly to (height, width), blur it by
+    `smoothing_pixels` and scale it to peak at 1 (all zero stays zero)."""
     heatmap = heatmap.astype(np.float32)
     if heatmap.shape != tuple(size):
         resized = Image.fromarray(heatmap).resize(size[::-1], Image.Resampling.BILINEAR)
         heatmap = np.maximum(np.asarray(resized), 0.0)
+    if smoothing_pixels:
+        heatmap = gaussian_filter(heatmap, smoothing_pixels)
     peak = float(heatmap.max())
     return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
 
@@ -204,19 +225,21 @@ def _first_conv_path(model: keras.Model) -> LayerPath:
     raise ValueError(f"model {model.name!r} has no Conv2D layer")
 
 
-GRAD_CAM_MIN_SIDE = 8
-"""Grad-CAM is taken where the feature map is at least this many cells a side: coarser, and
-every heatmap is the same smooth blur of a few cells that cannot point at a parasite."""
+GRAD_CAM_MIN_SCALE = 0.5
+"""Grad-CAM is taken where the feature map has at least this share of the input's side (32×32
+for a 64-px input): on coarser maps the heatmap is a blur of a few cells, which cannot point
+at a parasite (benchmarks/gradcam.py compares the layers)."""
 
 
 def grad_cam_target(model: keras.Model) -> tuple[LayerPath, keras.Model]:
     """Grad-CAM's layer and the rest of the model from it: the last spatial activation (a
-    4-D output from the first convolution on, pooling excepted) that is at least
-    `GRAD_CAM_MIN_SIDE` a side and that the rest of the network depends on alone (a residual
-    block's output, not a layer inside it); the last such activation of any size if none is
-    that fine (a tiny input)."""
+    4-D output from the first convolution on, pooling excepted) whose side is at least
+    `GRAD_CAM_MIN_SCALE` of the input's and that the rest of the network depends on alone
+    (a residual block's output, not a layer inside it); the last such activation of any size
+    if none is that fine."""
     spatial = _spatial_paths(model)
-    fine = [path for path in spatial if min(path[-1].output.shape[1:3]) >= GRAD_CAM_MIN_SIDE]
+    least = GRAD_CAM_MIN_SCALE * min(model.input_shape[1:3])
+    fine = [path for path in spatial if min(path[-1].output.shape[1:3]) >= least]
     for path in [*reversed(fine), *reversed(spatial)]:
         try:
             return path, _head(model, path)

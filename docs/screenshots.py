@@ -3,10 +3,11 @@
     malaria stack up        # and at least one completed retrain with two variants
     python docs/screenshots.py [--state-dir .stack] [--chromium /usr/bin/chromium]
 
-Takes, with headless Chromium: the `retrain` deployment's Run form, the graph of the latest
-completed `retrain` flow run, and MLflow's comparison of the two latest runs of experiment
-`malaria-cnn`. Writes docs/prefect-run-form.png, docs/prefect-flow-run.png and
-docs/mlflow-compare.png.
+Takes, with headless Chromium: the Prefect run list (named runs), the latest completed
+`retrain` flow run's graph, the artifacts of the flow run that trained a variant (its
+progress bars at their end, the report, the confusion matrix), the `retrain` deployment's Run
+form; MLflow's runs of experiment `malaria-cnn` (each retrain a parent with its variants as
+children), the latest parent run, and the comparison of its children. Writes docs/*.png.
 """
 
 import argparse
@@ -73,27 +74,48 @@ def main() -> None:
     ).json()
     if not flow_runs:
         raise SystemExit("no completed retrain flow run yet: start one from the UI first")
+    retrain_run = flow_runs[0]
+    progress = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"type": {"any_": ["progress"]}}, "sort": "CREATED_DESC", "limit": 1},
+    ).json()
     experiment = httpx.get(
         f"{mlflow}/api/2.0/mlflow/experiments/get-by-name",
         params={"experiment_name": "malaria-cnn"},
     ).json()["experiment"]
-    runs = httpx.post(
-        f"{mlflow}/api/2.0/mlflow/runs/search",
-        json={
-            "experiment_ids": [experiment["experiment_id"]],
-            "max_results": 2,
-            "order_by": ["attributes.start_time DESC"],
-        },
-    ).json()["runs"]
-    run_ids = json.dumps([run["info"]["run_id"] for run in runs])
+    experiment_id = experiment["experiment_id"]
+
+    def search_runs(filter_string: str) -> list[dict]:
+        return httpx.post(
+            f"{mlflow}/api/2.0/mlflow/runs/search",
+            json={"experiment_ids": [experiment_id], "filter": filter_string, "max_results": 50},
+        ).json()["runs"]
+
+    parent = next(  # the retrain's own run; its variants' runs may carry its flow run id too
+        run
+        for run in search_runs(f"tags.prefect_flow_run_id = '{retrain_run['id']}'")
+        if not any(tag["key"] == "mlflow.parentRunId" for tag in run["data"].get("tags", []))
+    )
+    parent_id = parent["info"]["run_id"]
+    child_ids = [
+        run["info"]["run_id"] for run in search_runs(f"tags.mlflow.parentRunId = '{parent_id}'")
+    ]
     compare = urllib.parse.urlencode(
-        {"runs": run_ids, "experiments": json.dumps([experiment["experiment_id"]])}
+        {"runs": json.dumps(child_ids), "experiments": json.dumps([experiment_id])}
     )
     shots = [
+        (f"{prefect}/runs", "prefect-runs.png", 900),
+        (f"{prefect}/runs/flow-run/{retrain_run['id']}", "prefect-flow-run.png", 1000),
         (f"{prefect}/deployments/deployment/{deployment['id']}/run", "prefect-run-form.png", 1000),
-        (f"{prefect}/runs/flow-run/{flow_runs[0]['id']}", "prefect-flow-run.png", 1000),
+        (f"{mlflow}/#/experiments/{experiment_id}", "mlflow-runs.png", 900),
+        (f"{mlflow}/#/experiments/{experiment_id}/runs/{parent_id}", "mlflow-parent.png", 1300),
         (f"{mlflow}/#/compare-runs?{compare}", "mlflow-compare.png", 2000),
     ]
+    if progress:
+        trained_in = progress[0]["flow_run_id"]
+        shots.insert(
+            2, (f"{prefect}/runs/flow-run/{trained_in}?tab=Artifacts", "prefect-progress.png", 1000)
+        )
     for url, name, height in shots:
         screenshot(args.chromium, url, DOCS / name, f"1440,{height}", args.wait_ms)
 

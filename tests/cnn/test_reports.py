@@ -21,6 +21,8 @@ from cnn.figures import (
 from cnn.images import resize_square
 from cnn.inspection import (
     FEATURE_MAP_GAP,
+    GRAD_CAM_METHODS,
+    GRAD_CAM_SMOOTHING_PIXELS,
     feature_maps,
     filter_grid,
     first_conv_activations,
@@ -275,16 +277,26 @@ def test_grad_cam_gives_one_unit_range_heatmap_per_image_at_input_size(
 @pytest.mark.parametrize(
     ("size", "target", "side"),
     [
-        (64, "stage2_block2_out", 8),  # the default model: 8×8, not its last stage's 2×2
-        (32, "stage1_block2_out", 8),
-        (16, "stem_relu", 8),
-        (8, "stage4_block2_out", 1),  # nothing 8 a side: the last block's output
+        (64, "stem_relu", 32),  # the default model: 32×32, not its last stage's 2×2
+        (32, "stem_relu", 16),
+        (8, "stem_relu", 4),
     ],
 )
-def test_grad_cam_takes_a_residual_block_output_of_8_by_8_or_finer(size, target, side):
+def test_grad_cam_takes_an_activation_of_half_the_input_side_or_finer(size, target, side):
     path, head = grad_cam_target(build_model("resnet", (size, size, 3)))
     assert path[-1].name == target and path[-1].output.shape[1:3] == (side, side)
     assert head.input.shape[1:] == path[-1].output.shape[1:]
+
+
+def test_grad_cam_falls_back_to_the_last_activation_when_none_is_that_fine():
+    inputs = keras.Input((SIDE, SIDE, 3))
+    coarse = keras.layers.Conv2D(4, 3, strides=4, activation="relu", name="coarse")(inputs)
+    coarser = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="coarser")(coarse)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.GlobalAveragePooling2D()(coarser)
+    )
+    path, _ = grad_cam_target(keras.Model(inputs, outputs))
+    assert path[-1].name == "coarser"
 
 
 def _red_detector(weight: float) -> keras.Model:
@@ -310,9 +322,36 @@ def test_grad_cam_lights_up_the_region_the_predicted_class_depends_on(weight, pr
     model = _red_detector(weight)
     uninfected = float(keras.ops.convert_to_numpy(model(image[None].astype("float32")))[0, 0])
     assert (UNINFECTED if uninfected >= 0.5 else PARASITIZED) == predicted
-    heatmap = grad_cam(model, image[None])[0]
-    assert heatmap[:half, :half].min() > 0.99
-    assert heatmap[half:, :].max() < 0.01 and heatmap[:, half:].max() < 0.01
+    for method in GRAD_CAM_METHODS:
+        heatmap = grad_cam(model, image[None], method=method, smoothing_pixels=0)[0]
+        assert heatmap[:half, :half].min() > 0.99, method
+        assert heatmap[half:, :].max() < 0.01 and heatmap[:, half:].max() < 0.01, method
+    smoothed = grad_cam(model, image[None])[0]  # blurred across the edge, not beyond
+    margin = 3 * round(GRAD_CAM_SMOOTHING_PIXELS + 0.5)
+    assert smoothed[: half - margin, : half - margin].min() > 0.99
+    assert smoothed[half + margin :, :].max() < 0.01 and smoothed[:, half + margin :].max() < 0.01
+    assert 0.01 < smoothed[half, half // 2] < 0.99
+
+
+def test_hirescam_tells_apart_two_regions_of_one_channel_that_gradcam_merges():
+    """Where a channel fires in two places but the output reads only one of them (through
+    a spatial weighting), HiResCAM's position-by-position product lights that one alone."""
+    image = np.zeros((SIDE, SIDE, 3), np.uint8)
+    half = SIDE // 2
+    image[:half, :half, 0] = image[half:, half:, 0] = 255  # red in two corners
+    inputs = keras.Input((SIDE, SIDE, 3))
+    red = keras.layers.Conv2D(1, 1, use_bias=False, activation="relu", name="red")
+    x = red(keras.layers.Rescaling(1 / 255)(inputs))
+    read = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, read)
+    red.set_weights([np.array([1, 0, 0], "float32").reshape(1, 1, 3, 1)])
+    weights = np.zeros((SIDE, SIDE), "float32")
+    weights[:half, :half] = 0.01  # the output reads the top-left corner only
+    model.layers[-1].set_weights([weights.reshape(-1, 1), np.zeros(1, "float32")])
+    hires = grad_cam(model, image[None], method="hirescam", smoothing_pixels=0)[0]
+    classic = grad_cam(model, image[None], method="gradcam", smoothing_pixels=0)[0]
+    assert hires[:half, :half].min() > 0.99 and hires[half:, half:].max() < 0.01
+    assert classic[half:, half:].min() > 0.99  # its channel weight spreads to both corners
 
 
 def test_grad_cam_names_a_backend_without_gradient_code(simple_model, monkeypatch):
