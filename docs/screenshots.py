@@ -4,8 +4,8 @@
     python docs/screenshots.py [--state-dir .stack] [--chromium /usr/bin/chromium]
 
 Takes, with headless Chromium: the Prefect run list (named runs), the latest completed
-`retrain` flow run's graph, the artifacts of the flow run that trained a variant (its
-progress bars at their end, the report, the confusion matrix), the `retrain` deployment's Run
+`retrain` flow run's graph, the flow run that trained a variant (its named tasks with
+their progress, report and confusion-matrix artifacts, its log), the `retrain` deployment's Run
 form; MLflow's runs of experiment `malaria-cnn` (each retrain a parent with its variants as
 children), the latest parent run, and the comparison of its children. Writes docs/*.png.
 """
@@ -107,15 +107,13 @@ def main() -> None:
         (f"{prefect}/runs", "prefect-runs.png", 900),
         (f"{prefect}/runs/flow-run/{retrain_run['id']}", "prefect-flow-run.png", 1000),
         (f"{prefect}/deployments/deployment/{deployment['id']}/run", "prefect-run-form.png", 1000),
-        (f"{mlflow}/#/experiments/{experiment_id}", "mlflow-runs.png", 900),
+        (f"{mlflow}/#/experiments/{experiment_id}/runs", "mlflow-runs.png", 900),
         (f"{mlflow}/#/experiments/{experiment_id}/runs/{parent_id}", "mlflow-parent.png", 1300),
         (f"{mlflow}/#/compare-runs?{compare}", "mlflow-compare.png", 2000),
     ]
     if progress:
         trained_in = progress[0]["flow_run_id"]
-        shots.insert(
-            2, (f"{prefect}/runs/flow-run/{trained_in}?tab=Artifacts", "prefect-progress.png", 1000)
-        )
+        shots.insert(2, (f"{prefect}/runs/flow-run/{trained_in}", "prefect-progress.png", 1000))
     for url, name, height in shots:
         screenshot(args.chromium, url, DOCS / name, f"1440,{height}", args.wait_ms)
 
