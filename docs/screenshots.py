@@ -6,8 +6,8 @@
 Takes, with headless Chromium: the Prefect run list (named runs), the latest completed
 `retrain` flow run's graph, the flow run that trained a variant (its named tasks with
 their progress, report and confusion-matrix artifacts, its log), the `retrain` deployment's Run
-form; MLflow's runs of experiment `malaria-cnn` (each retrain a parent with its variants as
-children), the latest parent run, and the comparison of its children. Writes docs/*.png.
+form; MLflow's page of that retrain's parent run (its variants' runs listed as children) and
+the comparison of those children. Writes docs/*.png.
 """
 
 import argparse
@@ -107,7 +107,6 @@ def main() -> None:
         (f"{prefect}/runs", "prefect-runs.png", 900),
         (f"{prefect}/runs/flow-run/{retrain_run['id']}", "prefect-flow-run.png", 1000),
         (f"{prefect}/deployments/deployment/{deployment['id']}/run", "prefect-run-form.png", 1000),
-        (f"{mlflow}/#/experiments/{experiment_id}/runs", "mlflow-runs.png", 900),
         (f"{mlflow}/#/experiments/{experiment_id}/runs/{parent_id}", "mlflow-parent.png", 1300),
         (f"{mlflow}/#/compare-runs?{compare}", "mlflow-compare.png", 2000),
     ]
