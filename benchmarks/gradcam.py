@@ -10,7 +10,7 @@ the cell (filled, its rim of `RIM_PIXELS` eroded), the pixels whose green is und
 `STAIN_GREEN_RATIO` of the cell's median green (the stain is dark purple on a pink cell).
 A heatmap points at the parasite when its peak lies in the mask ("on"), or in the mask grown
 by `NEAR_PIXELS` ("near"). Beside them: the rates of a point drawn at random in the cell;
-each method of `GRAD_CAM_METHODS` at the layers that other `GRAD_CAM_MIN_SCALE` values would
+each method of `GRAD_CAM_METHODS` at the layers that other `min_scale` values would
 choose; and the same network untrained (the rates must come from what it learned, not from
 its shape).
 
@@ -42,7 +42,7 @@ NEAR_PIXELS = 4
 MIN_BLOB_PIXELS = 4
 """A cell whose mask is smaller has no stain this rule can see: it is left out of the rates."""
 MIN_SCALES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
-"""`cnn.inspection.GRAD_CAM_MIN_SCALE` values compared: 2×2 to 32×32 maps at 64 px."""
+"""`min_scale` values compared (2×2 to 32×32 maps at 64 px); the pipeline's is among them."""
 EXAMPLES = 16
 MODEL_PATH = RESULTS_DIR / "gradcam.keras"
 
@@ -114,12 +114,11 @@ def main() -> None:
     import keras
 
     from cnn import inspection
-    from cnn import models as _models  # noqa: F401  (registers the variants' custom layers)
     from cnn.config import DEFAULT_VARIANTS, IngestConfig, TrainConfig
     from cnn.dataset import build_dataset, load_split
     from cnn.labels import PARASITIZED
     from cnn.metrics import predicted_labels
-    from cnn.models import build_model
+    from cnn.models import build_model  # also registers the variants' custom layers
     from cnn.sources import open_source
     from cnn.training import train_on_dataset
 
@@ -145,19 +144,15 @@ def main() -> None:
     insides = np.stack([inside for inside, _ in masks])
     stains = np.stack([stain for _, stain in masks])
     visible = stains.reshape(len(chosen), -1).sum(axis=1) >= MIN_BLOB_PIXELS
+    cells, insides, stains = images[chosen][visible], insides[visible], stains[visible]
 
-    cells = images[chosen][visible]
-
-    def rates(heatmaps: np.ndarray) -> dict:
-        return peak_rates(heatmaps, insides[visible], stains[visible])
-
-    default_scale, layers = inspection.GRAD_CAM_MIN_SCALE, []
+    pipeline = (inspection.GRAD_CAM_MIN_SCALE, inspection.GRAD_CAM_METHODS[0])
+    layers, shown = [], None
     for scale in MIN_SCALES:
-        inspection.GRAD_CAM_MIN_SCALE = scale
-        path, _ = inspection.grad_cam_target(model)
+        path, _ = inspection.grad_cam_target(model, scale)
         for method in inspection.GRAD_CAM_METHODS:
             started = time.perf_counter()
-            heatmaps = inspection.grad_cam(model, cells, method=method)
+            heatmaps = inspection.grad_cam(model, cells, method=method, min_scale=scale)
             layers.append(
                 {
                     "min_scale": scale,
@@ -165,14 +160,14 @@ def main() -> None:
                     "map_side": int(path[-1].output.shape[1]),
                     "method": method,
                     "seconds": round(time.perf_counter() - started, 2),
-                    **rates(heatmaps),
+                    **peak_rates(heatmaps, insides, stains),
                 }
             )
             print(json.dumps(layers[-1]), flush=True)
-    inspection.GRAD_CAM_MIN_SCALE = default_scale
-    shown = inspection.grad_cam(model, cells)
+            if (scale, method) == pipeline:
+                shown = heatmaps
     keras.utils.set_random_seed(ingest.seed)
-    untrained = rates(inspection.grad_cam(build_model(variant, dataset.image_shape), cells))
+    untrained = inspection.grad_cam(build_model(variant, dataset.image_shape), cells)
     figure = RESULTS_DIR / "gradcam.png"
     save(
         "gradcam",
@@ -192,15 +187,15 @@ def main() -> None:
                 "near_pixels": NEAR_PIXELS,
                 "min_blob_pixels": MIN_BLOB_PIXELS,
             },
-            "pipeline": {"min_scale": default_scale, "method": inspection.GRAD_CAM_METHODS[0]},
-            "pipeline_rates": rates(shown),
-            "untrained_rates": untrained,
+            "pipeline": dict(zip(("min_scale", "method"), pipeline, strict=True)),
+            "pipeline_rates": peak_rates(shown, insides, stains),
+            "untrained_rates": peak_rates(untrained, insides, stains),
             "layers": layers,
             "figure": str(figure),
             "machine": platform.node(),
         },
     )
-    examples_figure(cells, shown, stains[visible], figure)
+    examples_figure(cells, shown, stains, figure)
 
 
 if __name__ == "__main__":

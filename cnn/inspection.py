@@ -26,6 +26,10 @@ FILTER_INCHES_PER_PIXEL = 0.16
 GRAD_CAM_GRADIENT_BACKENDS = ("tensorflow", "jax")
 GRAD_CAM_METHODS = ("hirescam", "gradcam")
 """How the heatmap combines gradients and activations; the first is the default."""
+GRAD_CAM_MIN_SCALE = 0.5
+"""Grad-CAM is taken where the feature map has at least this share of the input's side (32×32
+for a 64-px input): on coarser maps the heatmap is a blur of a few cells, which cannot point
+at a parasite (benchmarks/gradcam.py compares the layers)."""
 GRAD_CAM_SMOOTHING_PIXELS = 1.5
 """The heatmap is blurred with a Gaussian of this σ (input pixels): a fine map reads as spots,
 not specks, and its peak moves little."""
@@ -115,13 +119,14 @@ def grad_cam(
     batch_size: int = 32,
     method: str = GRAD_CAM_METHODS[0],
     smoothing_pixels: float = GRAD_CAM_SMOOTHING_PIXELS,
+    min_scale: float = GRAD_CAM_MIN_SCALE,
 ) -> np.ndarray:
     """Heatmaps (N × H × W, in [0, 1], at the input's size) of where each image's predicted
     class's evidence lies, from the gradient of p (uninfected predicted) or 1 − p (parasitized)
-    with respect to the activation `grad_cam_target` picks (inside a nested backbone if there
-    is one). `hirescam` sums gradient × activation position by position (HiResCAM); `gradcam`
-    weighs each channel by its mean gradient (Grad-CAM). Gradients are backend-specific:
-    TensorFlow and JAX are supported."""
+    with respect to the activation `grad_cam_target` picks for `min_scale` (inside a nested
+    backbone if there is one). `hirescam` sums gradient × activation position by position
+    (HiResCAM); `gradcam` weighs each channel by its mean gradient (Grad-CAM). Gradients are
+    backend-specific: TensorFlow and JAX are supported."""
     backend = keras.backend.backend()
     if backend not in GRAD_CAM_GRADIENT_BACKENDS:
         raise NotImplementedError(f"grad_cam has no gradient code for the {backend} backend")
@@ -130,7 +135,7 @@ def grad_cam(
             f"unknown method {method!r}; expected one of {', '.join(GRAD_CAM_METHODS)}"
         )
     images = np.asarray(images, "float32")
-    path, head = grad_cam_target(model)
+    path, head = grad_cam_target(model, min_scale)
     features = _extractor(model, path)
     gradient = _tensorflow_gradient if backend == "tensorflow" else _jax_gradient
     heatmaps = []
@@ -225,20 +230,16 @@ def _first_conv_path(model: keras.Model) -> LayerPath:
     raise ValueError(f"model {model.name!r} has no Conv2D layer")
 
 
-GRAD_CAM_MIN_SCALE = 0.5
-"""Grad-CAM is taken where the feature map has at least this share of the input's side (32×32
-for a 64-px input): on coarser maps the heatmap is a blur of a few cells, which cannot point
-at a parasite (benchmarks/gradcam.py compares the layers)."""
-
-
-def grad_cam_target(model: keras.Model) -> tuple[LayerPath, keras.Model]:
+def grad_cam_target(
+    model: keras.Model, min_scale: float = GRAD_CAM_MIN_SCALE
+) -> tuple[LayerPath, keras.Model]:
     """Grad-CAM's layer and the rest of the model from it: the last spatial activation (a
     4-D output from the first convolution on, pooling excepted) whose side is at least
-    `GRAD_CAM_MIN_SCALE` of the input's and that the rest of the network depends on alone
+    `min_scale` of the input's and that the rest of the network depends on alone
     (a residual block's output, not a layer inside it); the last such activation of any size
     if none is that fine."""
     spatial = _spatial_paths(model)
-    least = GRAD_CAM_MIN_SCALE * min(model.input_shape[1:3])
+    least = min_scale * min(model.input_shape[1:3])
     fine = [path for path in spatial if min(path[-1].output.shape[1:3]) >= least]
     for path in [*reversed(fine), *reversed(spatial)]:
         try:

@@ -1,5 +1,6 @@
 import base64
 import io
+import math
 import re
 
 import keras
@@ -327,7 +328,7 @@ def test_grad_cam_lights_up_the_region_the_predicted_class_depends_on(weight, pr
         assert heatmap[:half, :half].min() > 0.99, method
         assert heatmap[half:, :].max() < 0.01 and heatmap[:, half:].max() < 0.01, method
     smoothed = grad_cam(model, image[None])[0]  # blurred across the edge, not beyond
-    margin = 3 * round(GRAD_CAM_SMOOTHING_PIXELS + 0.5)
+    margin = math.ceil(4 * GRAD_CAM_SMOOTHING_PIXELS)  # a Gaussian's reach
     assert smoothed[: half - margin, : half - margin].min() > 0.99
     assert smoothed[half + margin :, :].max() < 0.01 and smoothed[:, half + margin :].max() < 0.01
     assert 0.01 < smoothed[half, half // 2] < 0.99
@@ -352,6 +353,11 @@ def test_hirescam_tells_apart_two_regions_of_one_channel_that_gradcam_merges():
     classic = grad_cam(model, image[None], method="gradcam", smoothing_pixels=0)[0]
     assert hires[:half, :half].min() > 0.99 and hires[half:, half:].max() < 0.01
     assert classic[half:, half:].min() > 0.99  # its channel weight spreads to both corners
+
+
+def test_grad_cam_names_an_unknown_method_and_the_known_ones(simple_model):
+    with pytest.raises(ValueError, match=r"'gradcam\+\+'.*hirescam, gradcam"):
+        grad_cam(simple_model, _cells(1)[0], method="gradcam++")
 
 
 def test_grad_cam_names_a_backend_without_gradient_code(simple_model, monkeypatch):
