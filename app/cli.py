@@ -5,6 +5,7 @@ file and exits non-zero. With `--json`, the last line of standard output is one 
 """
 
 import argparse
+import atexit
 import importlib
 import json
 import logging
@@ -35,6 +36,27 @@ class CommandError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise CommandError(f"{self.prog}: {message}", EXIT_USAGE)
+
+
+def run() -> NoReturn:
+    """The `malaria` console script: `main`, then an exit that skips the interpreter's teardown.
+
+    The exit handlers still run (Prefect's last logs and events, the temporary server's stop);
+    what is skipped comes after them: freeing every module and object one by one, which with
+    TensorFlow loaded takes seconds and writes nothing.
+    """
+    exit_code: list[int] = []
+    atexit.register(_exit_now, exit_code)  # the first registered of ours runs last
+    exit_code.append(main())
+    sys.exit(exit_code[0])
+
+
+def _exit_now(exit_code: list[int]) -> None:
+    if exit_code:  # else `main` raised (argparse's --help): the usual exit
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,13 +100,15 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _run_flow(module: str, name: str, *args: Any) -> Any:
+def _run_flow(module: str, name: str, *args: Any, check: Callable[[], None] | None = None) -> Any:
     """Import and run a flow against the Prefect server `connect_prefect` finds, or starts (a
-    temporary one comes up while the flow's modules import)."""
+    temporary one comes up while `check`, a slow usage check, runs and the flow imports)."""
     from app.prefect_api import PrefectApiError, connect_prefect
 
     try:
         api = connect_prefect()
+        if check is not None:
+            check()
         flow = getattr(importlib.import_module(module), name)
         api.wait_ready()
         return flow(*args)
@@ -245,8 +269,13 @@ def _train_settings(args: argparse.Namespace):
     """The validated variants, training, tracking and promotion settings."""
     from pydantic import TypeAdapter
 
-    from cnn.config import DEFAULT_VARIANTS, PromotionConfig, TrainConfig, VariantNames
-    from cnn.ensembles import check_ensemble_size
+    from cnn.config import (
+        DEFAULT_VARIANTS,
+        PromotionConfig,
+        TrainConfig,
+        VariantNames,
+        check_ensemble_size,
+    )
     from tracking.config import TrackingConfig
 
     names = args.variants.split(",") if args.variants is not None else DEFAULT_VARIANTS
@@ -343,9 +372,15 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from tracking.config import TrackingConfig
 
     dataset = _open_dataset_option(args.dataset)
-    _check_model_option(args.model)
     tracking = _validated(lambda: TrackingConfig(**given(args, TrackingConfig)))
-    return _run_flow("flows.evaluate", "evaluate", args.model, str(dataset.path), tracking)
+    return _run_flow(
+        "flows.evaluate",
+        "evaluate",
+        args.model,
+        str(dataset.path),
+        tracking,
+        check=lambda: _check_model_option(args.model),
+    )
 
 
 def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
@@ -362,7 +397,6 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(
             f"--output: {args.output!r} is a directory; name a .parquet file", EXIT_USAGE
         )
-    _check_model_option(args.model)
     summary = _run_flow(
         "flows.predict",
         "predict",
@@ -370,6 +404,7 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
         args.output,
         args.model,
         args.batch_size,
+        check=lambda: _check_model_option(args.model),
     )
     return _dump(summary)
 

@@ -9,7 +9,7 @@ ends. It runs in a process of its own that exits as soon as the command's proces
 a `malaria` killed with SIGKILL leaves no server behind.
 
 The temporary server takes seconds to start (it imports Prefect's whole server), so it starts
-before the command imports its flows, and comes up meanwhile.
+before the command imports Prefect and its flows, and comes up meanwhile.
 """
 
 import atexit
@@ -97,16 +97,24 @@ def adopt_running_stack(state_file: Path) -> bool:
 def connect_prefect() -> PrefectApi:
     """The server Prefect is configured with (`PREFECT_API_URL` in the environment or the
     active profile), if it answers; else a temporary one (starting: `wait_ready` before use)
-    that Prefect is pointed at."""
+    that Prefect is pointed at.
+
+    Without `PREFECT_API_URL` in the environment, the temporary server starts before Prefect
+    is imported here (a second of the seconds it takes), and stops again if Prefect's settings
+    name a server after all.
+    """
+    early = None if os.environ.get(API_URL_VARIABLE) else _start_temporary_server()
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
     configured = get_current_settings().api.url
     if configured:
+        if early is not None:
+            early.stop()
         if not _answers(configured):
             raise PrefectApiError(f"{API_URL_VARIABLE} {configured} does not answer")
         return PrefectApi(configured)
-    api = _start_temporary_server()
+    api = early or _start_temporary_server()
     # Registered after Prefect's import but before its log and event workers start, so it
     # runs after their exit handlers have sent the last logs and events to the server.
     atexit.register(api.stop)

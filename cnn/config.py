@@ -1,5 +1,6 @@
 """Typed, validated settings for each stage: bad values fail before any work starts."""
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -98,12 +99,15 @@ malaria-dev (README "Measured": the ablation table)."""
 AugmentName = Literal[tuple(AUGMENTATIONS)]  # type: ignore[valid-type]
 
 
+VARIANT_NAMES = ("simple", "lenet5", "alexnet", "resnet", "transfer")
+"""The CNN variants that `cnn.models.VARIANTS` builds, named here so that checking a name
+does not import Keras (seconds)."""
+
+
 def check_variant(name: str) -> str:
     """Accept only the name of a registered CNN variant."""
-    from cnn.models import VARIANTS
-
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    if name not in VARIANT_NAMES:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANT_NAMES)}")
     return name
 
 
@@ -225,6 +229,15 @@ class TrainConfig(BaseModel):
                 "reduce_lr_patience cuts a constant learning rate; it needs schedule='constant'"
             )
         return self
+
+
+def check_ensemble_size(size: int, variants: Sequence[str]) -> None:
+    """An ensemble averages 2 or more of the variants trained (0: no ensemble)."""
+    if size and not 2 <= size <= len(variants):
+        raise ValueError(
+            f"ensemble={size} needs between 2 and the {len(variants)} variant(s) trained "
+            f"({', '.join(variants)}); 0 trains none"
+        )
 
 
 def weights_file_problem(weights: str | None) -> str | None:

@@ -9,15 +9,6 @@ ENSEMBLE = "ensemble"
 """The name an ensemble is tracked and reported under, beside the variants."""
 
 
-def check_ensemble_size(size: int, variants: Sequence[str]) -> None:
-    """An ensemble averages 2 or more of the variants trained (0: no ensemble)."""
-    if size and not 2 <= size <= len(variants):
-        raise ValueError(
-            f"ensemble={size} needs between 2 and the {len(variants)} variant(s) trained "
-            f"({', '.join(variants)}); 0 trains none"
-        )
-
-
 def build_ensemble(members: Sequence[keras.Model]) -> keras.Model:
     """Average `members` (each given the same uint8 input) into one saveable model.
 

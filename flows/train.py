@@ -11,8 +11,9 @@ from cnn.config import (
     TrainConfig,
     VariantName,
     VariantNames,
+    check_ensemble_size,
 )
-from cnn.ensembles import ENSEMBLE, check_ensemble_size
+from cnn.ensembles import ENSEMBLE
 from flows import names
 from tasks.compare import compare_variants, log_parent_run
 from tasks.ensemble import log_ensemble

@@ -62,6 +62,31 @@ def test_bad_options_fail_with_one_line_naming_them(argv, named, capsys, data_di
     assert not data_dir.exists()  # nothing started
 
 
+HEAVY_MODULES = ("keras", "tensorflow", "mlflow", "prefect")
+CHECK_OPTIONS = """
+import sys
+import app.cli as cli
+parser = cli._build_parser()
+cli._check_settings()
+cli._train_settings(parser.parse_args(["train", "--dataset", "d", "--variants", "simple,resnet"]))
+cli._ingest_config(parser.parse_args(["ingest", "--source", "synthetic", "--limit", "40"]))
+print(",".join(name for name in sys.argv[1:] if name in sys.modules))
+"""
+
+
+def test_checking_options_imports_no_framework_so_the_server_starts_first():
+    """A flow command's temporary Prefect server starts once its options are checked: a check
+    that imported Keras would hold it back by seconds."""
+    completed = subprocess.run(
+        [sys.executable, "-c", CHECK_OPTIONS, *HEAVY_MODULES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert completed.stdout.strip() == ""
+
+
 def test_empty_class_folder_is_reported_before_any_image_is_read(tmp_path, prefect_harness):
     """Run as a user would (a process of its own), against the test harness's server."""
     from prefect.settings import PREFECT_API_URL

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from cnn.config import VARIANT_NAMES
 from cnn.models import (
     VARIANTS,
     WeightsUnavailableError,
@@ -10,6 +11,10 @@ from cnn.models import (
     count_parameters,
     unfreeze_top_layers,
 )
+
+
+def test_the_variant_names_checked_without_keras_are_the_variants_built():
+    assert tuple(VARIANTS) == VARIANT_NAMES
 
 
 def test_simple_has_the_lectures_56257_parameters():
