@@ -1,10 +1,13 @@
 """What a flow run is called and tagged in the Prefect UI: the variant, dataset, source or day
 it ran, read from the run's parameters (Prefect hands configs over as models or dicts)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect.context import TagsContext
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
@@ -27,6 +30,18 @@ def source_label(source: str) -> str:
 def variant_tags(variant: str, dataset: str) -> list[str]:
     """The tags of one variant's flow run: `variant:resnet`, `dataset:folder-64px-ea59`."""
     return [f"variant:{variant}", f"dataset:{dataset_label(dataset)}"]
+
+
+@contextmanager
+def untagged_task_runs() -> Iterator[None]:
+    """Run the flow's tasks without the tags its run was given (`variant:…`, `dataset:…`).
+
+    Prefect asks the server for the concurrency limits of every tagged task run, a database
+    write that on SQLite often meets the lock of the server's event writer: a 503, retried
+    by the client 2 s later, for most tasks of a run.
+    """
+    with TagsContext(current_tags=set()):
+        yield
 
 
 def mlflow_tags() -> dict[str, str]:

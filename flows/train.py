@@ -40,10 +40,11 @@ def train_variant(
     `champion` if it beats the current one (else `challenger`), and render its report; its
     MLflow run is nested under `parent_run_id` if given."""
     tags = {"variant": variant, "dataset": dataset, **names.mlflow_tags()}
-    with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:
-        model = train_model(dataset, variant, training, run_id, tracking.registered_model)
-        _evaluate_promote_report(model, dataset, variant, run_id, tracking, promotion)
-    return read_variant_run(run_id)
+    with names.untagged_task_runs():
+        with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:
+            model = train_model(dataset, variant, training, run_id, tracking.registered_model)
+            _evaluate_promote_report(model, dataset, variant, run_id, tracking, promotion)
+        return read_variant_run(run_id)
 
 
 @flow(name="train-ensemble", flow_run_name=names.train_ensemble_run_name, log_prints=True)

@@ -98,9 +98,12 @@ def test_the_prefect_runs_are_named_and_tagged_by_what_they_ran(finished_pipelin
             client.read_task_run(train_run.parent_task_run_id).flow_run_id
         )
         in_variant_run = FlowRunFilter(id=FlowRunFilterId(any_=[variant_run.id]))
-        task_names = {task.name for task in client.read_task_runs(flow_run_filter=in_variant_run)}
+        task_runs = client.read_task_runs(flow_run_filter=in_variant_run)
+    task_names = {task.name for task in task_runs}
     assert variant_run.name == f"train-variant simple {label}"
     assert {"variant:simple", f"dataset:{label}"} <= set(variant_run.tags)
+    # untagged, so that no task run waits on the server for tag concurrency limits
+    assert [task.tags for task in task_runs] == [[]] * len(task_runs)
     assert train_run.name == f"train simple {label}"
     assert pipeline_run.name == "pipeline synthetic@40"
     assert "train-model simple" in task_names
