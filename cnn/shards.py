@@ -221,9 +221,13 @@ def _rows_table(
     batch: Sequence[tuple[CellRecord, np.ndarray]], split_of: dict[str, str], schema: pa.Schema
 ) -> pa.Table:
     records = [record for record, _ in batch]
+    pixels = np.stack([pixels for _, pixels in batch])  # one buffer: Arrow takes it as it is
+    images = pa.FixedSizeBinaryArray.from_buffers(
+        schema.field("image").type, len(batch), [None, pa.py_buffer(pixels)]
+    )
     return pa.table(
         {
-            "image": [pixels.tobytes() for _, pixels in batch],
+            "image": images,
             "label": [record.label for record in records],
             "label_name": [LABEL_NAMES[record.label] for record in records],
             "source_id": [record.source_id for record in records],
