@@ -7,8 +7,11 @@ The lecture's loop reads one image at a time with scikit-image (`imread`, then `
 own process, timed whole, with the peak memory of its process tree sampled every 0.1 s.
 `--replicate-to N` hard-links the folder's files under new patient ids until there are N.
 
-Before them, one image's path is timed on one core for each decoder that is installed
-(`--decoders 0` skips it): today's (imagecodecs' libpng, then Pillow's resize), Pillow alone
+Before them, one image's path is split into its steps on one core (read, decode, to Pillow,
+resize, to array, Arrow table + zstd Parquet write), the shard writer's images/s is taken over
+1 and 2 worker processes, and one image's decode + resize is timed for each decoder installed
+(`--decoders 0` skips it): today's (imagecodecs' libpng, then Pillow's resize), libspng
+(imagecodecs' other PNG decoder), Pillow alone
 (the decode limit the targets were set against), Pillow with `reduce()` where the scale
 allows, OpenCV `imdecode` + `resize` (area and linear) and pyvips; each with its pixels'
 difference from today's. OpenCV and pyvips are not dependencies of the project: install them
@@ -78,6 +81,7 @@ def replicate(folder: Path, target: int, into: Path) -> Path:
 
 def _decoders(size: int) -> dict[str, Callable[[bytes], np.ndarray]]:
     """Encoded PNG → (size × size × 3) uint8, by each library that is installed."""
+    import imagecodecs
     from PIL import Image
 
     from cnn.images import decode_and_resize
@@ -92,8 +96,13 @@ def _decoders(size: int) -> dict[str, Callable[[bytes], np.ndarray]]:
         image = Image.open(io.BytesIO(payload)).convert("RGB")
         return np.asarray(image.resize((size, size), bilinear, reducing_gap=2.0))
 
+    def spng(payload: bytes) -> np.ndarray:
+        image = Image.fromarray(imagecodecs.spng_decode(payload))
+        return np.asarray(image.resize((size, size), bilinear))
+
     decoders = {
         "imagecodecs + Pillow resize (today)": lambda payload: decode_and_resize(payload, size),
+        "imagecodecs' libspng + Pillow resize": spng,
         "Pillow": pillow,
         "Pillow, reduce() first": pillow_reduce,
     }
@@ -153,6 +162,82 @@ def compare_decoders(folder: Path, size: int, count: int) -> dict[str, dict[str,
     return results
 
 
+def profile_stages(folder: Path, size: int, count: int) -> dict[str, float]:
+    """µs per image of each step of today's path on one core (best of 3): read the file,
+    decode the PNG, hand the pixels to Pillow, resize, take them back as an array, and write
+    them as zstd Parquet row groups (the shard writer's table and writer)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from cnn.images import _decode_rgb_png
+    from cnn.shards import COMPRESSION, DICTIONARY_COLUMNS, WRITE_BATCH, _rows_table, _schema
+    from cnn.sources import open_source
+
+    source = open_source(f"folder:{folder}")
+    records = source.list_records()[:: max(1, len(source.list_records()) // count)][:count]
+    split_of = {record.source_id: "train" for record in records}
+    bilinear = Image.Resampling.BILINEAR
+    stages: dict[str, Callable[[list], list]] = {
+        "read": lambda _: [payload for _, payload in source.iter_payloads(records)],
+        "decode (imagecodecs)": lambda payloads: [_decode_rgb_png(p) for p in payloads],
+        "to Pillow": lambda pixels: [Image.fromarray(p) for p in pixels],
+        "resize (Pillow bilinear)": lambda images: [
+            image.resize((size, size), bilinear) for image in images
+        ],
+        "to array": lambda images: [np.asarray(image) for image in images],
+    }
+
+    def write(pixels: list) -> list:
+        schema = _schema(size)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "part.parquet"
+            with pq.ParquetWriter(
+                path, schema, compression=COMPRESSION, use_dictionary=DICTIONARY_COLUMNS
+            ) as writer:
+                for start in range(0, len(pixels), WRITE_BATCH):
+                    batch = slice(start, start + WRITE_BATCH)
+                    rows = list(zip(records[batch], pixels[batch], strict=True))
+                    writer.write_table(_rows_table(rows, split_of, schema))
+        return pixels
+
+    stages["Arrow table + zstd Parquet write"] = write
+    result: dict[str, float] = {}
+    items: list = records
+    for name, stage in stages.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            output = stage(items)
+            best = min(best, time.perf_counter() - started)
+        items = output
+        result[name] = round(best / len(records) * 1e6)
+    result["total"] = sum(result.values())
+    print(f"one image's path, µs: {result}")
+    return result
+
+
+def pool_scaling(folder: Path, size: int) -> dict[str, float]:
+    """Images/s of the shard writer (`cnn.shards.write_shards`, reading, decoding, resizing and
+    writing in worker processes) over 1 and 2 workers, the workers started beforehand."""
+    from cnn.parallel import start_decode_workers
+    from cnn.shards import write_shards
+    from cnn.sources import open_source
+
+    source = open_source(f"folder:{folder}")
+    records = source.list_records()
+    split_of = {record.source_id: "train" for record in records}
+    result = {}
+    for workers in (1, 2):
+        start_decode_workers(len(records), workers)
+        time.sleep(3)  # the workers import their libraries
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.perf_counter()
+            write_shards(Path(scratch), source, records, split_of, size, workers)
+            result[f"{workers}_workers"] = round(len(records) / (time.perf_counter() - started))
+    print(f"shard writer, images/s: {result}")
+    return result
+
+
 def _ingest(command: list[str], env: dict[str, str]) -> dict:
     """One whole `malaria ingest`: its seconds and peak memory, and its task's own rate."""
     run = measure(command, env=env)
@@ -208,9 +293,10 @@ def main() -> None:
     parser.add_argument("--skip-lecture", action="store_true", help="time only the pipeline")
     parser.add_argument("--decoders", type=int, default=1500, help="images to compare decoders on")
     args = parser.parse_args()
-    decoders = {}
+    decoders, stages = {}, {}
     if args.decoders:
         decoders = compare_decoders(args.folder, args.image_size, args.decoders)
+        stages = profile_stages(args.folder.resolve(), args.image_size, args.decoders)
 
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as scratch:
         scratch = Path(scratch)
@@ -218,6 +304,7 @@ def main() -> None:
         if args.replicate_to:
             folder = replicate(folder, args.replicate_to, scratch / "cells")
         images = sum(1 for _ in folder.glob("*/*.png"))
+        scaling = pool_scaling(folder, args.image_size) if args.decoders else {}
         malaria = str(Path(sys.executable).with_name("malaria"))
         command = [
             malaria,
@@ -247,6 +334,8 @@ def main() -> None:
             "images": images,
             "image_size": args.image_size,
             "decoders": decoders,
+            "one_image_path_microseconds": stages,
+            "shard_writer_images_per_second": scaling,
             "pillow_decode_limit_per_second": pillow and pillow * (os.cpu_count() or 1),
             "pipeline": cold,
             "pipeline_with_a_running_server": served,

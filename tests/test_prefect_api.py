@@ -44,6 +44,39 @@ def test_a_prefect_url_that_does_not_answer_is_named_and_nothing_is_written(tmp_
     assert not (tmp_path / "data").exists()
 
 
+PROFILE_SERVER = """
+import psutil
+from app.prefect_api import PrefectApiError, connect_prefect
+try:
+    connect_prefect()
+except PrefectApiError as error:
+    print(error)
+print(len(psutil.Process().children()))
+"""
+
+
+def test_a_profiles_url_wins_over_the_temporary_server_started_early(tmp_path):
+    """Without `PREFECT_API_URL` in the environment the temporary server starts before Prefect
+    is imported; a URL in the active profile then wins, and that server is stopped again."""
+    url = f"http://127.0.0.1:{free_port()}/api"
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        f'active = "elsewhere"\n\n[profiles.elsewhere]\nPREFECT_API_URL = "{url}"\n'
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    completed = subprocess.run(
+        [sys.executable, "-c", PROFILE_SERVER],
+        cwd=REPO,
+        env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert completed.stdout.splitlines() == [f"PREFECT_API_URL {url} does not answer", "0"]
+
+
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
     state_file = tmp_path / "stack.json"
     env = {
