@@ -16,6 +16,9 @@ PARALLEL_THRESHOLD = 256
 """Below this many images, decoding in-process beats starting worker processes."""
 WORKER_IDLE_SECONDS = 10
 """Idle decode workers exit after this long."""
+YIELDING_NICENESS = 19
+"""The niceness of workers that yield to their caller: the lowest priority, so they take only
+the CPU time the caller leaves idle."""
 
 
 def worker_count(workers: int | None) -> int:
@@ -24,14 +27,23 @@ def worker_count(workers: int | None) -> int:
 
 
 def parallel_map(
-    function: Callable[..., Any], jobs: Iterable[tuple], images: int, workers: int | None
+    function: Callable[..., Any],
+    jobs: Iterable[tuple],
+    images: int,
+    workers: int | None,
+    yield_to_caller: bool = False,
 ) -> Iterator[Any]:
     """`function(*job)` for each job, in the jobs' order: over the decode workers when there are
-    enough `images` for them to pay (at most two jobs a worker ahead), else in this process."""
+    enough `images` for them to pay (at most two jobs a worker ahead), else in this process.
+
+    With `yield_to_caller` the workers run at the lowest priority: a caller that computes on
+    every core with their results (a model scoring them) is never slowed by them, and they
+    decode in what it leaves idle (all of it, when the model runs on a GPU)."""
     workers = worker_count(workers)
     if not _worth_workers(images, workers):
         return (function(*job) for job in jobs)
-    return _ordered_map(_decode_pool(workers), function, jobs, max_in_flight=2 * workers)
+    pool = _decode_pool(workers, YIELDING_NICENESS if yield_to_caller else 0)
+    return _ordered_map(pool, function, jobs, max_in_flight=2 * workers)
 
 
 def start_decode_workers(images: int, workers: int | None) -> None:
@@ -48,8 +60,15 @@ def _worth_workers(images: int, workers: int) -> bool:
     return workers > 1 and images >= PARALLEL_THRESHOLD
 
 
-def _decode_pool(workers: int):
-    return get_reusable_executor(max_workers=workers, timeout=WORKER_IDLE_SECONDS)
+def _decode_pool(workers: int, niceness: int = 0):
+    """The reusable pool of `workers` at `niceness` above this process's (another niceness
+    than the last call's replaces the pool)."""
+    return get_reusable_executor(
+        max_workers=workers,
+        timeout=WORKER_IDLE_SECONDS,
+        initializer=os.nice if niceness else None,
+        initargs=(niceness,) if niceness else (),
+    )
 
 
 def _started() -> None:

@@ -234,8 +234,9 @@ def _decoded_batches(
     report: InputReport,
 ) -> Iterator[Batch]:
     """Chunks of (source ids, encoded images) decoded and fitted to the model, over worker
-    processes a few chunks ahead of the model when there are enough `images`; yielded in
-    order, in full batches. Images that cannot be decoded are reported."""
+    processes a few chunks ahead of the model when there are enough `images` (at a priority
+    below the model's, so that on CPUs they decode while it waits, not while it computes);
+    yielded in order, in full batches. Images that cannot be decoded are reported."""
     chunk_ids: deque[list[str]] = deque()
 
     def jobs() -> Iterator[tuple[list[bytes], int]]:
@@ -244,7 +245,7 @@ def _decoded_batches(
             yield payloads, image_size
 
     ids, pixels = [], []
-    for fitted in parallel_map(fit_encoded, jobs(), images, workers=None):
+    for fitted in parallel_map(fit_encoded, jobs(), images, workers=None, yield_to_caller=True):
         for source_id, image in zip(chunk_ids.popleft(), fitted, strict=True):
             if isinstance(image, str):
                 report.skipped.append({"source_id": source_id, "reason": image})
@@ -363,11 +364,17 @@ def _raw_pixel_batches(
 
 def uninfected_probability(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
     """The model's P(uninfected) for every image of `batches` (uint8 arrays), in order: the
-    one way every stage scores images."""
-    outputs = [
-        np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
-        for images in batches
-    ]
+    one way every stage scores images. A batch shorter than the first is padded to its size,
+    so that the model's prediction function, traced for the first, is not traced again."""
+    outputs, full_size = [], None
+    for images in batches:
+        count = len(images)
+        full_size = full_size or count
+        if count < full_size:
+            padding = np.zeros((full_size - count, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        scores = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
+        outputs.append(scores[:count])
     return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
 
 

@@ -21,6 +21,7 @@ from cnn.predict import (
     predict_split,
     score_batches,
     split_images,
+    uninfected_probability,
     write_predictions,
 )
 from cnn.records import MAX_ENCODED_BYTES
@@ -203,3 +204,21 @@ def test_split_scores_follow_the_split_order_and_resize_for_the_model(dataset):
     assert scores.uninfected_probability == pytest.approx(expected, abs=1e-5)
     picked = split_images(dataset, "test", [3, 0])
     assert np.array_equal(picked, images[[3, 0]])
+
+
+def test_a_short_last_batch_is_padded_so_the_model_is_traced_once_and_scored_as_itself():
+    traced_shapes = []
+
+    def mean_red(x):
+        traced_shapes.append(tuple(x.shape))  # runs when the prediction function is traced
+        return keras.ops.mean(x[..., :1], axis=(1, 2)) / 255
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(mean_red)(inputs))
+    traced_shapes.clear()  # building the model traced it symbolically
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+
+    scores = uninfected_probability(model, [images[:4], images[4:8], images[8:]])
+
+    assert scores == pytest.approx(images[..., 0].mean(axis=(1, 2)) / 255, abs=1e-5)
+    assert {shape[0] for shape in traced_shapes} == {4}
