@@ -29,6 +29,7 @@ STARTUP_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 5
 ORPHAN_POLL_SECONDS = 0.2
 API_URL_VARIABLE = "PREFECT_API_URL"
+HOME_VARIABLE = "PREFECT_HOME"
 
 
 class PrefectApiError(RuntimeError):
@@ -103,6 +104,8 @@ def connect_prefect() -> PrefectApi:
     is imported here (a second of the seconds it takes), and stops again if Prefect's settings
     name a server after all.
     """
+    if home := os.environ.get(HOME_VARIABLE):  # Prefect makes only its last folder
+        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
     early = None if os.environ.get(API_URL_VARIABLE) else _start_temporary_server()
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings

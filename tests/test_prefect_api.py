@@ -77,6 +77,30 @@ def test_a_profiles_url_wins_over_the_temporary_server_started_early(tmp_path):
     assert completed.stdout.splitlines() == [f"PREFECT_API_URL {url} does not answer", "0"]
 
 
+TEMPORARY_SERVER = """
+from app.prefect_api import connect_prefect
+api = connect_prefect()
+api.wait_ready()
+print(api.url)
+"""
+
+
+def test_the_temporary_server_starts_in_a_prefect_home_whose_folders_do_not_exist_yet(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    home = tmp_path / "new" / "nested" / "prefect"
+    completed = subprocess.run(
+        [sys.executable, "-c", TEMPORARY_SERVER],
+        cwd=REPO,
+        env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().startswith("http://127.0.0.1:")
+    assert (home / "prefect.db").is_file()
+
+
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
     state_file = tmp_path / "stack.json"
     env = {
