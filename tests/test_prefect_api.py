@@ -64,16 +64,8 @@ def test_a_profiles_url_wins_over_the_temporary_server_started_early(tmp_path):
     (home / "profiles.toml").write_text(
         f'active = "elsewhere"\n\n[profiles.elsewhere]\nPREFECT_API_URL = "{url}"\n'
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    completed = subprocess.run(
-        [sys.executable, "-c", PROFILE_SERVER],
-        cwd=REPO,
-        env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    completed = _python_in_prefect_home(PROFILE_SERVER, home)
+    assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.splitlines() == [f"PREFECT_API_URL {url} does not answer", "0"]
 
 
@@ -86,19 +78,24 @@ print(api.url)
 
 
 def test_the_temporary_server_starts_in_a_prefect_home_whose_folders_do_not_exist_yet(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     home = tmp_path / "new" / "nested" / "prefect"
-    completed = subprocess.run(
-        [sys.executable, "-c", TEMPORARY_SERVER],
+    completed = _python_in_prefect_home(TEMPORARY_SERVER, home)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().startswith("http://127.0.0.1:")
+    assert (home / "prefect.db").is_file()
+
+
+def _python_in_prefect_home(script: str, home: Path) -> subprocess.CompletedProcess:
+    """`script` in a Python process whose only Prefect setting is `PREFECT_HOME`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    return subprocess.run(
+        [sys.executable, "-c", script],
         cwd=REPO,
         env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.strip().startswith("http://127.0.0.1:")
-    assert (home / "prefect.db").is_file()
 
 
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
