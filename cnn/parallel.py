@@ -67,8 +67,8 @@ def _decode_pool(workers: int, niceness: int = 0):
     return get_reusable_executor(
         max_workers=workers,
         timeout=WORKER_IDLE_SECONDS,
-        initializer=os.nice if niceness else None,
-        initargs=(niceness,) if niceness else (),
+        initializer=os.nice,
+        initargs=(niceness,),
     )
 
 
