@@ -95,6 +95,13 @@ def adopt_running_stack(state_file: Path) -> bool:
     return True
 
 
+def make_prefect_home() -> None:
+    """Create `PREFECT_HOME`, when set, with its parent folders: Prefect makes only the last
+    one, and a server of its in a home it could not make cannot open its database."""
+    if home := os.environ.get(HOME_VARIABLE):
+        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
+
+
 def connect_prefect() -> PrefectApi:
     """The server Prefect is configured with (`PREFECT_API_URL` in the environment or the
     active profile), if it answers; else a temporary one (starting: `wait_ready` before use)
@@ -104,8 +111,7 @@ def connect_prefect() -> PrefectApi:
     is imported here (a second of the seconds it takes), and stops again if Prefect's settings
     name a server after all.
     """
-    if home := os.environ.get(HOME_VARIABLE):  # Prefect makes only its last folder
-        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
+    make_prefect_home()
     early = None if os.environ.get(API_URL_VARIABLE) else _start_temporary_server()
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from app.prefect_api import make_prefect_home
 from app.stack_settings import HEARTBEAT_SECONDS, QUIET_ENVIRONMENT, StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,7 @@ def stack_up(settings: StackSettings) -> StackState:
             raise StackError(f"{name}: port {port} on {settings.host} is already in use")
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    make_prefect_home()
     settings.mlflow_store.mkdir(parents=True, exist_ok=True)
     state = StackState(settings.prefect_url, settings.mlflow_url, settings.client_env)
     try:

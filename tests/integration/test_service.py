@@ -46,10 +46,11 @@ def webhook():
 
 @pytest.fixture
 def stack(tmp_path, webhook):
-    """`malaria stack up` in a fresh directory, with a Prefect home of its own and the server's
-    alerts posting to `webhook`; down after."""
+    """`malaria stack up` in a fresh directory, with a Prefect home of its own (in a folder
+    that does not exist yet: Prefect alone makes only the last one) and the server's alerts
+    posting to `webhook`; down after."""
     env = {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(tmp_path / "homes" / "prefect"),
         "MALARIA_DATA_DIR": str(tmp_path / "data"),
     }
     options = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
