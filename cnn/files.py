@@ -64,7 +64,7 @@ class FolderSource(CellSource):
 
     def iter_payloads(self, records: Sequence[CellRecord]) -> Iterator[tuple[CellRecord, Payload]]:
         for record in records:
-            yield record, _read_file(self.root / record.source_id)
+            yield record, _read_file(os.path.join(self.root, record.source_id))
 
     def listing_skips(self) -> list[dict[str, str]]:
         return list(self._listed().skips)
@@ -128,7 +128,7 @@ def read_folder_entry(entry: os.DirEntry, root: Path) -> Payload:
     return Unreadable(problem) if problem else _read_file(Path(entry.path))
 
 
-def _read_file(path: Path) -> Payload:
+def _read_file(path: Path | str) -> Payload:
     """The file's bytes, checked on the open file: never blocks on a FIFO put in its place."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -140,8 +140,7 @@ def _read_file(path: Path) -> Payload:
             return Unreadable("not a regular file")
         if stats.st_size > MAX_ENCODED_BYTES:
             return Unreadable(f"file too large ({stats.st_size:,} bytes)")
-        with open(descriptor, "rb", closefd=False) as file:
-            data = file.read(MAX_ENCODED_BYTES + 1)
+        data = _read_at_most(descriptor, stats.st_size, MAX_ENCODED_BYTES + 1)
     except OSError as exc:
         return Unreadable(f"cannot read file: {exc.strerror or exc}")
     finally:
@@ -149,6 +148,18 @@ def _read_file(path: Path) -> Payload:
     if len(data) > MAX_ENCODED_BYTES:
         return Unreadable("file grew too large while read")
     return data
+
+
+def _read_at_most(descriptor: int, expected: int, limit: int) -> bytes:
+    """Up to `limit` bytes of the open file, asking first for its `expected` size and a byte
+    more (a file that grew is read on): no buffer of `limit` bytes is allocated for a small
+    file, as `file.read(limit)` does."""
+    chunks = []
+    remaining, size = limit, expected + 1
+    while remaining > 0 and (chunk := os.read(descriptor, min(size, remaining))):
+        chunks.append(chunk)
+        remaining, size = remaining - len(chunk), 1 << 16
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class ZipSource(CellSource):

@@ -1,3 +1,4 @@
+import os
 import time
 
 import pytest
@@ -94,3 +95,36 @@ def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
     monkeypatch.setattr(cnn.files, "MAX_ENCODED_BYTES", 100)
     ((_, payload),) = source.iter_payloads([record])
     assert isinstance(payload, Unreadable) and "too large" in payload.reason
+
+
+def test_a_folder_image_is_read_without_a_buffer_of_the_size_limit(nih_folder):
+    """Each cell (about 12 KB) was read into a fresh buffer of MAX_ENCODED_BYTES (64 MiB) that
+    was then shrunk: three times the cost of reading it, once for every image ingested."""
+    import tracemalloc
+
+    source = FolderSource(nih_folder)
+    record = source.list_records()[0]
+    expected = (nih_folder / record.source_id).read_bytes()
+    tracemalloc.start()
+    try:
+        ((_, payload),) = source.iter_payloads([record])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert payload == expected
+    assert peak < 4 * len(expected) + 64 * 1024
+
+
+def test_a_file_longer_than_its_size_said_is_read_on_up_to_the_limit(tmp_path):
+    """A file that grew after its size was taken is read on, but never past the limit."""
+    from cnn.files import _read_at_most
+
+    path = tmp_path / "growing.png"
+    path.write_bytes(bytes(range(256)) * 800)  # 204,800 bytes
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_at_most(descriptor, 10, 150_000) == path.read_bytes()[:150_000]
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        assert _read_at_most(descriptor, 10, 10**9) == path.read_bytes()
+    finally:
+        os.close(descriptor)
