@@ -100,15 +100,18 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _run_flow(module: str, name: str, *args: Any, check: Callable[[], None] | None = None) -> Any:
+def _run_flow(
+    module: str, name: str, *args: Any, meanwhile: Callable[[], None] | None = None
+) -> Any:
     """Import and run a flow against the Prefect server `connect_prefect` finds, or starts (a
-    temporary one comes up while `check`, a slow usage check, runs and the flow imports)."""
+    temporary one comes up while the flow imports and `meanwhile` runs: a slow usage check, or
+    an import that the flow would otherwise wait for)."""
     from app.prefect_api import PrefectApiError, connect_prefect
 
     try:
         api = connect_prefect()
-        if check is not None:
-            check()
+        if meanwhile is not None:
+            meanwhile()
         flow = getattr(importlib.import_module(module), name)
         api.wait_ready()
         return flow(*args)
@@ -302,6 +305,8 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from cnn.splits import import_splitters
+
     config, _ = _ingest_config(args)
     variants, training, tracking, promotion = _train_settings(args)
     result = _run_flow(
@@ -313,6 +318,7 @@ def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         tracking,
         promotion,
         args.work_pool,
+        meanwhile=import_splitters,
     )
     return _dump(result)
 
@@ -322,13 +328,14 @@ def _run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     nothing runs, so no flow run is made (nor a Prefect server started)."""
     from cnn.dataset import DatasetRef, find_dataset
     from cnn.settings import datasets_dir
+    from cnn.splits import import_splitters
 
     started = time.perf_counter()
     config, source = _ingest_config(args)
     existing = find_dataset(source, config, datasets_dir())
     if existing is not None:
         return _dump(DatasetRef.of(existing, True, time.perf_counter() - started))
-    return _dump(_run_flow("flows.ingest", "ingest", config))
+    return _dump(_run_flow("flows.ingest", "ingest", config, meanwhile=import_splitters))
 
 
 def _open_dataset_option(path: str):
@@ -379,7 +386,7 @@ def _run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         args.model,
         str(dataset.path),
         tracking,
-        check=lambda: _check_model_option(args.model),
+        meanwhile=lambda: _check_model_option(args.model),
     )
 
 
@@ -404,7 +411,7 @@ def _run_predict(args: argparse.Namespace) -> dict[str, Any]:
         args.output,
         args.model,
         args.batch_size,
-        check=lambda: _check_model_option(args.model),
+        meanwhile=lambda: _check_model_option(args.model),
     )
     return _dump(summary)
 

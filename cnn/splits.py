@@ -13,6 +13,12 @@ from cnn.config import MAX_SEED, SplitStrategy
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 
 
+def import_splitters() -> None:
+    """Import scikit-learn's splitters now (a second or more that the first split would
+    otherwise spend), for a caller with idle time: one waiting for a server, say."""
+    import sklearn.model_selection  # noqa: F401
+
+
 class SplitError(ValueError):
     """The records cannot be split as asked (for example: too few patients)."""
 

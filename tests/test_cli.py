@@ -245,3 +245,23 @@ def test_stack_up_on_a_busy_port_names_it_and_starts_nothing(tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"malaria: error: --mlflow-port: port {port} on 127.0.0.1 is already in use"
     assert not state_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["ingest", "pipeline"])
+def test_commands_that_ingest_import_the_splitters_while_the_server_starts(
+    command, monkeypatch, data_dir
+):
+    """scikit-learn's import (a second or more) was the split's first cost inside the ingest
+    task, with every worker waiting for it; a command now spends it while its server starts."""
+    import app.cli
+    from cnn.splits import import_splitters
+
+    handed_over = {}
+
+    def run_flow(module: str, name: str, *args, meanwhile=None):
+        handed_over[name] = meanwhile
+        raise RuntimeError("no flow runs in this test")
+
+    monkeypatch.setattr(app.cli, "_run_flow", run_flow)
+    assert main([command, "--source", "synthetic"]) == 1
+    assert handed_over == {command: import_splitters}
