@@ -114,7 +114,8 @@ def _run_flow(
             meanwhile()
         flow = getattr(importlib.import_module(module), name)
         api.wait_ready()
-        return flow(*args)
+        with api.flow_run_settings():
+            return flow(*args)
     except PrefectApiError as error:
         raise CommandError(str(error)) from None
 

@@ -10,6 +10,10 @@ a `malaria` killed with SIGKILL leaves no server behind.
 
 The temporary server takes seconds to start (it imports Prefect's whole server), so it starts
 before the command imports Prefect and its flows, and comes up meanwhile.
+
+A command's flow runs send a heartbeat at least every `HEARTBEAT_SECONDS` to a server that may
+watch them (the lost-run alert of `app.alerts` marks a run Crashed after three missed), and
+none to a temporary server, which nothing watches.
 """
 
 import atexit
@@ -21,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +67,21 @@ class PrefectApi:
                     f"{STARTUP_TIMEOUT_SECONDS} s"
                 )
             time.sleep(0.05)
+
+    def flow_run_settings(self) -> AbstractContextManager:
+        """Prefect's settings for the flow runs of this command: a heartbeat at least every
+        `HEARTBEAT_SECONDS` (Prefect's default, 180 s, got a command's runs on the stack marked
+        Crashed by its lost-run alert 90 s in); on a temporary server none, as nothing watches
+        it (and each flow run's end waited up to a second for its heartbeat thread)."""
+        from prefect.settings import get_current_settings, temporary_settings
+
+        from app.stack_settings import HEARTBEAT_SECONDS
+
+        frequency = None
+        if self.process is None:
+            configured = get_current_settings().flows.heartbeat_frequency
+            frequency = min(configured or HEARTBEAT_SECONDS, HEARTBEAT_SECONDS)
+        return temporary_settings(updates={"flows.heartbeat_frequency": frequency})
 
     def stop(self) -> None:
         """Stop the temporary server, if this command started one."""

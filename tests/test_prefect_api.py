@@ -85,17 +85,59 @@ def test_the_temporary_server_starts_in_a_prefect_home_whose_folders_do_not_exis
     assert (home / "prefect.db").is_file()
 
 
-def _python_in_prefect_home(script: str, home: Path) -> subprocess.CompletedProcess:
-    """`script` in a Python process whose only Prefect setting is `PREFECT_HOME`."""
+def _python_in_prefect_home(
+    script: str, home: Path, *args: str | os.PathLike
+) -> subprocess.CompletedProcess:
+    """`script` (with `args`) in a Python process whose only Prefect setting is `PREFECT_HOME`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     return subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         env={**env, **QUIET_ENVIRONMENT, "PREFECT_HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+HEARTBEAT_PROBE = """
+from prefect import flow
+from prefect.settings import get_current_settings
+
+
+@flow
+def probe():
+    return get_current_settings().flows.heartbeat_frequency
+"""
+RUN_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from app.cli import _run_flow
+print("heartbeat", _run_flow("heartbeat_probe", "probe"))
+"""
+
+
+def test_flow_runs_on_a_temporary_server_send_no_heartbeat(tmp_path):
+    """Nothing watches a temporary server; each flow run's end waited for its heartbeat."""
+    (tmp_path / "heartbeat_probe.py").write_text(HEARTBEAT_PROBE)
+    completed = _python_in_prefect_home(RUN_PROBE, tmp_path / "prefect", tmp_path)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "heartbeat None"
+
+
+def test_flow_runs_on_a_running_server_beat_as_often_as_its_lost_run_alert_expects(
+    tmp_path, monkeypatch, prefect_harness
+):
+    """With Prefect's default (every 180 s), a `malaria train` on the stack was marked Crashed
+    by the alert that waits 90 s for a heartbeat, then Completed."""
+    import app.cli
+    from app.alerts import SILENCE_SECONDS
+    from app.stack_settings import HEARTBEAT_SECONDS
+
+    (tmp_path / "heartbeat_probe.py").write_text(HEARTBEAT_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert app.cli._run_flow("heartbeat_probe", "probe") == HEARTBEAT_SECONDS
+    assert 2 * HEARTBEAT_SECONDS < SILENCE_SECONDS
 
 
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
