@@ -100,9 +100,7 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _run_flow(
-    module: str, name: str, *args: Any, meanwhile: Callable[[], None] | None = None
-) -> Any:
+def _run_flow(module: str, name: str, *args: Any, meanwhile: Callable | None = None) -> Any:
     """Import and run a flow against the Prefect server `connect_prefect` finds, or starts (a
     temporary one comes up while the flow imports and `meanwhile` runs: a slow usage check, or
     an import that the flow would otherwise wait for)."""
@@ -229,9 +227,7 @@ def _add_variant_options(parser: argparse.ArgumentParser) -> None:
         help="weights of the transfer variant's backbone: imagenet, none, or a weights file "
         "(default imagenet)",
     )
-    parser.add_argument(
-        "--work-pool", help="train each variant on this Prefect work pool's workers"
-    )
+    parser.add_argument("--work-pool", help="train each variant on a Prefect work pool's workers")
 
 
 def _description(annotated: Any) -> str:
@@ -306,8 +302,6 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 
 
 def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    from cnn.splits import import_splitters
-
     config, _ = _ingest_config(args)
     variants, training, tracking, promotion = _train_settings(args)
     result = _run_flow(
@@ -319,7 +313,6 @@ def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         tracking,
         promotion,
         args.work_pool,
-        meanwhile=import_splitters,
     )
     return _dump(result)
 

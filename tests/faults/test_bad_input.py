@@ -340,7 +340,7 @@ def test_a_failing_stage_still_reports_on_one_line(capsys, data_dir, monkeypatch
     """A flow's error may span lines (Prefect lists each bad parameter on its own)."""
     import app.cli
 
-    def failing_flow(*args):
+    def failing_flow(*args, **kwargs):
         raise ValueError("Flow run received invalid parameters:\n - config.limit: too large")
 
     monkeypatch.setattr(app.cli, "_run_flow", failing_flow)
