@@ -117,6 +117,7 @@ print("heartbeat", _run_flow("heartbeat_probe", "probe"))
 """
 
 
+@pytest.mark.slow
 def test_flow_runs_on_a_temporary_server_send_no_heartbeat(tmp_path):
     """Nothing watches a temporary server; each flow run's end waited for its heartbeat."""
     (tmp_path / "heartbeat_probe.py").write_text(HEARTBEAT_PROBE)
