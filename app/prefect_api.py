@@ -69,18 +69,15 @@ class PrefectApi:
             time.sleep(0.05)
 
     def flow_run_settings(self) -> AbstractContextManager:
-        """Prefect's settings for the flow runs of this command: a heartbeat at least every
-        `HEARTBEAT_SECONDS` (Prefect's default, 180 s, got a command's runs on the stack marked
-        Crashed by its lost-run alert 90 s in); on a temporary server none, as nothing watches
-        it (and each flow run's end waited up to a second for its heartbeat thread)."""
-        from prefect.settings import get_current_settings, temporary_settings
+        """Prefect's settings for the flow runs of this command: a heartbeat every
+        `HEARTBEAT_SECONDS` (also Prefect's shortest), as the lost-run alert expects, where
+        Prefect's default is far apart; none on a temporary server, which nothing watches (and
+        each flow run's end waits for its heartbeat thread)."""
+        from prefect.settings import temporary_settings
 
-        from app.stack_settings import HEARTBEAT_SECONDS
+        from app.stack_settings import HEARTBEAT_SECONDS  # not at import: the server's process
 
-        frequency = None
-        if self.process is None:
-            configured = get_current_settings().flows.heartbeat_frequency
-            frequency = min(configured or HEARTBEAT_SECONDS, HEARTBEAT_SECONDS)
+        frequency = HEARTBEAT_SECONDS if self.process is None else None
         return temporary_settings(updates={"flows.heartbeat_frequency": frequency})
 
     def stop(self) -> None:

@@ -22,8 +22,8 @@ QUIET_LOGGERS = ("tensorflow", "mlflow.system_metrics")
 """Loggers a `malaria` command keeps to errors: TensorFlow's tf.function retracing advice and
 MLflow's start and stop of each training's system-metrics monitor."""
 HEARTBEAT_SECONDS = 30
-"""How often a flow run tells a server it lives, at the least (`PREFECT_RUNNER_HEARTBEAT_FREQUENCY`
-of the stack's workers; a `malaria` command's flow runs, `app.prefect_api`); three missed, and
+"""How often a flow run tells a server it lives (`PREFECT_RUNNER_HEARTBEAT_FREQUENCY` of the
+stack's workers; a `malaria` command's flow runs, `app.prefect_api`); three missed, and
 `app.alerts` marks the run Crashed."""
 
 

@@ -125,10 +125,10 @@ def read_folder_entry(entry: os.DirEntry, root: Path) -> Payload:
     """An image-named entry's bytes, or why it is skipped, as a folder source reports it:
     links out of `root` (resolved), broken links and non-files are never read."""
     problem = _entry_problem(entry, root)
-    return Unreadable(problem) if problem else _read_file(Path(entry.path))
+    return Unreadable(problem) if problem else _read_file(entry.path)
 
 
-def _read_file(path: Path | str) -> Payload:
+def _read_file(path: str) -> Payload:
     """The file's bytes, checked on the open file: never blocks on a FIFO put in its place."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -159,7 +159,7 @@ def _read_at_most(descriptor: int, expected: int, limit: int) -> bytes:
     while remaining > 0 and (chunk := os.read(descriptor, min(size, remaining))):
         chunks.append(chunk)
         remaining, size = remaining - len(chunk), 1 << 16
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)  # a single chunk is returned as it is, not copied
 
 
 class ZipSource(CellSource):

@@ -132,13 +132,11 @@ def test_flow_runs_on_a_running_server_beat_as_often_as_its_lost_run_alert_expec
     """With Prefect's default (every 180 s), a `malaria train` on the stack was marked Crashed
     by the alert that waits 90 s for a heartbeat, then Completed."""
     import app.cli
-    from app.alerts import SILENCE_SECONDS
     from app.stack_settings import HEARTBEAT_SECONDS
 
     (tmp_path / "heartbeat_probe.py").write_text(HEARTBEAT_PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert app.cli._run_flow("heartbeat_probe", "probe") == HEARTBEAT_SECONDS
-    assert 2 * HEARTBEAT_SECONDS < SILENCE_SECONDS
 
 
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:
