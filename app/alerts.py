@@ -21,6 +21,9 @@ from app.stack_settings import HEARTBEAT_SECONDS
 from tasks.registry import PROMOTED_EVENT
 
 BLOCK_NAME = "malaria-alerts"
+WEBHOOK_SECRET = "webhook_url"
+"""The block's secret field that holds the URL: Prefect's API and events show it obfuscated
+(a webhook URL often carries its token)."""
 AUTOMATION_PREFIX = "malaria: "
 SILENCE_SECONDS = 3 * HEARTBEAT_SECONDS
 """A running flow run silent this long is marked Crashed: its process or host is gone."""
@@ -93,7 +96,8 @@ def install_alerts(webhook_url: str | None) -> list[str]:
     if webhook_url:
         block = CustomWebhookNotificationBlock(
             name="malaria",
-            url=webhook_url,
+            url=f"{{{{{WEBHOOK_SECRET}}}}}",  # filled in from `secrets` when it posts
+            secrets={WEBHOOK_SECRET: webhook_url},
             json_data={"event": "{{subject}}", "text": "{{body}}", "source": "prefect-server"},
             allow_private_urls=True,  # a receiver on the lab's own network is the usual case
         )

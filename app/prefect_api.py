@@ -53,7 +53,7 @@ class PrefectApi:
         if self.process is None:
             return
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not _answers(self.url):
+        while not answers(self.url):
             if self.process.poll() is not None:
                 raise PrefectApiError(
                     f"the temporary Prefect server exited with code {self.process.returncode} "
@@ -105,7 +105,7 @@ def adopt_running_stack(state_file: Path) -> bool:
         env = json.loads(state_file.read_text())["env"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if not isinstance(env, dict) or not _answers(str(env.get(API_URL_VARIABLE, ""))):
+    if not isinstance(env, dict) or not answers(str(env.get(API_URL_VARIABLE, ""))):
         return False
     for name, value in env.items():
         os.environ.setdefault(str(name), str(value))
@@ -137,7 +137,7 @@ def connect_prefect() -> PrefectApi:
     if configured:
         if early is not None:
             early.stop()
-        if not _answers(configured):
+        if not answers(configured):
             raise PrefectApiError(f"{API_URL_VARIABLE} {configured} does not answer")
         return PrefectApi(configured)
     api = early or _start_temporary_server()
@@ -149,7 +149,8 @@ def connect_prefect() -> PrefectApi:
     return api
 
 
-def _answers(api_url: str) -> bool:
+def answers(api_url: str) -> bool:
+    """Whether the Prefect server at `api_url` answers its health check within 2 s."""
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=2) as response:
             return response.status == 200

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from app.prefect_api import make_prefect_home
+from app.prefect_api import answers, make_prefect_home
 from app.stack_settings import HEARTBEAT_SECONDS, QUIET_ENVIRONMENT, StackSettings, client_host
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,8 @@ WORKER_ENVIRONMENT = {"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECOND
 """Flow-run processes of the workers tell the server that they live, so a run whose process
 or host is gone is found (`app.alerts`)."""
 """Processes named so are workers: stopped before the servers they report to."""
+PREFECT_DATABASE_VARIABLE = "PREFECT_API_DATABASE_CONNECTION_URL"
+PREFECT_DATABASE_FILE = "prefect.db"
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
 
@@ -74,7 +76,9 @@ def stack_up(settings: StackSettings) -> StackState:
     settings.mlflow_store.mkdir(parents=True, exist_ok=True)
     state = StackState(settings.prefect_url, settings.mlflow_url, settings.client_env)
     try:
-        _start(state, "prefect-server", _prefect_server_command(settings), logs, {})
+        _start(
+            state, "prefect-server", _prefect_server_command(settings), logs, _prefect_db(settings)
+        )
         _start(state, "mlflow-server", _mlflow_server_command(settings), logs, {})
         _wait_healthy(state, "prefect-server", f"{settings.prefect_url}/api/health")
         # Pools and deployments need only Prefect: made while MLflow still comes up.
@@ -143,6 +147,16 @@ def _prefect_server_command(settings: StackSettings) -> list[str]:
     ]
 
 
+def _prefect_db(settings: StackSettings) -> dict[str, str]:
+    """The stack's Prefect server keeps a database of its own in the state folder, unless the
+    environment names one (PostgreSQL, for a team): its automations and schedules never run
+    on a `malaria` command's temporary server, which uses Prefect's home database."""
+    if os.environ.get(PREFECT_DATABASE_VARIABLE):
+        return {}
+    database = (settings.state_dir / PREFECT_DATABASE_FILE).absolute()
+    return {PREFECT_DATABASE_VARIABLE: f"sqlite+aiosqlite:///{database}"}
+
+
 def _mlflow_server_command(settings: StackSettings) -> list[str]:
     store = settings.mlflow_store.absolute()
     return [
@@ -180,6 +194,8 @@ def stack_alerts(settings: StackSettings) -> dict[str, Any]:
 
 def install_stack_alerts(api_url: str, webhook: str | None) -> list[str]:
     """The server's automations (`app.alerts`), on the Prefect server at `api_url`."""
+    if not answers(api_url):
+        raise StackError(f"the Prefect server {api_url} does not answer: no alerts installed")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from app.alerts import install_alerts

@@ -40,7 +40,9 @@ class StackSettings(BaseModel):
     mlflow_workers: int = Field(
         4, ge=1, description="Worker processes of the MLflow server (one serves a single user)"
     )
-    state_dir: Path = Field(Path(".stack"), description="Where pids and logs are kept")
+    state_dir: Path = Field(
+        Path(".stack"), description="Where pids, logs and the Prefect server's database are kept"
+    )
     webhook_url: str | None = Field(
         None,
         description="Where the Prefect server's automations post alerts (failed, crashed or "

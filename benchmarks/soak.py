@@ -83,7 +83,7 @@ def main() -> None:
     os.environ.update(
         {
             "MALARIA_DATA_DIR": str(workdir / "data"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
             "PREFECT_HOME": str(workdir / "prefect-home"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",

@@ -115,8 +115,19 @@ VariantName = Annotated[
     str, AfterValidator(check_variant), Field(description="A registered CNN variant")
 ]
 
+
+def check_distinct(names: list[str]) -> list[str]:
+    """Refuse a variant named twice: it would train and register the same model twice."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(map(repr, repeated))} named more than once")
+    return names
+
+
 VariantNames = Annotated[
-    list[VariantName], Field(min_length=1, description="CNN variants to train, one run each")
+    list[VariantName],
+    AfterValidator(check_distinct),
+    Field(min_length=1, description="CNN variants to train, one run each"),
 ]
 DEFAULT_VARIANTS = ("resnet",)
 """The default recipe (with 64 px images): see "Model quality" in the README's "Measured"."""

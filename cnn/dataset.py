@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -207,19 +208,56 @@ def open_dataset(path: str | Path) -> Dataset:
     if (found := manifest_path(path)) is None:
         raise DatasetError(f"dataset {str(path)!r} has no {MANIFEST_NAME}: not a finished dataset")
     manifest = Manifest.read(found)
-    for shard in manifest.shards:
-        shard_path = path / shard.file
-        if _parquet_rows(shard_path) != shard.rows:
-            raise DatasetError(f"dataset shard {str(shard_path)!r} is missing or incomplete")
+    _check_counts(path, found, manifest)
     return Dataset(path=path, manifest=manifest)
 
 
-def _parquet_rows(path: Path) -> int | None:
-    """Rows recorded in a Parquet file's footer, or None if it is missing or unreadable."""
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, pa.ArrowException):
-        return None
+def _check_counts(path: Path, manifest_file: Path, manifest: Manifest) -> None:
+    """Every count the manifest states, checked against its shards: each shard's rows and
+    image width, the total, and the images of each class in each split (reading only the
+    small split and label columns)."""
+    held: Counter[tuple[str, str]] = Counter()
+    image_type = pa.binary(int(np.prod(manifest.image_shape)))
+    for shard in manifest.shards:
+        shard_path = path / shard.file
+        try:
+            parquet = pq.ParquetFile(shard_path)
+            columns = parquet.read(columns=["split", "label_name"])
+            shard_image_type = parquet.schema_arrow.field("image").type
+        except (OSError, pa.ArrowException, KeyError):
+            columns, shard_image_type = None, None
+        if columns is None or columns.num_rows != shard.rows:
+            raise DatasetError(f"dataset shard {str(shard_path)!r} is missing or incomplete")
+        if shard_image_type != image_type:
+            raise DatasetError(
+                f"dataset shard {str(shard_path)!r} holds images of {shard_image_type}, not the "
+                f"{manifest.image_shape} pixels that {str(manifest_file)!r} states"
+            )
+        held.update(zip(*columns.to_pydict().values(), strict=True))
+    problem = _count_mismatch(manifest, held)
+    if problem:
+        raise DatasetError(
+            f"dataset manifest {str(manifest_file)!r} {problem}: it was altered or is not this "
+            "dataset's; ingest again"
+        )
+
+
+def _count_mismatch(manifest: Manifest, held: Counter[tuple[str, str]]) -> str | None:
+    """What the manifest states that its shards' rows do not hold, or None."""
+    if manifest.rows != held.total():
+        return f"states {manifest.rows} rows; its shards hold {held.total()}"
+    stated = Counter(
+        {
+            (split, label): count
+            for split, per_label in manifest.counts.items()
+            for label, count in per_label.items()
+        }
+    )
+    for key in sorted(stated.keys() | held.keys()):
+        if stated[key] != held[key]:
+            split, label = key
+            return f"counts {stated[key]} {label} {split} images; its shards hold {held[key]}"
+    return None
 
 
 def load_split(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:

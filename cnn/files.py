@@ -228,6 +228,11 @@ class ZipSource(CellSource):
         return {**self.__dict__, "_listing": None}
 
 
+ZIP_ENCRYPTED = 0x1
+"""The general-purpose flag bit of an encrypted zip member."""
+ENCRYPTED_MEMBER = "encrypted: needs a password"
+
+
 @dataclass(frozen=True)
 class _ZipListing:
     members: dict[str, zipfile.ZipInfo]
@@ -251,9 +256,19 @@ def _list_zip(archive: zipfile.ZipFile, path: Path) -> _ZipListing:
         if not _is_regular_member(info):
             skips.append({"source_id": source_id, "reason": "not a regular file"})
             continue
+        if info.flag_bits & ZIP_ENCRYPTED:
+            skips.append({"source_id": source_id, "reason": ENCRYPTED_MEMBER})
+            continue
         members.setdefault(source_id, info)
     for folder in CLASS_FOLDERS:
         if not any(source_id.startswith(f"{folder}/") for source_id in members):
+            encrypted = sum(skip["reason"] == ENCRYPTED_MEMBER for skip in skips)
+            if encrypted:
+                raise SourceError(
+                    f"zip source {str(path)!r} is encrypted ({encrypted} images need a "
+                    "password): extract it with its password and ingest the folder "
+                    "(--source folder:PATH)"
+                )
             raise SourceError(f"zip source {str(path)!r} has no {folder}/ images")
     return _ZipListing(members=members, skips=skips)
 

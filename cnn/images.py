@@ -13,6 +13,8 @@ import imagecodecs
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cnn.errors import InputError
+
 MAX_SOURCE_PIXELS = 50_000_000
 """Refuse to decode larger images: a real cell crop is about 150×150; this guards memory."""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -21,9 +23,12 @@ PNG_SIZE_AT = slice(16, 24)
 PNG_COLOUR_TYPE_AT = 25
 PNG_TRUECOLOUR = 2
 """The IHDR colour type of RGB without alpha (3 is a palette)."""
+SIXTEEN_BIT_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+"""Pillow's modes of 16-bit grayscale (PNG, TIFF)."""
+UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit floating-point"}
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(InputError):
     """The payload is not a decodable image (truncated, corrupt, or not an image at all)."""
 
 
@@ -55,8 +60,7 @@ def decode_rgb(payload: bytes | np.ndarray) -> tuple[Image.Image, bool]:
     """Decode bytes (or wrap pixels) as an RGB image, and whether it had to be converted to
     RGB (grayscale, alpha or palette)."""
     if isinstance(payload, np.ndarray):
-        image = Image.fromarray(payload)
-        return image.convert("RGB"), image.mode != "RGB"
+        return as_rgb(Image.fromarray(payload))
     if not payload:
         raise UnreadableImageError("empty file")
     pixels = _decode_rgb_png(payload)
@@ -74,7 +78,23 @@ def decode_rgb(payload: bytes | np.ndarray) -> tuple[Image.Image, bool]:
         raise UnreadableImageError("not an image in any known format") from exc
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(f"cannot decode image: {exc}") from exc
-    return (image, False) if image.mode == "RGB" else (image.convert("RGB"), True)
+    return as_rgb(image)
+
+
+def as_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
+    """The image in 8-bit RGB, and whether it had to be converted. 16-bit grayscale keeps its
+    top 8 bits (as Pillow does for 16-bit RGB; its own conversion clips at 255); 32-bit
+    integer or float pixels have no scale to read 8 bits from, and are refused."""
+    if image.mode == "RGB":
+        return image, False
+    if image.mode in SIXTEEN_BIT_GRAY_MODES:
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    elif image.mode in UNSCALED_MODES:
+        raise UnreadableImageError(
+            f"{UNSCALED_MODES[image.mode]} pixels have no known 8-bit scale; save the image "
+            "with 8 or 16 bits a channel"
+        )
+    return image.convert("RGB"), True
 
 
 class Fitted(NamedTuple):

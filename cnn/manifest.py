@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
 )
 
+from cnn.errors import InputError
 from cnn.writes import writing
 
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ def manifest_path(dataset_dir: Path) -> Path | None:
     return None
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset path is missing, incomplete or not a dataset; the message names it."""
 
 

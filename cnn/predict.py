@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from cnn.batches import SplitBatches
 from cnn.config import PREDICT_BATCH
 from cnn.dataset import Dataset, images_from_column, open_dataset
+from cnn.errors import InputError
 from cnn.files import read_folder_entry
 from cnn.images import fit_encoded, resize_square
 from cnn.labels import LABEL_NAMES, PARASITIZED
@@ -36,7 +37,7 @@ from cnn.metrics import (
 )
 from cnn.parallel import parallel_map
 from cnn.records import IMAGE_SUFFIXES, Unreadable
-from cnn.writes import writing
+from cnn.writes import check_output_file, writing
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -48,7 +49,7 @@ PREDICTION_SCHEMA = pa.schema(
 )
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(InputError):
     """The input to score is missing, empty, or in a layout this cannot read."""
 
 
@@ -154,8 +155,7 @@ def score_batches(
 def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, str]) -> Path:
     """Write the predictions atomically: a crash leaves no partial file at `output`."""
     output = Path(output)
-    if output.is_dir():
-        raise PredictionInputError(f"output {str(output)!r} is a directory; name a .parquet file")
+    check_output_file(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -322,6 +322,7 @@ def _parquet_batches(
     if shape is not None:  # a dataset shard: raw pixels
         yield from _raw_pixel_batches(parquet, json.loads(shape), image_size, batch_size, report)
         return
+    _check_column_types(path, schema)
     columns = ["image", "source_id"] if "source_id" in schema.names else ["image"]
     yield from _decoded_batches(
         _encoded_chunks(parquet, columns, batch_size),
@@ -330,6 +331,22 @@ def _parquet_batches(
         batch_size,
         report,
     )
+
+
+COLUMN_TYPES = {
+    "image": ("image bytes", (pa.types.is_binary, pa.types.is_large_binary)),
+    "source_id": ("text", (pa.types.is_string, pa.types.is_large_string)),
+}
+"""What the columns of a Parquet input that are read must hold, and the Arrow types for it."""
+
+
+def _check_column_types(path: Path, schema: pa.Schema) -> None:
+    for name, (content, accepted) in COLUMN_TYPES.items():
+        kind = schema.field(name).type if name in schema.names else None
+        if kind is not None and not any(is_type(kind) for is_type in accepted):
+            raise PredictionInputError(
+                f"Parquet input {str(path)!r}: column {name!r} holds {kind}, not {content}"
+            )
 
 
 def _encoded_chunks(

@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from cnn.errors import InputError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MAX_ENCODED_BYTES = 64 * 1024 * 1024
 """A cell PNG is about 10 KB: a larger file is skipped without being read (memory guard)."""
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The source specification or its location is unusable; the message names it."""
 
 

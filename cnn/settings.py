@@ -7,15 +7,17 @@ needs one, so the environment of the process that runs a flow (a worker's) appli
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cnn.errors import InputError
 
 ENV_PREFIX = "MALARIA_"
 MAX_IO_RETRIES = 5
 """The most retries `MALARIA_IO_RETRIES` may ask for (tasks are declared with this many)."""
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """An environment variable holds a value the pipeline cannot use; the message names it."""
 
 
@@ -47,6 +49,26 @@ class Settings(BaseSettings):
         description="MLFLOW_TRACKING_URI: the MLflow tracking server or store; unset: "
         "the SQLite store under ./mlflow/store",
     )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _store_folder_exists(cls, uri: str | None) -> str | None:
+        """A SQLite store is made only in a folder that exists, as MLflow's own server does:
+        a typo in the path must not start an empty store elsewhere."""
+        database = sqlite_path(uri) if uri else None
+        if database is not None and not database.parent.is_dir():
+            raise ValueError(
+                f"folder {database.parent} does not exist (create it, or fix the path)"
+            )
+        return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    prefix = "sqlite:///"  # then a relative path, or an absolute one with its own "/"
+    if not uri.startswith(prefix):
+        return None
+    return Path(uri.removeprefix(prefix).partition("?")[0]).absolute()
 
 
 def settings() -> Settings:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cnn.config import MAX_SEED, SplitStrategy
+from cnn.errors import InputError
 
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 
@@ -19,7 +20,7 @@ def import_splitters() -> None:
     import sklearn.model_selection  # noqa: F401
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """The records cannot be split as asked (for example: too few patients)."""
 
 

@@ -10,10 +10,12 @@ from prefect.client.schemas.filters import (
 )
 from prefect.deployments import run_deployment
 
+from cnn.errors import InputError
+
 VARIANT_FLOW = "train-variant"
 
 
-class NoDeploymentError(LookupError):
+class NoDeploymentError(InputError, LookupError):
     """No deployment of the per-variant flow targets the asked work pool."""
 
 

@@ -49,7 +49,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh MLflow SQLite store for one test."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     yield uri
     mlflow.set_tracking_uri(None)

@@ -66,10 +66,11 @@ HEAVY_MODULES = ("keras", "tensorflow", "mlflow", "prefect")
 CHECK_OPTIONS = """
 import sys
 import app.cli as cli
+import app.commands as commands
 parser = cli._build_parser()
 cli._check_settings()
-cli._train_settings(parser.parse_args(["train", "--dataset", "d", "--variants", "simple,resnet"]))
-cli._ingest_config(parser.parse_args(["ingest", "--source", "synthetic", "--limit", "40"]))
+commands._train_settings(parser.parse_args(["train", "--dataset", "d", "--variants", "simple"]))
+commands._ingest_config(parser.parse_args(["ingest", "--source", "synthetic", "--limit", "40"]))
 print(",".join(name for name in sys.argv[1:] if name in sys.modules))
 """
 
@@ -251,15 +252,15 @@ def test_ingest_imports_the_splitters_while_the_server_starts(monkeypatch, data_
     """scikit-learn's import (a second or more) was the split's first cost inside the ingest
     task, with every worker waiting for it; the command now spends it while its server starts.
     (The pipeline's flow imports scikit-learn as it is imported, also while the server starts.)"""
-    import app.cli
+    import app.commands
     from cnn.splits import import_splitters
 
     handed_over = {}
 
-    def run_flow(module: str, name: str, *args, meanwhile=None):
+    def run_flow(module: str, name: str, *args, debug=False, meanwhile=None):
         handed_over[name] = meanwhile
         raise RuntimeError("no flow runs in this test")
 
-    monkeypatch.setattr(app.cli, "_run_flow", run_flow)
+    monkeypatch.setattr(app.commands, "run_flow", run_flow)
     assert main(["ingest", "--source", "synthetic"]) == 1
     assert handed_over == {"ingest": import_splitters}

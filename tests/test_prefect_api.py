@@ -112,8 +112,8 @@ def probe():
 RUN_PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from app.cli import _run_flow
-print("heartbeat", _run_flow("heartbeat_probe", "probe"))
+from app.commands import run_flow
+print("heartbeat", run_flow("heartbeat_probe", "probe"))
 """
 
 
@@ -131,12 +131,12 @@ def test_flow_runs_on_a_running_server_beat_as_often_as_its_lost_run_alert_expec
 ):
     """With Prefect's default (every 180 s), a `malaria train` on the stack was marked Crashed
     by the alert that waits 90 s for a heartbeat, then Completed."""
-    import app.cli
+    import app.commands
     from app.stack_settings import HEARTBEAT_SECONDS
 
     (tmp_path / "heartbeat_probe.py").write_text(HEARTBEAT_PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert app.cli._run_flow("heartbeat_probe", "probe") == HEARTBEAT_SECONDS
+    assert app.commands.run_flow("heartbeat_probe", "probe") == HEARTBEAT_SECONDS
 
 
 def _record_stack(tmp_path, prefect_url: str) -> os.PathLike:

@@ -22,6 +22,7 @@ from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset
+from cnn.errors import InputError
 from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
 from cnn.writes import writing
@@ -32,7 +33,7 @@ _loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
 _loaded_models_lock = threading.Lock()
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(InputError, LookupError):
     """A model URI that names nothing loadable; the message says what was looked for."""
 
 

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cnn.locks import exclusive_lock
-from cnn.settings import settings
+from cnn.settings import settings, sqlite_path
 
 DEFAULT_STORE_DIR = Path("mlflow") / "store"
 SERVER_CHECK_SECONDS = 15.0
@@ -59,7 +59,7 @@ def configure_tracking() -> str:
         os.environ.setdefault("MLFLOW_TRACKING_USERNAME", credentials[0])
         os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", credentials[1])
         os.environ["MLFLOW_TRACKING_URI"] = uri
-    database = _sqlite_path(uri)
+    database = sqlite_path(uri)
     if database is not None and uri not in _opened_stores:
         with exclusive_lock(database.parent / ".schema.lock", timeout_seconds=300):
             MlflowClient(uri).search_experiments(max_results=1)  # creates or migrates tables
@@ -119,7 +119,7 @@ def ensure_experiment(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    database = _sqlite_path(mlflow.get_tracking_uri())
+    database = sqlite_path(mlflow.get_tracking_uri())
     artifact_location = (database.parent / "artifacts").as_uri() if database else None
     try:
         return mlflow.create_experiment(name, artifact_location=artifact_location)
@@ -132,11 +132,3 @@ def first_line(error: BaseException) -> str:
     MLflow's messages go on for pages."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI, else None."""
-    prefix = "sqlite:///"  # then a relative path, or an absolute one with its own "/"
-    if not uri.startswith(prefix):
-        return None
-    return Path(uri.removeprefix(prefix).partition("?")[0]).absolute()

@@ -27,6 +27,7 @@ from cnn.predict import (
 from cnn.records import MAX_ENCODED_BYTES
 from cnn.sources import SyntheticSource
 from cnn.synthetic import draw_cell
+from cnn.writes import OutputPathError
 
 
 def constant_model(size: int, value: float) -> keras.Model:
@@ -191,7 +192,7 @@ def test_predictions_are_written_atomically(tmp_path):
     assert pq.read_table(path).num_rows == 1
     assert pq.read_schema(path).metadata[b"model_uri"] == b"models:/m/1"
     assert [p.name for p in path.parent.iterdir()] == ["p.parquet"]
-    with pytest.raises(PredictionInputError, match="is a directory"):
+    with pytest.raises(OutputPathError, match="is a directory"):
         write_predictions(table, tmp_path / "out", {})
 
 

@@ -1,6 +1,9 @@
 """A full disk names the file it could not write (`/dev/full` fails every write with ENOSPC)."""
 
 import errno
+import os
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from cnn.manifest import write_json_durably
 from cnn.shards import _write_shard
 from cnn.sources import SyntheticSource
-from cnn.writes import WriteError, writing
+from cnn.writes import OutputPathError, WriteError, check_output_file, writing
 
 FULL_DISK = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not FULL_DISK.exists(), reason="no /dev/full here")
@@ -39,3 +42,48 @@ def test_an_error_that_names_its_file_is_left_as_it_is(tmp_path):
     with pytest.raises(FileNotFoundError) as raised, writing(tmp_path / "other"):
         missing.write_text("{}")
     assert raised.value.filename == str(missing)
+
+
+def _make(kind: str, path: Path) -> None:
+    if kind == "a directory":
+        path.mkdir()
+    elif kind == "a symbolic link":
+        (path.parent / "target").write_bytes(b"kept")
+        path.symlink_to(path.parent / "target")
+    elif kind == "a named pipe":
+        os.mkfifo(path)
+    elif kind == "a socket":
+        socket.socket(socket.AF_UNIX).bind(str(path))
+    else:  # a character device with /dev/null's numbers, made by the test (root only)
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "a directory",
+        "a symbolic link",
+        "a named pipe",
+        "a socket",
+        pytest.param(
+            "a character device",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a device needs root"),
+        ),
+    ],
+)
+def test_an_output_that_is_not_a_file_is_refused_and_left_as_it_is(tmp_path, kind):
+    path = tmp_path / "out.parquet"
+    _make(kind, path)
+    before = os.lstat(path)
+    with pytest.raises(OutputPathError, match=f"is {kind}; name a new or regular file"):
+        check_output_file(path)
+    after = os.lstat(path)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_a_new_or_regular_output_file_is_accepted_and_a_file_parent_is_named(tmp_path):
+    check_output_file(tmp_path / "new.parquet")
+    (tmp_path / "old.parquet").write_bytes(b"old")
+    check_output_file(tmp_path / "old.parquet")
+    with pytest.raises(OutputPathError, match="a parent of it is a file"):
+        check_output_file(tmp_path / "old.parquet" / "p.parquet")

@@ -20,7 +20,7 @@ def fault_env(prefect_api, tmp_path) -> dict[str, str]:
     return {
         **prefect_api,
         "MALARIA_DATA_DIR": str(tmp_path / "data"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
 
 

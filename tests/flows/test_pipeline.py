@@ -29,7 +29,7 @@ def finished_pipeline(tmp_path_factory, prefect_harness):
     """One real pipeline run on tiny synthetic data, shared by the assertions below."""
     root = tmp_path_factory.mktemp("pipeline")
     monkeypatch = pytest.MonkeyPatch()
-    uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MALARIA_DATA_DIR", str(root / "data"))
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the training is short

@@ -4,6 +4,7 @@ Run button starts it, on real processes bound to 127.0.0.1."""
 
 import json
 import os
+import sqlite3
 import subprocess
 import time
 
@@ -19,6 +20,8 @@ from tests.integration.servers import BIN, PROMPT_WORKERS, WebhookReceiver, free
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_SECONDS = 420
+WEBHOOK_PASSWORD = "pass-in-url"
+"""Written into the webhook URL, as services that take basic auth let users do."""
 UI_PARAMETERS = {  # what the form of the retrain deployment sends for a small run
     "data": {"source": "synthetic", "limit": 60, "image_size": 32},
     "variants": ["simple"],
@@ -54,7 +57,8 @@ def stack(tmp_path, webhook):
         "MALARIA_DATA_DIR": str(tmp_path / "data"),
     }
     options = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
-    options += ["--mlflow-workers", "1", "--webhook-url", webhook.url]
+    with_password = webhook.url.replace("http://", f"http://alerts:{WEBHOOK_PASSWORD}@")
+    options += ["--mlflow-workers", "1", "--webhook-url", with_password]
     started = malaria("stack", "up", *options, "--json", cwd=tmp_path, env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
@@ -69,7 +73,7 @@ def stack(tmp_path, webhook):
 
 
 def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(stack, webhook):
-    state, root, _ = stack
+    state, root, env = stack
     api = f"{state['prefect_url']}/api"
     assert set(state["deployments"]) >= {
         "retrain",
@@ -95,6 +99,8 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     assert schedule["schedule"]["timezone"] == "UTC"
     assert retrain["concurrency_limit"] == 1 or retrain["global_concurrency_limit"]["limit"] == 1
     assert retrain["enforce_parameter_schema"] is True
+
+    _a_temporary_server_in_the_same_home_runs_no_stack_alert(root, env, webhook)
 
     refused = httpx.post(
         f"{api}/deployments/{retrain['id']}/create_flow_run",
@@ -155,6 +161,38 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     assert killed["name"] in alert["text"] and "Crashed" in alert["text"]
     assert alert["source"] == "prefect-server"
     assert len(webhook.received) == 2  # no post from the workers themselves
+    _the_webhook_url_is_kept_secret(api, root / ".stack", webhook)
+
+
+def _a_temporary_server_in_the_same_home_runs_no_stack_alert(root, env, webhook) -> None:
+    """A command's temporary server (its flow run fails inside: one patient cannot be split)
+    in the stack's Prefect home. Was: it shared the stack's database, so it ran the stack's
+    automations and posted `failed` (and its failed posts ended the output in tracebacks)."""
+    elsewhere = root / "elsewhere"  # no .stack here: the command starts a temporary server
+    for folder in ("Parasitized", "Uninfected"):
+        (elsewhere / "cells" / folder).mkdir(parents=True)
+        (elsewhere / "cells" / folder / "C33P1thinF_IMG_1_cell_1.png").write_bytes(b"not a png")
+    failed = malaria("ingest", "--source", "folder:cells", cwd=elsewhere, env=env)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "Finished in state Failed" in failed.stderr  # the flow ran, and failed
+    (error,) = [line for line in failed.stderr.splitlines() if line.startswith("malaria: error")]
+    assert "needs at least 2 patients" in error
+    assert "Traceback" not in failed.stderr
+    assert webhook.received == []
+
+
+def _the_webhook_url_is_kept_secret(api: str, state_dir, webhook) -> None:
+    """Was: the URL in plain text in the block (the unauthenticated API returned it) and in
+    the `prefect.block-document.created` event."""
+    secrets = (webhook.url.rsplit("/", 1)[-1], WEBHOOK_PASSWORD)
+    blocks = httpx.post(f"{api}/block_documents/filter", json={}, timeout=10)
+    assert blocks.status_code == 200 and "malaria-alerts" in blocks.text
+    assert not [secret for secret in secrets if secret in blocks.text]
+    with sqlite3.connect(state_dir / "prefect.db") as database:
+        events = database.execute("select event, payload from events").fetchall()
+        logs = database.execute("select message from log").fetchall()
+    assert "prefect.block-document.created" in {event for event, _ in events}
+    assert not [row for row in events + logs for secret in secrets if secret in str(row)]
 
 
 def _kill_when_running(api: str, flow_run_id: str, worker_pid: int) -> dict:
