@@ -18,9 +18,10 @@ QUIET_ENVIRONMENT = {
 }
 """Offline-friendly defaults of every `malaria` command and stack process (a variable already
 set wins): no telemetry, no TensorFlow start-up chatter, no download bars in the logs."""
-QUIET_LOGGERS = ("tensorflow", "mlflow.system_metrics")
-"""Loggers a `malaria` command keeps to errors: TensorFlow's tf.function retracing advice and
-MLflow's start and stop of each training's system-metrics monitor."""
+QUIET_LOGGERS = ("tensorflow", "mlflow.system_metrics", "EventsWorker", "APILogWorker")
+"""Loggers a `malaria` command keeps to errors: TensorFlow's tf.function retracing advice,
+MLflow's start and stop of each training's system-metrics monitor, and Prefect's "Still
+processing items" while its event and log senders finish at exit (after the error line)."""
 HEARTBEAT_SECONDS = 30
 """How often a flow run tells a server it lives (`PREFECT_RUNNER_HEARTBEAT_FREQUENCY` of the
 stack's workers; a `malaria` command's flow runs, `app.prefect_api`); three missed, and
