@@ -8,7 +8,6 @@ import argparse
 import importlib
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -164,7 +163,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     runs = run_flow(
         "flows.train",
         "train",
-        str(dataset.path),
+        dataset.uri,
         variants,
         training,
         tracking,
@@ -201,7 +200,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "flows.evaluate",
         "evaluate",
         args.model,
-        str(dataset.path),
+        dataset.uri,
         tracking,
         debug=args.debug,
         meanwhile=lambda: _check_model_option(args.model),
@@ -209,12 +208,19 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from pyarrow.fs import FileType
     from pydantic import TypeAdapter
 
     from cnn.config import PredictBatch
+    from cnn.errors import InputError
+    from cnn.storage import location
     from cnn.writes import OutputPathError, check_output_file
 
-    if not Path(args.input.removeprefix("folder:")).exists():
+    try:
+        found = location(args.input.removeprefix("folder:")).info().type != FileType.NotFound
+    except InputError as error:  # a scheme not known here, a store that does not answer
+        raise CommandError(f"--input: {error}") from error
+    if not found:
         raise CommandError(f"--input: {args.input!r} does not exist")
     _validated(
         lambda: TypeAdapter(PredictBatch).validate_python(args.batch_size), option="--batch-size"

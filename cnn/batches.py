@@ -13,13 +13,12 @@ autotuned prefetching), epochs after the first ran at half speed on a 2-core mac
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
-import pyarrow.parquet as pq
 
 from cnn.dataset import Dataset, images_from_column
+from cnn.storage import Location
 
 SHUFFLE_WINDOW = 4
 """Row groups whose rows are mixed together when shuffling."""
@@ -28,7 +27,7 @@ INPUT_THREADS = 2
 
 @dataclass(frozen=True)
 class _RowGroup:
-    shard: Path
+    shard: Location
     index: int
     rows: np.ndarray
     """Positions, within the row group, of the rows that belong to the split."""
@@ -38,8 +37,8 @@ class _RowGroup:
 def split_row_groups(dataset: Dataset, split: str) -> list[_RowGroup]:
     """The row groups holding rows of `split`, read from the small columns only."""
     groups = []
-    for shard in dataset.shard_paths:
-        parquet = pq.ParquetFile(shard)
+    for shard in dataset.shards:
+        parquet = shard.parquet()
         table = parquet.read(columns=["split", "label"])
         splits = table["split"].to_numpy(zero_copy_only=False)
         labels = table["label"].to_numpy()
@@ -128,7 +127,7 @@ class SplitBatches(keras.utils.PyDataset):
                 self._cache.move_to_end(group_id)
                 return self._cache[group_id]
             group = self._groups[group_id]
-            parquet = pq.ParquetFile(group.shard)
+            parquet = group.shard.parquet()
             column = parquet.read_row_group(group.index, columns=["image"])["image"]
             images = images_from_column(column, self.image_shape)[group.rows]
             self._cache[group_id] = images

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 from pydantic import BaseModel
 
 from cnn.config import IngestConfig
@@ -33,6 +34,7 @@ from cnn.progress import Progress
 from cnn.records import CellRecord, CellSource
 from cnn.shards import write_shards
 from cnn.splits import SPLITS, assign_splits
+from cnn.storage import Location, location
 
 LOCKS_DIR = ".locks"
 """Under the datasets directory: one lock per dataset name, so concurrent runs write it once."""
@@ -40,10 +42,23 @@ LOCKS_DIR = ".locks"
 
 @dataclass(frozen=True)
 class Dataset:
-    """A finished dataset on disk, as described by its manifest."""
+    """A finished dataset (in a local folder or under an object-store prefix), as described
+    by its manifest."""
 
-    path: Path
+    location: Location
     manifest: Manifest
+
+    @property
+    def uri(self) -> str:
+        """Where it is, as users name it: a local path or a `scheme://` URI."""
+        return self.location.uri
+
+    @property
+    def path(self) -> Path:
+        """Its local folder (a dataset on object storage has none)."""
+        if not self.location.is_local:
+            raise DatasetError(f"dataset {self.uri!r} is not in a local folder")
+        return Path(self.location.path)
 
     @property
     def name(self) -> str:
@@ -58,7 +73,12 @@ class Dataset:
         return self.manifest.image_shape
 
     @property
+    def shards(self) -> list[Location]:
+        return [self.location / shard.file for shard in self.manifest.shards]
+
+    @property
     def shard_paths(self) -> list[Path]:
+        """The shards' files in its local folder."""
         return [self.path / shard.file for shard in self.manifest.shards]
 
 
@@ -78,7 +98,7 @@ class DatasetRef(BaseModel):
     def of(cls, dataset: Dataset, cache_hit: bool, seconds: float) -> "DatasetRef":
         manifest = dataset.manifest
         return cls(
-            path=str(dataset.path),
+            path=dataset.uri,
             name=manifest.name,
             rows=manifest.rows,
             cache_hit=cache_hit,
@@ -109,10 +129,10 @@ def build_dataset(
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
     final_path = _dataset_path(source, config, fingerprint, datasets_dir)
-    if manifest_path(final_path):
+    if manifest_path(location(final_path)):
         return open_dataset(final_path), True
     with exclusive_lock(datasets_dir / LOCKS_DIR / f"{final_path.name}.lock"):
-        if manifest_path(final_path):  # a concurrent run wrote it meanwhile
+        if manifest_path(location(final_path)):  # a concurrent run wrote it meanwhile
             return open_dataset(final_path), True
         dataset = _write_dataset(
             source, source_fingerprint, fingerprint, config, final_path, workers, on_progress
@@ -127,7 +147,7 @@ def find_dataset(source: CellSource, config: IngestConfig, datasets_dir: Path) -
     """
     fingerprint = dataset_fingerprint(source.fingerprint(), config)
     path = _dataset_path(source, config, fingerprint, datasets_dir)
-    return open_dataset(path) if manifest_path(path) else None
+    return open_dataset(path) if manifest_path(location(path)) else None
 
 
 def _dataset_path(
@@ -194,50 +214,52 @@ def _write_dataset(
     return open_dataset(final_path)
 
 
-def open_dataset(path: str | Path) -> Dataset:
-    """Open a finished dataset, refusing anything without a complete manifest and shards."""
-    path = Path(path)
-    if not path.exists():
-        reason = "is a broken link" if path.is_symlink() else "does not exist"
-        raise DatasetError(f"dataset {str(path)!r} {reason}")
-    if not path.is_dir():
+def open_dataset(where: str | Path | Location) -> Dataset:
+    """Open a finished dataset (a local folder or a URI), refusing anything without a
+    complete manifest and shards."""
+    found = where if isinstance(where, Location) else location(where)
+    kind = found.info().type
+    if kind == FileType.NotFound:
+        reason = "is a broken link" if found.is_local and Path(found.path).is_symlink() else ""
+        raise DatasetError(f"dataset {found.uri!r} {reason or 'does not exist'}")
+    if kind != FileType.Directory:
         raise DatasetError(
-            f"dataset {str(path)!r} is not a directory (a dataset is a directory of Parquet "
+            f"dataset {found.uri!r} is not a directory (a dataset is a directory of Parquet "
             f"shards and a {MANIFEST_NAME})"
         )
-    if (found := manifest_path(path)) is None:
-        raise DatasetError(f"dataset {str(path)!r} has no {MANIFEST_NAME}: not a finished dataset")
-    manifest = Manifest.read(found)
-    _check_counts(path, found, manifest)
-    return Dataset(path=path, manifest=manifest)
+    if (manifest_file := manifest_path(found)) is None:
+        raise DatasetError(f"dataset {found.uri!r} has no {MANIFEST_NAME}: not a finished dataset")
+    manifest = Manifest.read(manifest_file)
+    _check_counts(found, manifest_file, manifest)
+    return Dataset(location=found, manifest=manifest)
 
 
-def _check_counts(path: Path, manifest_file: Path, manifest: Manifest) -> None:
+def _check_counts(dataset: Location, manifest_file: Location, manifest: Manifest) -> None:
     """Every count the manifest states, checked against its shards: each shard's rows and
     image width, the total, and the images of each class in each split (reading only the
     small split and label columns)."""
     held: Counter[tuple[str, str]] = Counter()
     image_type = pa.binary(int(np.prod(manifest.image_shape)))
     for shard in manifest.shards:
-        shard_path = path / shard.file
+        shard_file = dataset / shard.file
         try:
-            parquet = pq.ParquetFile(shard_path)
+            parquet = shard_file.parquet()
             columns = parquet.read(columns=["split", "label_name"])
             shard_image_type = parquet.schema_arrow.field("image").type
         except (OSError, pa.ArrowException, KeyError):
             columns, shard_image_type = None, None
         if columns is None or columns.num_rows != shard.rows:
-            raise DatasetError(f"dataset shard {str(shard_path)!r} is missing or incomplete")
+            raise DatasetError(f"dataset shard {shard_file.uri!r} is missing or incomplete")
         if shard_image_type != image_type:
             raise DatasetError(
-                f"dataset shard {str(shard_path)!r} holds images of {shard_image_type}, not the "
-                f"{manifest.image_shape} pixels that {str(manifest_file)!r} states"
+                f"dataset shard {shard_file.uri!r} holds images of {shard_image_type}, not the "
+                f"{manifest.image_shape} pixels that {manifest_file.uri!r} states"
             )
         held.update(zip(*columns.to_pydict().values(), strict=True))
     problem = _count_mismatch(manifest, held)
     if problem:
         raise DatasetError(
-            f"dataset manifest {str(manifest_file)!r} {problem}: it was altered or is not this "
+            f"dataset manifest {manifest_file.uri!r} {problem}: it was altered or is not this "
             "dataset's; ingest again"
         )
 
@@ -265,7 +287,10 @@ def load_split(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     table = pq.read_table(
-        dataset.shard_paths, columns=["image", "label"], filters=[("split", "=", split)]
+        [shard.path for shard in dataset.shards],
+        filesystem=dataset.location.filesystem,
+        columns=["image", "label"],
+        filters=[("split", "=", split)],
     )
     return images_from_column(table["image"], dataset.image_shape), table["label"].to_numpy()
 
@@ -319,7 +344,7 @@ def _publish(temporary_path: Path, final_path: Path) -> None:
     try:
         temporary_path.rename(final_path)
     except OSError:
-        if not manifest_path(final_path):
+        if not manifest_path(location(final_path)):
             raise
     directory_fd = os.open(final_path.parent, os.O_RDONLY)
     try:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from cnn.errors import InputError
+from cnn.storage import Location
 from cnn.writes import writing
 
 FORMAT_VERSION = 1
@@ -33,7 +34,7 @@ LEGACY_MANIFEST_NAME = "manifest.json"
 """The name datasets written before had; they open as they are."""
 
 
-def manifest_path(dataset_dir: Path) -> Path | None:
+def manifest_path(dataset_dir: Location) -> Location | None:
     """The manifest of a dataset directory (either name), or None when it has none yet."""
     for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
         if (dataset_dir / name).is_file():
@@ -87,32 +88,33 @@ class Manifest(BaseModel):
     skipped: list[dict[str, Any]]
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest":
-        """The manifest at `path`, or a `DatasetError` naming the file and what is wrong."""
+    def read(cls, location: Location) -> "Manifest":
+        """The manifest at `location`, or a `DatasetError` naming it and what is wrong."""
+        path = location.uri
         try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"dataset manifest {str(path)!r} is corrupt: {exc}") from exc
+            content = json.loads(location.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"dataset manifest {path!r} is corrupt: {exc}") from exc
         if not isinstance(content, dict):
             kind = JSON_TYPE_NAMES.get(type(content), "value")
             raise DatasetError(
-                f"dataset manifest {str(path)!r} is malformed: a JSON {kind}, not an object"
+                f"dataset manifest {path!r} is malformed: a JSON {kind}, not an object"
             )
         version = content.get("format_version")
         if version is None:
-            raise DatasetError(f"dataset manifest {str(path)!r} is malformed: no 'format_version'")
+            raise DatasetError(f"dataset manifest {path!r} is malformed: no 'format_version'")
         if version != FORMAT_VERSION:
             raise DatasetError(
-                f"dataset {str(path.parent)!r} has format {version!r}, expected "
+                f"dataset {path.rsplit('/', 1)[0]!r} has format {version!r}, expected "
                 f"{FORMAT_VERSION}; ingest it again"
             )
         try:
             return cls.model_validate(content)
         except ValidationError as error:
             problem = _problem(error, content)
-            raise DatasetError(f"dataset manifest {str(path)!r} is malformed: {problem}") from None
+            raise DatasetError(f"dataset manifest {path!r} is malformed: {problem}") from None
 
-    def describe(self, path: Path, max_skipped: int = 50) -> str:
+    def describe(self, path: str, max_skipped: int = 50) -> str:
         """A markdown summary of the dataset at `path`: counts per split and class, source
         image sizes, and the skipped files with their reasons."""
         lines = [

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from pyarrow.fs import FileType
 from pydantic import BaseModel
 
 from cnn.batches import SplitBatches
@@ -37,7 +38,8 @@ from cnn.metrics import (
 )
 from cnn.parallel import parallel_map
 from cnn.records import IMAGE_SUFFIXES, Unreadable
-from cnn.writes import check_output_file, writing
+from cnn.storage import Location, location
+from cnn.writes import OutputPathError, check_output_file, writing
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -108,22 +110,28 @@ def iter_input_batches(
 ) -> Iterator[Batch]:
     """Batches from a folder of images (searched recursively), a dataset directory, or a
     Parquet file (a dataset shard, or an `image` column of encoded image bytes)."""
-    path = Path(source)
-    if not path.exists():
-        raise PredictionInputError(f"input {str(path)!r} does not exist")
-    if path.is_dir() and not manifest_path(path):
-        batches = _folder_batches(path, image_size, batch_size, report)
-    elif path.is_dir():
-        batches = _dataset_batches(path, image_size, batch_size, report)
+    where = location(source)
+    kind = where.info().type
+    if kind == FileType.NotFound:
+        raise PredictionInputError(f"input {where.uri!r} does not exist")
+    if kind == FileType.Directory and manifest_path(where):
+        batches = _dataset_batches(open_dataset(where), image_size, batch_size, report)
+    elif kind == FileType.Directory:
+        if not where.is_local:
+            raise PredictionInputError(
+                f"input {where.uri!r}: a folder of images must be local (datasets and Parquet "
+                "files can be anywhere)"
+            )
+        batches = _folder_batches(Path(where.path), image_size, batch_size, report)
     else:
-        batches = _parquet_batches(path, image_size, batch_size, report)
+        batches = _parquet_batches(where, image_size, batch_size, report)
     empty = True
     for batch in batches:
         empty = False
         report.scored += len(batch[0])
         yield batch
     if empty:
-        raise PredictionInputError(f"input {str(path)!r} holds no readable image")
+        raise PredictionInputError(f"input {where.uri!r} holds no readable image")
 
 
 def score_batches(
@@ -152,9 +160,18 @@ def score_batches(
     )
 
 
-def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, str]) -> Path:
-    """Write the predictions atomically: a crash leaves no partial file at `output`."""
-    output = Path(output)
+def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, str]) -> str:
+    """Write the predictions atomically (a crash leaves no partial file at `output`), to a
+    local file or an object store's URI; return where they are."""
+    where = location(output)
+    if not where.is_local:  # an object appears whole, once its upload completes
+        if where.is_dir():
+            raise OutputPathError(f"{where.uri!r} is a folder of objects; name a .parquet file")
+        pq.write_table(
+            table.replace_schema_metadata(metadata), where.path, filesystem=where.filesystem
+        )
+        return where.uri
+    output = Path(where.path)
     check_output_file(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -164,7 +181,7 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
         os.replace(temporary, output)
     finally:
         temporary.unlink(missing_ok=True)
-    return output
+    return str(output)
 
 
 class PredictionSummary(BaseModel):
@@ -299,25 +316,24 @@ def _image_entries(root: Path, report: InputReport) -> list[os.DirEntry]:
 
 
 def _dataset_batches(
-    directory: Path, image_size: int, batch_size: int, report: InputReport
+    dataset: Dataset, image_size: int, batch_size: int, report: InputReport
 ) -> Iterator[Batch]:
-    dataset = open_dataset(directory)
-    for shard in dataset.shard_paths:
+    for shard in dataset.shards:
         yield from _raw_pixel_batches(
-            pq.ParquetFile(shard), dataset.image_shape, image_size, batch_size, report
+            shard.parquet(), dataset.image_shape, image_size, batch_size, report
         )
 
 
 def _parquet_batches(
-    path: Path, image_size: int, batch_size: int, report: InputReport
+    path: Location, image_size: int, batch_size: int, report: InputReport
 ) -> Iterator[Batch]:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = path.parquet()
     except (pa.ArrowInvalid, OSError) as error:
-        raise PredictionInputError(f"input {str(path)!r} is not a Parquet file: {error}") from error
+        raise PredictionInputError(f"input {path.uri!r} is not a Parquet file: {error}") from error
     schema = parquet.schema_arrow
     if "image" not in schema.names:
-        raise PredictionInputError(f"Parquet input {str(path)!r} has no 'image' column")
+        raise PredictionInputError(f"Parquet input {path.uri!r} has no 'image' column")
     shape = (schema.metadata or {}).get(b"image_shape")
     if shape is not None:  # a dataset shard: raw pixels
         yield from _raw_pixel_batches(parquet, json.loads(shape), image_size, batch_size, report)
@@ -340,12 +356,12 @@ COLUMN_TYPES = {
 """What the columns of a Parquet input that are read must hold, and the Arrow types for it."""
 
 
-def _check_column_types(path: Path, schema: pa.Schema) -> None:
+def _check_column_types(path: Location, schema: pa.Schema) -> None:
     for name, (content, accepted) in COLUMN_TYPES.items():
         kind = schema.field(name).type if name in schema.names else None
         if kind is not None and not any(is_type(kind) for is_type in accepted):
             raise PredictionInputError(
-                f"Parquet input {str(path)!r}: column {name!r} holds {kind}, not {content}"
+                f"Parquet input {path.uri!r}: column {name!r} holds {kind}, not {content}"
             )
 
 

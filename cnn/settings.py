@@ -50,6 +50,18 @@ class Settings(BaseSettings):
         "the SQLite store under ./mlflow/store",
     )
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _local_data_dir(cls, value: object) -> object:
+        """Datasets are read from object storage (`--dataset s3://…`), but the data folder,
+        where datasets, checkpoints and kept models are written, is local for now."""
+        if "://" in str(value):
+            raise ValueError(
+                "the data folder must be a local path for now (a dataset on object storage is "
+                "read with --dataset s3://…)"
+            )
+        return value
+
     @field_validator("tracking_uri")
     @classmethod
     def _store_folder_exists(cls, uri: str | None) -> str | None:

@@ -49,6 +49,6 @@ def _dataset_artifacts(ref: DatasetRef, dataset: Dataset) -> None:
     )
     create_markdown_artifact(
         key="dataset-validation",
-        markdown=dataset.manifest.describe(dataset.path),
+        markdown=dataset.manifest.describe(dataset.uri),
         description=f"What `{ref.name}` holds and what was skipped",
     )

@@ -198,7 +198,9 @@ def as_mlflow_dataset(dataset: Dataset, split: str | None = None) -> MetaDataset
     location and content fingerprint as digest."""
     with warnings.catch_warnings():  # MLflow registers its local source class twice
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(dataset.path.absolute().as_uri())
+        source = resolve_dataset_source(
+            dataset.path.as_uri() if dataset.location.is_local else dataset.uri
+        )
     return MetaDataset(
         source=source,
         name=f"{dataset.name}/{split}" if split else dataset.name,

@@ -191,7 +191,7 @@ def test_predictions_are_written_atomically(tmp_path):
     path = write_predictions(table, tmp_path / "out" / "p.parquet", {"model_uri": "models:/m/1"})
     assert pq.read_table(path).num_rows == 1
     assert pq.read_schema(path).metadata[b"model_uri"] == b"models:/m/1"
-    assert [p.name for p in path.parent.iterdir()] == ["p.parquet"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p.parquet"]
     with pytest.raises(OutputPathError, match="is a directory"):
         write_predictions(table, tmp_path / "out", {})
 

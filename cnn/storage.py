@@ -1,0 +1,141 @@
+"""Where data is: a local path, or the URI of a filesystem that pyarrow knows (`s3://bucket/key`,
+`gs://bucket/key`, `hdfs://…`, `file:///…`), as one `Location`.
+
+pyarrow.fs rather than fsspec: Parquet is read and written through it natively (no Python in
+the data path, with its own read-ahead), its S3 client is the AWS SDK's, and pyarrow is already
+here. S3 settings are the standard ones: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an
+S3-compatible server), `AWS_REGION` or `AWS_DEFAULT_REGION`, credentials from the SDK's chain
+(`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and the shared files, instance
+roles). Nothing here logs or stores them.
+"""
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cnn.errors import InputError
+
+S3_CONNECT_SECONDS = 5.0
+S3_REQUEST_SECONDS = 20.0
+S3_ATTEMPTS = 3
+"""Tries of each S3 request: an endpoint that does not answer fails in about 15 s, named."""
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+class StorageError(InputError):
+    """A location that cannot be used: a scheme no filesystem here knows, a store that does
+    not answer, a file that is not there; the message names the location (and endpoint)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder on some filesystem: `path` in the filesystem's own terms, `uri` as
+    users and messages name it (a local absolute path, or `scheme://…`)."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def __truediv__(self, name: str) -> "Location":
+        return Location(
+            self.filesystem,
+            posixpath.join(self.path, name),
+            self.uri.rstrip("/") + "/" + name,
+        )
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def info(self) -> pafs.FileInfo:
+        """What is at the location (`type` NotFound when nothing); a store that cannot be
+        reached raises StorageError naming it."""
+        try:
+            return self.filesystem.get_file_info(self.path)
+        except OSError as error:
+            raise StorageError(self.unreachable(error)) from error
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.info().type == pafs.FileType.Directory
+
+    def read_text(self) -> str:
+        """The whole file as UTF-8 text."""
+        try:
+            with self.filesystem.open_input_stream(self.path) as stream:
+                return stream.read().decode("utf-8")
+        except FileNotFoundError as error:
+            raise StorageError(f"{self.uri} does not exist") from error
+        except OSError as error:
+            raise StorageError(self.unreachable(error)) from error
+
+    def parquet(self) -> pq.ParquetFile:
+        """The Parquet file at the location, its footer read (remote reads buffer ahead)."""
+        return pq.ParquetFile(
+            self.filesystem.open_input_file(self.path), pre_buffer=not self.is_local
+        )
+
+    def unreachable(self, error: BaseException) -> str:
+        """A one-line reason that names the location and, for S3, the endpoint it tried."""
+        reason = " ".join(str(error).split())
+        if self.is_local:
+            return f"cannot read {self.uri}: {reason}"
+        endpoint = ""
+        if isinstance(self.filesystem, pafs.S3FileSystem):
+            endpoint = f" (endpoint {_s3_endpoint() or 'AWS'})"
+        return f"cannot reach {self.uri}{endpoint}: {reason}"
+
+
+def location(where: str | Path) -> Location:
+    """The location a local path or a URI names; StorageError for a scheme that no
+    filesystem here knows."""
+    text = str(where)
+    if "://" not in text:
+        path = Path(text).expanduser().absolute()
+        return Location(pafs.LocalFileSystem(), path.as_posix(), str(path))
+    scheme = urlsplit(text).scheme.lower()
+    if scheme == "s3":
+        bucket_and_key = text.split("://", 1)[1].strip("/")
+        return Location(_s3(), bucket_and_key, f"s3://{bucket_and_key}")
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
+        raise StorageError(
+            f"{text}: no filesystem for {scheme}:// here ({' '.join(str(error).split())})"
+        ) from error
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Location(filesystem, path, path)
+    return Location(filesystem, path, text.rstrip("/"))
+
+
+def _s3_endpoint() -> str | None:
+    return next((os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)), None)
+
+
+def _s3() -> pafs.S3FileSystem:
+    """An S3 client with deadlines: a few tries, seconds apart, instead of the SDK's minutes."""
+    region = next((os.environ[name] for name in REGION_VARIABLES if os.environ.get(name)), None)
+    return pafs.S3FileSystem(
+        endpoint_override=_s3_endpoint(),
+        region=region,  # else the SDK's own: the profile's, or us-east-1
+        connect_timeout=S3_CONNECT_SECONDS,
+        request_timeout=S3_REQUEST_SECONDS,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+        allow_bucket_creation=True,
+    )

@@ -1,0 +1,144 @@
+"""Datasets on an S3-compatible store: a real SeaweedFS server started by this module on free
+127.0.0.1 ports, with credentials and no anonymous access. A dataset uploaded there opens,
+is checked and streams exactly as its local copy; `malaria train --dataset s3://…` trains from
+it and `malaria predict` reads it and writes its predictions to the bucket."""
+
+import re
+import socket
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from cnn.batches import SplitBatches
+from cnn.config import IngestConfig
+from cnn.dataset import Dataset, DatasetError, build_dataset, load_split, open_dataset
+from cnn.sources import SyntheticSource
+from cnn.storage import StorageError, location
+from tests.faults.harness import run_malaria
+from tests.faults.test_bad_input import deadline
+from tests.integration.servers import seaweed_s3
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "malaria-data"
+DEADLINE_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> dict[str, str]:
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as env:
+        yield env
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> dict[str, str]:
+    """This process talks to the module's server, as a user's shell with AWS_* set does."""
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory) -> Dataset:
+    config = IngestConfig(source="synthetic", limit=240, image_size=16)
+    dataset, _ = build_dataset(
+        SyntheticSource(count=240), config, tmp_path_factory.mktemp("datasets"), workers=1
+    )
+    return dataset
+
+
+def upload(dataset: Dataset, uri: str) -> str:
+    """Copy a local dataset folder under `uri` (what `aws s3 cp --recursive` would do)."""
+    target = location(uri)
+    pafs.copy_files(
+        str(dataset.path), target.path, destination_filesystem=target.filesystem, use_threads=False
+    )
+    return target.uri
+
+
+def test_a_dataset_on_s3_opens_checks_and_streams_as_its_local_copy(s3, local_dataset, request):
+    uri = upload(local_dataset, f"s3://{BUCKET}/{request.node.name}/{local_dataset.name}")
+    remote = open_dataset(uri)
+    assert remote.uri == uri and not remote.location.is_local
+    assert remote.manifest == local_dataset.manifest
+    for split in ("train", "test"):
+        remote_images, remote_labels = load_split(remote, split)
+        local_images, local_labels = load_split(local_dataset, split)
+        assert np.array_equal(remote_images, local_images)
+        assert np.array_equal(remote_labels, local_labels)
+    remote_batches = SplitBatches(remote, "train", 32, shuffle=True, seed=3)
+    local_batches = SplitBatches(local_dataset, "train", 32, shuffle=True, seed=3)
+    for index in range(len(local_batches)):
+        remote_batch, local_batch = remote_batches[index], local_batches[index]
+        for remote_part, local_part in zip(remote_batch, local_batch, strict=True):
+            assert np.array_equal(remote_part, local_part)
+    # Any Parquet reader reads the rows under the prefix (the manifest's underscore hides it).
+    frame = pd.read_parquet(remote.location.path, filesystem=remote.location.filesystem)
+    assert len(frame) == local_dataset.rows
+
+
+def test_a_partial_or_altered_dataset_on_s3_is_refused_by_name(s3, local_dataset, request):
+    prefix = f"s3://{BUCKET}/{request.node.name}"
+    missing_shard = location(upload(local_dataset, f"{prefix}/no-shard"))
+    first_shard = missing_shard / local_dataset.manifest.shards[0].file
+    first_shard.filesystem.delete_file(first_shard.path)
+    with pytest.raises(DatasetError, match=re.escape(f"shard '{first_shard.uri}' is missing")):
+        open_dataset(missing_shard)
+
+    unfinished = location(upload(local_dataset, f"{prefix}/no-manifest"))
+    manifest = unfinished / "_manifest.json"
+    manifest.filesystem.delete_file(manifest.path)
+    with pytest.raises(DatasetError, match=r"has no _manifest\.json: not a finished dataset"):
+        open_dataset(unfinished)
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_dataset(f"{prefix}/never-written")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_store_that_does_not_answer_and_an_unknown_scheme_are_named(monkeypatch):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    with deadline(DEADLINE_SECONDS), pytest.raises(StorageError) as raised:
+        open_dataset(f"s3://{BUCKET}/anything")
+    assert f"cannot reach s3://{BUCKET}/anything (endpoint {endpoint})" in str(raised.value)
+    with pytest.raises(StorageError, match="no filesystem for nosuch:// here"):
+        open_dataset("nosuch://bucket/dataset")
+
+
+def test_train_and_predict_read_a_dataset_on_s3_and_predictions_go_to_the_bucket(
+    s3, local_dataset, prefect_harness, tmp_path, request
+):
+    from prefect.settings import PREFECT_API_URL
+
+    uri = upload(local_dataset, f"s3://{BUCKET}/{request.node.name}/{local_dataset.name}")
+    env = {
+        **s3,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MALARIA_DATA_DIR": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    train = ["train", "--dataset", uri, "--variants", "simple", "--epochs", "1", "--json"]
+    (run,) = run_malaria([*train, "--batch-size", "32"], env).result["runs"]
+    assert run["variant"] == "simple" and 0.0 <= run["test_accuracy"] <= 1.0
+
+    output = f"s3://{BUCKET}/{request.node.name}/predictions/p.parquet"
+    predict = ["predict", "--model", run["model_uri"], "--input", uri, "--output", output]
+    summary = run_malaria([*predict, "--json"], env).result
+    assert summary["rows"] == local_dataset.rows
+    written = location(output)
+    table = pq.read_table(written.path, filesystem=written.filesystem)
+    assert table.num_rows == local_dataset.rows
+    assert not (tmp_path / "data" / "datasets").exists()  # nothing was copied locally
+
+    bad = run_malaria([*train, "--dataset", f"s3://{BUCKET}/nothing-here"], env)
+    assert bad.returncode == 2
+    assert f"--dataset: dataset 's3://{BUCKET}/nothing-here' does not exist" in bad.stderr
