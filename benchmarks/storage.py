@@ -1,10 +1,14 @@
-"""Storage benchmark: how to hold image pixels in Parquet so training loads them fast.
+"""Storage benchmark: how to hold image pixels in Parquet so training loads them fast, and
+how fast training's input streams from an S3-compatible store against local disk.
 
-    python benchmarks/storage.py --dataset data/datasets/folder-100px-<fingerprint>
+    python benchmarks/storage.py --dataset data/datasets/folder-100px-<fingerprint> [--s3]
 
 Rewrites the dataset's images as raw uint8 bytes under each compression, and as PNG bytes,
 then times writing and reading back to a uint8 array (PNG: decoding included, since training
-would pay it every epoch). Prints and saves benchmarks/results/storage.json.
+would pay it every epoch). With `--s3`, starts a SeaweedFS server on 127.0.0.1 (the tests'
+helper), uploads the dataset, and times epochs of training input (`SplitBatches`, shuffled,
+the train split) from there and from the local copy, alternating. Prints and saves
+benchmarks/results/storage.json.
 """
 
 import argparse
@@ -43,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, required=True, help="an ingested dataset")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--s3", action="store_true", help="also stream from a local S3 server")
     args = parser.parse_args()
 
     dataset = open_dataset(args.dataset)
@@ -85,10 +90,45 @@ def main() -> None:
                     "read_ms_per_1000_images": round(min(timings) / len(images) * 1e6, 1),
                 }
             )
+    streaming = _streaming_rates(dataset, args.repeats) if args.s3 else None
     save(
         "storage",
-        {"benchmark": "storage", "images": len(images), "image_shape": shape, "layouts": results},
+        {
+            "benchmark": "storage",
+            "images": len(images),
+            "image_shape": shape,
+            "layouts": results,
+            "training_input_images_per_second": streaming,
+        },
     )
+
+
+def _streaming_rates(dataset, repeats: int) -> dict[str, list[float]]:
+    """Images/s of one shuffled epoch of the train split's batches, local and from S3."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from cnn.batches import SplitBatches
+    from cnn.storage import location
+    from tests.integration.servers import seaweed_s3
+
+    def epoch_rate(source) -> float:
+        batches = SplitBatches(source, "train", 100, shuffle=True, seed=1)
+        started = time.perf_counter()
+        count = sum(len(batches[index][1]) for index in range(len(batches)))
+        return round(count / (time.perf_counter() - started), 1)
+
+    rates: dict[str, list[float]] = {"local": [], "s3": []}
+    with tempfile.TemporaryDirectory() as scratch, seaweed_s3(Path(scratch)) as env:
+        os.environ.update(env)
+        remote = location(f"s3://benchmark/{dataset.name}")
+        pafs.copy_files(str(dataset.path), remote.path, destination_filesystem=remote.filesystem)
+        remote_dataset = open_dataset(remote)
+        for _ in range(repeats):
+            rates["local"].append(epoch_rate(dataset))
+            rates["s3"].append(epoch_rate(remote_dataset))
+    return rates
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+import pyarrow.parquet as pq
 
 from cnn.dataset import Dataset, images_from_column
-from cnn.storage import Location
 
 SHUFFLE_WINDOW = 4
 """Row groups whose rows are mixed together when shuffling."""
@@ -27,7 +27,8 @@ INPUT_THREADS = 2
 
 @dataclass(frozen=True)
 class _RowGroup:
-    shard: Location
+    shard: pq.ParquetFile
+    """Opened once: on object storage each opening costs requests (its footer)."""
     index: int
     rows: np.ndarray
     """Positions, within the row group, of the rows that belong to the split."""
@@ -47,7 +48,7 @@ def split_row_groups(dataset: Dataset, split: str) -> list[_RowGroup]:
             size = parquet.metadata.row_group(index).num_rows
             in_split = np.flatnonzero(splits[offset : offset + size] == split)
             if len(in_split):
-                groups.append(_RowGroup(shard, index, in_split, labels[offset + in_split]))
+                groups.append(_RowGroup(parquet, index, in_split, labels[offset + in_split]))
             offset += size
     return groups
 
@@ -127,8 +128,7 @@ class SplitBatches(keras.utils.PyDataset):
                 self._cache.move_to_end(group_id)
                 return self._cache[group_id]
             group = self._groups[group_id]
-            parquet = group.shard.parquet()
-            column = parquet.read_row_group(group.index, columns=["image"])["image"]
+            column = group.shard.read_row_group(group.index, columns=["image"])["image"]
             images = images_from_column(column, self.image_shape)[group.rows]
             self._cache[group_id] = images
             if len(self._cache) > SHUFFLE_WINDOW + 1:
