@@ -120,7 +120,7 @@ def _streaming_rates(dataset, repeats: int) -> dict[str, list[float]]:
         return round(count / (time.perf_counter() - started), 1)
 
     rates: dict[str, list[float]] = {"local": [], "s3": []}
-    with tempfile.TemporaryDirectory() as scratch, seaweed_s3(Path(scratch)) as env:
+    with tempfile.TemporaryDirectory() as scratch, seaweed_s3(Path(scratch)) as (env, _):
         os.environ.update(env)
         remote = location(f"s3://benchmark/{dataset.name}")
         pafs.copy_files(str(dataset.path), remote.path, destination_filesystem=remote.filesystem)

@@ -30,8 +30,13 @@ REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 class StorageError(InputError):
-    """A location that cannot be used: a scheme no filesystem here knows, a store that does
-    not answer, a file that is not there; the message names the location (and endpoint)."""
+    """A location that cannot be used: a scheme no filesystem here knows, a file that is not
+    there or cannot be read; the message names it."""
+
+
+class StorageUnavailableError(ConnectionError):
+    """An object store that does not answer (a connection error: a task's retry may bridge
+    it); the message names the location and the endpoint."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Location:
         try:
             return self.filesystem.get_file_info(self.path)
         except OSError as error:
-            raise StorageError(self.unreachable(error)) from error
+            raise self.unreachable(error) from error
 
     def is_file(self) -> bool:
         return self.info().type == pafs.FileType.File
@@ -83,7 +88,7 @@ class Location:
         except FileNotFoundError as error:
             raise StorageError(f"{self.uri} does not exist") from error
         except OSError as error:
-            raise StorageError(self.unreachable(error)) from error
+            raise self.unreachable(error) from error
 
     def parquet(self) -> pq.ParquetFile:
         """The Parquet file at the location, its footer read (remote reads buffer ahead)."""
@@ -91,15 +96,15 @@ class Location:
             self.filesystem.open_input_file(self.path), pre_buffer=not self.is_local
         )
 
-    def unreachable(self, error: BaseException) -> str:
-        """A one-line reason that names the location and, for S3, the endpoint it tried."""
+    def unreachable(self, error: OSError) -> StorageError | StorageUnavailableError:
+        """The error to raise for `error`: it names the location and, for S3, the endpoint."""
         reason = " ".join(str(error).split())
         if self.is_local:
-            return f"cannot read {self.uri}: {reason}"
+            return StorageError(f"cannot read {self.uri}: {reason}")
         endpoint = ""
         if isinstance(self.filesystem, pafs.S3FileSystem):
             endpoint = f" (endpoint {_s3_endpoint() or 'AWS'})"
-        return f"cannot reach {self.uri}{endpoint}: {reason}"
+        return StorageUnavailableError(f"cannot reach {self.uri}{endpoint}: {reason}")
 
 
 def location(where: str | Path) -> Location:

@@ -30,6 +30,8 @@ TRANSIENT_MESSAGES = (
     "Temporary failure in name resolution",
     "503 Service Unavailable",
     "502 Bad Gateway",
+    "AWS Error NETWORK_CONNECTION",  # pyarrow's S3 client lost its object store mid-read
+    "(HTTP status 5",  # and the store answered 500-599 (restarting, overloaded)
 )
 
 

@@ -88,10 +88,11 @@ def free_port_with_grpc() -> int:
 
 
 @contextmanager
-def seaweed_s3(root: Path):
+def seaweed_s3(root: Path, ports: dict[str, int] | None = None):
     """A real S3-compatible server (SeaweedFS: master, volume, filer and S3 gateway in one
-    `weed server`) on free 127.0.0.1 ports, with one identity and no anonymous access; yields
-    the environment an S3 client needs. Stopped by its pid: SIGTERM, then SIGKILL (weed does
+    `weed server`) on free 127.0.0.1 ports (or `ports`, to start it again over the same
+    `root`), with one identity and no anonymous access; yields the environment an S3 client
+    needs and the ports. Stopped by its pid: SIGTERM, then SIGKILL (weed does
     not exit promptly on SIGTERM)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
@@ -103,20 +104,21 @@ def seaweed_s3(root: Path):
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    ports = {name: free_port_with_grpc() for name in ("master", "volume", "filer", "s3")}
+    ports = ports or {name: free_port_with_grpc() for name in ("master", "volume", "filer", "s3")}
     command = [
         str(BIN / "weed"), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1", f"-master.port={ports['master']}",
         f"-volume.port={ports['volume']}", "-filer", f"-filer.port={ports['filer']}",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={root / 's3.json'}",
         "-volume.max=0", "-master.volumeSizeLimitMB=64",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports: two servers clash
     ]  # fmt: skip
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     log = root / "weed.log"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", **S3_KEY}
     with background(command, log, {}, cwd=root, stop_seconds=3) as process:
         _wait_until_writable(env, process, log)
-        yield env
+        yield env, ports
 
 
 def _wait_until_writable(

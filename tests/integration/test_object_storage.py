@@ -5,6 +5,7 @@ it and `malaria predict` reads it and writes its predictions to the bucket."""
 
 import re
 import socket
+import time
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from cnn.batches import SplitBatches
 from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetError, build_dataset, load_split, open_dataset
 from cnn.sources import SyntheticSource
-from cnn.storage import StorageError, location
+from cnn.storage import StorageError, StorageUnavailableError, location
 from tests.faults.harness import run_malaria
 from tests.faults.test_bad_input import deadline
 from tests.integration.servers import seaweed_s3
@@ -29,7 +30,7 @@ DEADLINE_SECONDS = 30
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory) -> dict[str, str]:
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as env:
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as (env, _):
         yield env
 
 
@@ -107,7 +108,7 @@ def closed_port() -> int:
 def test_a_store_that_does_not_answer_and_an_unknown_scheme_are_named(monkeypatch):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    with deadline(DEADLINE_SECONDS), pytest.raises(StorageError) as raised:
+    with deadline(DEADLINE_SECONDS), pytest.raises(StorageUnavailableError) as raised:
         open_dataset(f"s3://{BUCKET}/anything")
     assert f"cannot reach s3://{BUCKET}/anything (endpoint {endpoint})" in str(raised.value)
     with pytest.raises(StorageError, match="no filesystem for nosuch:// here"):
@@ -142,3 +143,41 @@ def test_train_and_predict_read_a_dataset_on_s3_and_predictions_go_to_the_bucket
     bad = run_malaria([*train, "--dataset", f"s3://{BUCKET}/nothing-here"], env)
     assert bad.returncode == 2
     assert f"--dataset: dataset 's3://{BUCKET}/nothing-here' does not exist" in bad.stderr
+
+
+def test_an_object_store_outage_mid_training_is_bridged_by_a_retry_that_resumes(
+    local_dataset, prefect_harness, tmp_path, monkeypatch
+):
+    """SeaweedFS stopped while `malaria train` streams from it, back 5 s later on the same
+    data: the training task fails with the S3 client's connection error, which is transient,
+    so Prefect retries it, and the retry resumes from the last epoch's checkpoint."""
+    from mlflow.tracking import MlflowClient
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.faults.harness import checkpoint_epochs, finish, malaria, wait_for
+
+    root = tmp_path / "seaweed"
+    with seaweed_s3(root) as (s3_env, ports):
+        for name, value in s3_env.items():
+            monkeypatch.setenv(name, value)  # for the upload, from this process
+        uri = upload(local_dataset, f"s3://{BUCKET}/outage/{local_dataset.name}")
+        env = {
+            **s3_env,
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "MALARIA_DATA_DIR": str(tmp_path / "data"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "MALARIA_IO_RETRY_DELAY_SECONDS": "5",
+        }
+        arguments = ["train", "--dataset", uri, "--variants", "simple", "--epochs", "150"]
+        started = time.monotonic()
+        process = malaria([*arguments, "--batch-size", "16", "--patience", "150", "--json"], env)
+        wait_for(lambda: len(checkpoint_epochs(tmp_path / "data")) >= 1, process, 300)
+    # the server is gone (SIGTERM, SIGKILL 3 s later): training's next read fails
+    time.sleep(5)
+    with seaweed_s3(root, ports):
+        finished = finish(process, started)
+    (run,) = finished.result["runs"]
+    metrics = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run["run_id"]).data.metrics
+    assert metrics["resumed_epochs"] >= 1
+    assert "AWS Error" in finished.stderr  # the retried failure, on one line
+    assert "Traceback" not in finished.stderr

@@ -14,6 +14,7 @@ from cnn.dataset import DatasetError
 from cnn.locks import LockTimeoutError
 from cnn.records import SourceError, SourceUnavailableError
 from cnn.settings import MAX_IO_RETRIES, SettingsError, settings
+from cnn.storage import StorageError, StorageUnavailableError
 from tasks.retry import IO_RETRIES, is_transient
 from tracking.store import TrackingUnavailableError
 
@@ -43,6 +44,15 @@ def _raised_inside(outer: Exception, inner: Exception) -> Exception:
             MlflowException("API request to http://127.0.0.1:5000/api/2.0 failed"),
             requests.exceptions.ConnectionError("Max retries exceeded"),
         ),
+        StorageUnavailableError("cannot reach s3://b/d (endpoint http://127.0.0.1:1): …"),
+        OSError(  # what pyarrow raises when the store goes away while training reads it
+            "When reading information for key 'd/part-00000.parquet' in bucket 'b': AWS Error "
+            "NETWORK_CONNECTION during GetObject operation: curlCode: 7, Could not connect"
+        ),
+        OSError(  # and while it comes back
+            "When reading information for key 'd/part-00000.parquet' in bucket 'b': AWS Error "
+            "UNKNOWN (HTTP status 500) during HeadObject operation: No response body."
+        ),
     ],
     ids=lambda error: type(error).__name__,
 )
@@ -59,6 +69,7 @@ def test_io_failures_are_transient(error):
         MlflowException("RESOURCE_DOES_NOT_EXIST: Registered Model with name=x not found"),
         KeyError("val_loss"),
         FileNotFoundError(2, "No such file or directory"),
+        StorageError("nosuch://b/d: no filesystem for nosuch:// here"),
     ],
     ids=lambda error: type(error).__name__,
 )
