@@ -179,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_config_options(
         stack,
         StackSettings,
-        only={"host", "prefect_port", "mlflow_port", "mlflow_workers", "state_dir", "webhook_url"},
+        only=set(StackSettings.model_fields) - {"mlflow_store", "data_dir"},
     )
     stack.set_defaults(handler=commands.run_stack)
 

@@ -31,10 +31,14 @@ WORKER_ENVIRONMENT = {"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECOND
 """Flow-run processes of the workers tell the server that they live, so a run whose process
 or host is gone is found (`app.alerts`)."""
 """Processes named so are workers: stopped before the servers they report to."""
+STORES = ("postgres", "object-store")
+"""Processes the servers keep their data in: stopped after the servers."""
 PREFECT_DATABASE_VARIABLE = "PREFECT_API_DATABASE_CONNECTION_URL"
 PREFECT_DATABASE_FILE = "prefect.db"
 HEALTH_TIMEOUT_SECONDS = 120
 STOP_TIMEOUT_SECONDS = 20
+KILL_WAIT_SECONDS = 5
+"""How long a SIGKILLed process may take to be gone (SeaweedFS ignores SIGTERM for ~25 s)."""
 
 
 class StackError(RuntimeError):
@@ -73,13 +77,16 @@ def stack_up(settings: StackSettings) -> StackState:
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     make_prefect_home()
-    settings.mlflow_store.mkdir(parents=True, exist_ok=True)
+    if settings.profile == "embedded":
+        settings.mlflow_store.mkdir(parents=True, exist_ok=True)
     state = StackState(settings.prefect_url, settings.mlflow_url, settings.client_env)
     try:
-        _start(
-            state, "prefect-server", _prefect_server_command(settings), logs, _prefect_db(settings)
-        )
-        _start(state, "mlflow-server", _mlflow_server_command(settings), logs, {})
+        backends = _start_backends(settings, state, logs)
+        state.env.update(backends.s3_env)
+        prefect_db = {PREFECT_DATABASE_VARIABLE: backends.prefect_database}
+        _start(state, "prefect-server", _prefect_server_command(settings), logs, prefect_db)
+        mlflow_command = _mlflow_server_command(settings, backends)
+        _start(state, "mlflow-server", mlflow_command, logs, backends.s3_env)
         _wait_healthy(state, "prefect-server", f"{settings.prefect_url}/api/health")
         # Pools and deployments need only Prefect: made while MLflow still comes up.
         _prefect(  # an existing pool keeps its settings (a custom job template)
@@ -147,18 +154,64 @@ def _prefect_server_command(settings: StackSettings) -> list[str]:
     ]
 
 
-def _prefect_db(settings: StackSettings) -> dict[str, str]:
-    """The stack's Prefect server keeps a database of its own in the state folder, unless the
-    environment names one (PostgreSQL, for a team): its automations and schedules never run
-    on a `malaria` command's temporary server, which uses Prefect's home database."""
-    if os.environ.get(PREFECT_DATABASE_VARIABLE):
-        return {}
-    database = (settings.state_dir / PREFECT_DATABASE_FILE).absolute()
-    return {PREFECT_DATABASE_VARIABLE: f"sqlite+aiosqlite:///{database}"}
+@dataclass(frozen=True)
+class Backends:
+    """Where the servers keep their data, and what an S3 client needs to reach the store."""
+
+    prefect_database: str
+    mlflow_backend: str
+    mlflow_artifacts: str
+    s3_env: dict[str, str] = field(default_factory=dict)
 
 
-def _mlflow_server_command(settings: StackSettings) -> list[str]:
+def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> Backends:
+    """Embedded: SQLite files (the Prefect server's own, in the state folder, unless the
+    environment names a database: so a command's temporary server, on Prefect's home
+    database, never runs the stack's automations). Team: PostgreSQL and an object store,
+    the given ones or ones started here under the state folder."""
     store = settings.mlflow_store.absolute()
+    if settings.profile == "embedded":
+        database = (settings.state_dir / PREFECT_DATABASE_FILE).absolute()
+        return Backends(
+            prefect_database=os.environ.get(PREFECT_DATABASE_VARIABLE)
+            or f"sqlite+aiosqlite:///{database}",
+            mlflow_backend=f"sqlite:///{store / 'mlflow.db'}",
+            mlflow_artifacts=str(store / "artifacts"),
+        )
+    from app.team import BUCKET, ObjectStore, Postgres, free_port_with_grpc, wait_for_postgres
+
+    database_url = settings.database_url
+    if database_url is None:
+        postgres = Postgres(
+            settings.state_dir.absolute() / "postgres",
+            settings.postgres_port,
+            client_host(settings.host),
+        )
+        postgres.initialise()
+        _start(state, "postgres", postgres.command(), logs, {}, user=postgres.user)
+        wait_for_postgres(postgres, HEALTH_TIMEOUT_SECONDS)
+        database_url = postgres.url
+    artifacts, s3_env = settings.object_store, {}
+    if artifacts is None:
+        ports = {name: free_port_with_grpc() for name in ("master", "volume", "filer")}
+        objects = ObjectStore(
+            settings.state_dir.absolute() / "objects",
+            client_host(settings.host),
+            {**ports, "s3": settings.object_store_port},
+        )
+        _start(state, "object-store", objects.command(), logs, {})
+        objects.wait_ready(HEALTH_TIMEOUT_SECONDS)
+        artifacts, s3_env = f"s3://{BUCKET}", objects.client_env
+    host_and_port = database_url.removeprefix("postgresql://")
+    return Backends(
+        prefect_database=f"postgresql+asyncpg://{host_and_port}/prefect",
+        mlflow_backend=f"postgresql+psycopg2://{host_and_port}/mlflow",
+        mlflow_artifacts=f"{artifacts.rstrip('/')}/mlflow",
+        s3_env=s3_env,
+    )
+
+
+def _mlflow_server_command(settings: StackSettings, backends: Backends) -> list[str]:
     return [
         _bin("mlflow"),
         "server",
@@ -167,9 +220,9 @@ def _mlflow_server_command(settings: StackSettings) -> list[str]:
         "--port",
         str(settings.mlflow_port),
         "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
+        backends.mlflow_backend,
         "--artifacts-destination",
-        str(store / "artifacts"),
+        backends.mlflow_artifacts,
         "--workers",
         str(settings.mlflow_workers),
     ]
@@ -211,6 +264,7 @@ def _start(
     logs: Path,
     env: dict,
     unset: tuple[str, ...] = (),
+    user: str | None = None,
 ) -> None:
     log = logs / f"{name}.log"
     environment = {**QUIET_ENVIRONMENT, **os.environ, **env}
@@ -225,6 +279,7 @@ def _start(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            user=user,
         )
     state.processes[name] = process.pid
     state.logs[name] = str(log.absolute())
@@ -277,12 +332,15 @@ def _deployment_names(settings: StackSettings) -> list[str]:
 
 
 def _stop_all(state: StackState) -> list[str]:
-    """Stop the workers, then the servers they talk to: each tier at once, SIGTERM to each
+    """Stop the workers, then the servers they talk to, then the stores those keep their data
+    in: each tier at once, SIGTERM to each
     process group, then SIGKILL to what is still there after a grace period. Returns the
     names in reverse start order."""
     names = list(reversed(state.processes))
     workers = [name for name in names if name.startswith(WORKER_PREFIX)]
-    for tier in (workers, [name for name in names if name not in workers]):
+    stores = [name for name in names if name in STORES]
+    servers = [name for name in names if name not in workers + stores]
+    for tier in (workers, servers, stores):
         running = [state.processes[name] for name in tier if _alive(state.processes[name])]
         for pid in running:
             _signal_group(pid, signal.SIGTERM)
@@ -291,6 +349,9 @@ def _stop_all(state: StackState) -> list[str]:
             time.sleep(0.2)
         for pid in running:
             _signal_group(pid, signal.SIGKILL)
+        deadline += KILL_WAIT_SECONDS
+        while any(_alive(pid) for pid in running) and time.monotonic() < deadline:
+            time.sleep(0.1)
     return names
 
 

@@ -2,7 +2,7 @@
 so it imports nothing heavy."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,12 +42,32 @@ class StackSettings(BaseModel):
         4, ge=1, description="Worker processes of the MLflow server (one serves a single user)"
     )
     state_dir: Path = Field(
-        Path(".stack"), description="Where pids, logs and the Prefect server's database are kept"
+        Path(".stack"), description="Where pids, logs and the stores it starts are kept"
     )
     webhook_url: str | None = Field(
         None,
         description="Where the Prefect server's automations post alerts (failed, crashed or "
         "lost runs, a pool without workers, a promotion); default: $MALARIA_WEBHOOK_URL",
+    )
+    profile: Literal["embedded", "team"] = Field(
+        "embedded",
+        description="embedded: SQLite and local folders; team: Prefect and MLflow on "
+        "PostgreSQL, MLflow's artifacts on an S3 object store",
+    )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL server of the team profile (postgresql://user@host:port), with "
+        "databases prefect and mlflow; default: one started under the state folder",
+    )
+    object_store: str | None = Field(
+        None,
+        description="s3://bucket/prefix for the team profile's MLflow artifacts (AWS_* "
+        "variables give the endpoint and keys); default: a SeaweedFS server started under the "
+        "state folder",
+    )
+    postgres_port: Port = Field(5432, description="Port of the PostgreSQL server the stack starts")
+    object_store_port: Port = Field(
+        8333, description="S3 port of the object store the stack starts"
     )
     mlflow_store: Path = Path("mlflow") / "store"
     data_dir: Path = Field(default_factory=data_dir)

@@ -68,86 +68,20 @@ def background(
                 process.wait()
 
 
-S3_KEY = {"AWS_ACCESS_KEY_ID": "malaria-tests", "AWS_SECRET_ACCESS_KEY": "malaria-tests-secret"}
-GRPC_OFFSET = 10000
-"""SeaweedFS also opens each port + 10000 for gRPC."""
-
-
-def free_port_with_grpc() -> int:
-    """A free port whose gRPC twin (+10000) is free too."""
-    while True:
-        port = free_port()
-        if port + GRPC_OFFSET > 65535:
-            continue
-        with socket.socket() as twin:
-            try:
-                twin.bind(("127.0.0.1", port + GRPC_OFFSET))
-            except OSError:
-                continue
-        return port
-
-
 @contextmanager
 def seaweed_s3(root: Path, ports: dict[str, int] | None = None):
-    """A real S3-compatible server (SeaweedFS: master, volume, filer and S3 gateway in one
-    `weed server`) on free 127.0.0.1 ports (or `ports`, to start it again over the same
-    `root`), with one identity and no anonymous access; yields the environment an S3 client
-    needs and the ports. Stopped by its pid: SIGTERM, then SIGKILL (weed does
-    not exit promptly on SIGTERM)."""
+    """A real S3-compatible server, the one the team stack starts (`app.team.ObjectStore`:
+    SeaweedFS with one identity, no anonymous access), on free 127.0.0.1 ports (or `ports`, to
+    start it again over the same `root`); yields what an S3 client needs and the ports.
+    Stopped by its pid: SIGTERM, then SIGKILL (weed does not exit promptly on SIGTERM)."""
+    from app.team import ObjectStore, free_port_with_grpc
+
+    names = ("master", "volume", "filer", "s3")
+    store = ObjectStore(root, "127.0.0.1", ports or {name: free_port_with_grpc() for name in names})
     root.mkdir(parents=True, exist_ok=True)
-    (root / "data").mkdir(exist_ok=True)
-    identity = {
-        "name": "malaria",
-        "credentials": [
-            {"accessKey": S3_KEY["AWS_ACCESS_KEY_ID"], "secretKey": S3_KEY["AWS_SECRET_ACCESS_KEY"]}
-        ],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    ports = ports or {name: free_port_with_grpc() for name in ("master", "volume", "filer", "s3")}
-    command = [
-        str(BIN / "weed"), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1", f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}", "-filer", f"-filer.port={ports['filer']}",
-        "-s3", f"-s3.port={ports['s3']}", f"-s3.config={root / 's3.json'}",
-        "-volume.max=0", "-master.volumeSizeLimitMB=64",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports: two servers clash
-    ]  # fmt: skip
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    log = root / "weed.log"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", **S3_KEY}
-    with background(command, log, {}, cwd=root, stop_seconds=3) as process:
-        _wait_until_writable(env, process, log)
-        yield env, ports
-
-
-def _wait_until_writable(
-    env: dict[str, str], process: subprocess.Popen, log: Path, timeout: float = 60
-) -> None:
-    """Until an object can be written: the S3 port answers before the volume server is up."""
-    import pyarrow.fs as pafs
-
-    s3 = pafs.S3FileSystem(
-        endpoint_override=env["AWS_ENDPOINT_URL"],
-        access_key=env["AWS_ACCESS_KEY_ID"],
-        secret_key=env["AWS_SECRET_ACCESS_KEY"],
-        region=env["AWS_REGION"],
-        connect_timeout=2,
-        request_timeout=5,
-        allow_bucket_creation=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"weed exited early:\n{log.read_text()[-3000:]}")
-        try:
-            s3.create_dir("ready")
-            with s3.open_output_stream("ready/probe") as probe:
-                probe.write(b"ok")
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"SeaweedFS not writable after {timeout} s:\n{log.read_text()[-3000:]}")
+    with background(store.command(), root / "weed.log", {}, cwd=root, stop_seconds=3):
+        store.wait_ready(timeout_seconds=60)
+        yield store.client_env, store.ports
 
 
 @contextmanager
