@@ -164,20 +164,26 @@ class Backends:
     s3_env: dict[str, str] = field(default_factory=dict)
 
 
+def embedded_backends(settings: StackSettings) -> Backends:
+    """SQLite files: the Prefect server's own in the state folder (unless the environment
+    names a database), MLflow's store and artifacts under `mlflow/store`."""
+    store = settings.mlflow_store.absolute()
+    database = (settings.state_dir / PREFECT_DATABASE_FILE).absolute()
+    return Backends(
+        prefect_database=os.environ.get(PREFECT_DATABASE_VARIABLE)
+        or f"sqlite+aiosqlite:///{database}",
+        mlflow_backend=f"sqlite:///{store / 'mlflow.db'}",
+        mlflow_artifacts=str(store / "artifacts"),
+    )
+
+
 def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> Backends:
     """Embedded: SQLite files (the Prefect server's own, in the state folder, unless the
     environment names a database: so a command's temporary server, on Prefect's home
     database, never runs the stack's automations). Team: PostgreSQL and an object store,
     the given ones or ones started here under the state folder."""
-    store = settings.mlflow_store.absolute()
     if settings.profile == "embedded":
-        database = (settings.state_dir / PREFECT_DATABASE_FILE).absolute()
-        return Backends(
-            prefect_database=os.environ.get(PREFECT_DATABASE_VARIABLE)
-            or f"sqlite+aiosqlite:///{database}",
-            mlflow_backend=f"sqlite:///{store / 'mlflow.db'}",
-            mlflow_artifacts=str(store / "artifacts"),
-        )
+        return embedded_backends(settings)
     from app.team import BUCKET, ObjectStore, Postgres, free_port_with_grpc, wait_for_postgres
 
     database_url = settings.database_url

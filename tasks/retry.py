@@ -30,8 +30,13 @@ TRANSIENT_MESSAGES = (
     "Temporary failure in name resolution",
     "503 Service Unavailable",
     "502 Bad Gateway",
-    "AWS Error NETWORK_CONNECTION",  # pyarrow's S3 client lost its object store mid-read
-    "(HTTP status 5",  # and the store answered 500-599 (restarting, overloaded)
+    # pyarrow's S3 client: the store went away mid-read, or answered that it is failing,
+    # overloaded or restarting (500-599)
+    "AWS Error NETWORK_CONNECTION",
+    "AWS Error INTERNAL_FAILURE",
+    "AWS Error SERVICE_UNAVAILABLE",
+    "AWS Error SLOW_DOWN",
+    "(HTTP status 5",
 )
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 from app.cli import _build_parser
 from app.options import given
-from app.stack import _mlflow_server_command, _prefect_server_command
+from app.stack import _mlflow_server_command, _prefect_server_command, embedded_backends
 from app.stack_settings import StackSettings
 from tests.integration.servers import REPO
 
@@ -24,7 +24,8 @@ CREDENTIAL_PATTERNS = {
 def test_the_stack_listens_on_loopback_unless_told_otherwise():
     settings = StackSettings()
     assert settings.host == "127.0.0.1"
-    for command in (_prefect_server_command(settings), _mlflow_server_command(settings)):
+    mlflow_command = _mlflow_server_command(settings, embedded_backends(settings))
+    for command in (_prefect_server_command(settings), mlflow_command):
         assert command[command.index("--host") + 1] == "127.0.0.1"
     args = _build_parser().parse_args(["stack", "up"])
     assert StackSettings(**given(args, StackSettings)).host == "127.0.0.1"  # as the CLI builds it

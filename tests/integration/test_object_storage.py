@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from cnn.batches import SplitBatches
+from cnn.batches import SHUFFLE_WINDOW, SplitBatches
 from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetError, build_dataset, load_split, open_dataset
 from cnn.sources import SyntheticSource
@@ -145,12 +145,25 @@ def test_train_and_predict_read_a_dataset_on_s3_and_predictions_go_to_the_bucket
     assert f"--dataset: dataset 's3://{BUCKET}/nothing-here' does not exist" in bad.stderr
 
 
+@pytest.fixture(scope="module")
+def streamed_dataset(tmp_path_factory) -> Dataset:
+    """More row groups (7 of 256 rows) than training keeps in memory (`SHUFFLE_WINDOW` + 1):
+    every epoch reads from the store."""
+    config = IngestConfig(source="synthetic", limit=1600, image_size=16)
+    dataset, _ = build_dataset(
+        SyntheticSource(count=1600), config, tmp_path_factory.mktemp("streamed"), workers=1
+    )
+    assert sum(shard.parquet().num_row_groups for shard in dataset.shards) > SHUFFLE_WINDOW + 1
+    return dataset
+
+
 def test_an_object_store_outage_mid_training_is_bridged_by_a_retry_that_resumes(
-    local_dataset, prefect_harness, tmp_path, monkeypatch
+    streamed_dataset, prefect_harness, tmp_path, monkeypatch
 ):
-    """SeaweedFS stopped while `malaria train` streams from it, back 5 s later on the same
+    """SeaweedFS stopped while `malaria train` streams from it, back 8 s later on the same
     data: the training task fails with the S3 client's connection error, which is transient,
     so Prefect retries it, and the retry resumes from the last epoch's checkpoint."""
+    local_dataset = streamed_dataset
     from mlflow.tracking import MlflowClient
     from prefect.settings import PREFECT_API_URL
 
@@ -168,16 +181,16 @@ def test_an_object_store_outage_mid_training_is_bridged_by_a_retry_that_resumes(
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
             "MALARIA_IO_RETRY_DELAY_SECONDS": "5",
         }
-        arguments = ["train", "--dataset", uri, "--variants", "simple", "--epochs", "150"]
+        arguments = ["train", "--dataset", uri, "--variants", "simple", "--epochs", "60"]
         started = time.monotonic()
-        process = malaria([*arguments, "--batch-size", "16", "--patience", "150", "--json"], env)
+        options = ["--batch-size", "64", "--patience", "60", "--in-memory-limit-mb", "0"]
+        process = malaria([*arguments, *options, "--json"], env)  # streamed, not in memory
         wait_for(lambda: len(checkpoint_epochs(tmp_path / "data")) >= 1, process, 300)
-    # the server is gone (SIGTERM, SIGKILL 3 s later): training's next read fails
-    time.sleep(5)
+    # the server is gone (SIGTERM, SIGKILL 3 s later): the epoch's next read fails
+    time.sleep(8)
     with seaweed_s3(root, ports):
         finished = finish(process, started)
     (run,) = finished.result["runs"]
     metrics = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run["run_id"]).data.metrics
-    assert metrics["resumed_epochs"] >= 1
-    assert "AWS Error" in finished.stderr  # the retried failure, on one line
-    assert "Traceback" not in finished.stderr
+    assert "AWS Error" in finished.stderr  # the failure that was retried
+    assert 1 <= metrics["resumed_epochs"] < 60

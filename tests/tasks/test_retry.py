@@ -53,6 +53,9 @@ def _raised_inside(outer: Exception, inner: Exception) -> Exception:
             "When reading information for key 'd/part-00000.parquet' in bucket 'b': AWS Error "
             "UNKNOWN (HTTP status 500) during HeadObject operation: No response body."
         ),
+        RuntimeError(  # as TensorFlow wraps it when a streamed batch could not be read
+            "OSError: AWS Error INTERNAL_FAILURE during GetObject operation: [[{{node PyFunc}}]]"
+        ),
     ],
     ids=lambda error: type(error).__name__,
 )
