@@ -178,10 +178,9 @@ def embedded_backends(settings: StackSettings) -> Backends:
 
 
 def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> Backends:
-    """Embedded: SQLite files (the Prefect server's own, in the state folder, unless the
-    environment names a database: so a command's temporary server, on Prefect's home
-    database, never runs the stack's automations). Team: PostgreSQL and an object store,
-    the given ones or ones started here under the state folder."""
+    """The embedded profile's SQLite files (the Prefect server's own, so that a command's
+    temporary server, on Prefect's home database, never runs the stack's automations), or
+    the team profile's PostgreSQL and object store: the given ones, or ones started here."""
     if settings.profile == "embedded":
         return embedded_backends(settings)
     from app.team import BUCKET, ObjectStore, Postgres, free_port_with_grpc, wait_for_postgres

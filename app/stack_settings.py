@@ -56,11 +56,13 @@ class StackSettings(BaseModel):
     )
     database_url: str | None = Field(
         None,
+        pattern=r"^postgresql://",
         description="PostgreSQL server of the team profile (postgresql://user@host:port), with "
         "databases prefect and mlflow; default: one started under the state folder",
     )
     object_store: str | None = Field(
         None,
+        pattern=r"^s3://",
         description="s3://bucket/prefix for the team profile's MLflow artifacts (AWS_* "
         "variables give the endpoint and keys); default: a SeaweedFS server started under the "
         "state folder",
