@@ -27,6 +27,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def malaria_in(cwd: Path, *arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The installed `malaria` command run in `cwd`, as a user runs it, with `env` added."""
+    return subprocess.run(
+        [str(BIN / "malaria"), *arguments],
+        cwd=cwd,
+        env={**os.environ, **QUIET_ENVIRONMENT, **PROMPT_WORKERS, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def wait_until_healthy(
     url: str, process: subprocess.Popen, log: Path, timeout: float = 120
 ) -> None:

@@ -3,9 +3,7 @@
 Run button starts it, on real processes bound to 127.0.0.1."""
 
 import json
-import os
 import sqlite3
-import subprocess
 import time
 
 import httpx
@@ -14,8 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from app.alerts import ALERTS, AUTOMATION_PREFIX
-from app.stack_settings import QUIET_ENVIRONMENT
-from tests.integration.servers import BIN, PROMPT_WORKERS, WebhookReceiver, free_port
+from tests.integration.servers import WebhookReceiver, free_port, malaria_in
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +24,6 @@ UI_PARAMETERS = {  # what the form of the retrain deployment sends for a small r
     "variants": ["simple"],
     "training": {"epochs": 1, "batch_size": 16},
 }
-
-
-def malaria(*arguments: str, cwd, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "malaria"), *arguments],
-        cwd=cwd,
-        env={**os.environ, **QUIET_ENVIRONMENT, **PROMPT_WORKERS, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -59,12 +45,12 @@ def stack(tmp_path, webhook):
     options = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
     with_password = webhook.url.replace("http://", f"http://alerts:{WEBHOOK_PASSWORD}@")
     options += ["--mlflow-workers", "1", "--webhook-url", with_password]
-    started = malaria("stack", "up", *options, "--json", cwd=tmp_path, env=env)
+    started = malaria_in(tmp_path, "stack", "up", *options, "--json", env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         yield json.loads(started.stdout.strip().splitlines()[-1]), tmp_path, env
     finally:
-        stopped = malaria("stack", "down", "--json", cwd=tmp_path, env=env)
+        stopped = malaria_in(tmp_path, "stack", "down", "--json", env=env)
         if started.returncode == 0:
             assert stopped.returncode == 0, stopped.stderr
     if started.returncode == 0:
@@ -172,7 +158,7 @@ def _a_temporary_server_in_the_same_home_runs_no_stack_alert(root, env, webhook)
     for folder in ("Parasitized", "Uninfected"):
         (elsewhere / "cells" / folder).mkdir(parents=True)
         (elsewhere / "cells" / folder / "C33P1thinF_IMG_1_cell_1.png").write_bytes(b"not a png")
-    failed = malaria("ingest", "--source", "folder:cells", cwd=elsewhere, env=env)
+    failed = malaria_in(elsewhere, "ingest", "--source", "folder:cells", env=env)
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "Finished in state Failed" in failed.stderr  # the flow ran, and failed
     (error,) = [line for line in failed.stderr.splitlines() if line.startswith("malaria: error")]

@@ -4,9 +4,7 @@ servers on PostgreSQL, MLflow's artifacts in the bucket; a pipeline fans two var
 worker at once; everything lands where it should and `stack down` leaves no process."""
 
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -15,10 +13,9 @@ import psycopg2
 import pyarrow.fs as pafs
 import pytest
 
-from app.stack_settings import QUIET_ENVIRONMENT
 from app.team import BUCKET, POSTGRES_BIN_DIRS
 from cnn.storage import location
-from tests.integration.servers import BIN, PROMPT_WORKERS, free_port
+from tests.integration.servers import free_port, malaria_in
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,17 +25,6 @@ pytestmark = [
         reason="PostgreSQL's server programs are not installed (.ci/run installs them)",
     ),
 ]
-
-
-def malaria(*arguments: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "malaria"), *arguments],
-        cwd=cwd,
-        env={**os.environ, **QUIET_ENVIRONMENT, **PROMPT_WORKERS, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture
@@ -61,16 +47,14 @@ def team_stack(reachable_folder):
         "--object-store-port": free_port(),
     }
     options = [str(part) for option in ports.items() for part in option]
-    started = malaria(
-        "stack", "up", "--profile", "team", *options, "--mlflow-workers", "1", "--json",
-        cwd=tmp_path, env=env,
-    )  # fmt: skip
+    up = ["stack", "up", "--profile", "team", *options, "--mlflow-workers", "1", "--json"]
+    started = malaria_in(tmp_path, *up, env=env)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         state = json.loads(started.stdout.strip().splitlines()[-1])
         yield state, tmp_path, env, ports["--postgres-port"]
     finally:
-        stopped = malaria("stack", "down", "--json", cwd=tmp_path, env=env)
+        stopped = malaria_in(tmp_path, "stack", "down", "--json", env=env)
         if started.returncode == 0:
             assert stopped.returncode == 0, stopped.stderr[-3000:]
     if started.returncode == 0:
@@ -83,10 +67,11 @@ def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_
         state["processes"]
     )
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(state)  # keys stay in their 0600 file
-    pipeline = malaria(
+    pipeline = malaria_in(
+        root,
         "pipeline", "--source", "synthetic", "--limit", "120", "--image-size", "32",
         "--variants", "simple,lenet5", "--epochs", "1", "--work-pool", "cpu", "--json",
-        cwd=root, env=env,
+        env=env,
     )  # fmt: skip
     assert pipeline.returncode == 0, pipeline.stderr[-3000:]
     result = json.loads(pipeline.stdout.strip().splitlines()[-1])
