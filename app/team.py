@@ -42,20 +42,22 @@ class Postgres:
     def url(self) -> str:
         return f"postgresql://{POSTGRES_USER}@{self.host}:{self.port}"
 
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir.parent / "postgres-socket"
+
     def command(self) -> list[str]:
         """The server in the foreground (SIGTERM: a smart shutdown once its clients left)."""
-        socket_dir = self.data_dir.parent / "postgres-socket"
         return [
             str(_postgres_bin("postgres")),
             "-D", str(self.data_dir), "-p", str(self.port),
-            "-h", self.host, "-k", str(socket_dir),
+            "-h", self.host, "-k", str(self.socket_dir),
         ]  # fmt: skip
 
     def initialise(self) -> None:
         """A new cluster with trust for local connections (a trial bound to the stack's host),
         owned by the postgres account; once (an existing one is kept, with its data)."""
-        socket_dir = self.data_dir.parent / "postgres-socket"
-        for folder in (self.data_dir, socket_dir):
+        for folder in (self.data_dir, self.socket_dir):
             folder.mkdir(parents=True, exist_ok=True)
             _give_to_postgres(folder)
         try:
