@@ -79,7 +79,8 @@ def _ingest_config(args: argparse.Namespace):
 
 
 def _train_settings(args: argparse.Namespace):
-    """The validated variants, training, tracking and promotion settings."""
+    """The train flow's arguments after its dataset, validated: the variants, the training,
+    tracking and promotion settings, and the work pool."""
     from pydantic import TypeAdapter
 
     from cnn.config import (
@@ -105,7 +106,7 @@ def _train_settings(args: argparse.Namespace):
         raise CommandError(f"--ensemble: {error}") from error
     tracking = _validated(lambda: TrackingConfig(**given(args, TrackingConfig)))
     promotion = _validated(lambda: PromotionConfig(**given(args, PromotionConfig)))
-    return variants, training, tracking, promotion
+    return variants, training, tracking, promotion, args.work_pool
 
 
 def _dump(model: BaseModel | list[BaseModel]) -> Any:
@@ -116,19 +117,8 @@ def _dump(model: BaseModel | list[BaseModel]) -> Any:
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     config, _ = _ingest_config(args)
-    variants, training, tracking, promotion = _train_settings(args)
-    result = run_flow(
-        "flows.pipeline",
-        "pipeline",
-        config,
-        variants,
-        training,
-        tracking,
-        promotion,
-        args.work_pool,
-        debug=args.debug,
-    )
-    return _dump(result)
+    train_arguments = _train_settings(args)
+    return _dump(run_flow("flows.pipeline", "pipeline", config, *train_arguments, debug=args.debug))
 
 
 def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,19 +148,9 @@ def _open_dataset_option(path: str):
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    variants, training, tracking, promotion = _train_settings(args)
+    train_arguments = _train_settings(args)
     dataset = _open_dataset_option(args.dataset)
-    runs = run_flow(
-        "flows.train",
-        "train",
-        dataset.uri,
-        variants,
-        training,
-        tracking,
-        promotion,
-        args.work_pool,
-        debug=args.debug,
-    )
+    runs = run_flow("flows.train", "train", dataset.uri, *train_arguments, debug=args.debug)
     return {"runs": _dump(runs)}
 
 

@@ -27,13 +27,14 @@ def console_tracebacks(shown: bool) -> Iterator[None]:
     once Prefect is imported (its import sets up those handlers)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    if shown:
+        yield
+        return
     handlers = [
         handler
         for handler in logging.getLogger().handlers
         if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None
     ]
-    if shown:
-        handlers = []
     formatters = [handler.formatter for handler in handlers]
     for handler, formatter in zip(handlers, formatters, strict=True):
         handler.setFormatter(_WithoutTraceback(formatter))

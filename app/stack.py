@@ -31,7 +31,9 @@ WORKER_ENVIRONMENT = {"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECOND
 """Flow-run processes of the workers tell the server that they live, so a run whose process
 or host is gone is found (`app.alerts`)."""
 """Processes named so are workers: stopped before the servers they report to."""
-STORES = ("postgres", "object-store")
+POSTGRES = "postgres"
+OBJECT_STORE = "object-store"
+STORES = (POSTGRES, OBJECT_STORE)
 """Processes the servers keep their data in: stopped after the servers."""
 PREFECT_DATABASE_VARIABLE = "PREFECT_API_DATABASE_CONNECTION_URL"
 PREFECT_DATABASE_FILE = "prefect.db"
@@ -188,12 +190,12 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
     database_url = settings.database_url
     if database_url is None:
         postgres = Postgres(
-            settings.state_dir.absolute() / "postgres",
+            settings.state_dir.absolute() / POSTGRES,
             settings.postgres_port,
             client_host(settings.host),
         )
         postgres.initialise()
-        _start(state, "postgres", postgres.command(), logs, {}, user=postgres.user)
+        _start(state, POSTGRES, postgres.command(), logs, {}, user=postgres.user)
         wait_for_postgres(postgres, HEALTH_TIMEOUT_SECONDS)
         database_url = postgres.url
     artifacts, s3_env = settings.object_store, {}
@@ -204,7 +206,7 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
             client_host(settings.host),
             {**ports, "s3": settings.object_store_port},
         )
-        _start(state, "object-store", objects.command(), logs, {})
+        _start(state, OBJECT_STORE, objects.command(), logs, {})
         objects.wait_ready(HEALTH_TIMEOUT_SECONDS)
         artifacts, s3_env = f"s3://{BUCKET}", objects.client_env
     host_and_port = database_url.removeprefix("postgresql://")
