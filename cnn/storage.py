@@ -63,16 +63,13 @@ class Location:
             self.uri.rstrip("/") + "/" + name,
         )
 
-    def __str__(self) -> str:
-        return self.uri
-
     def info(self) -> pafs.FileInfo:
         """What is at the location (`type` NotFound when nothing); a store that cannot be
         reached raises StorageError naming it."""
         try:
             return self.filesystem.get_file_info(self.path)
         except OSError as error:
-            raise self.unreachable(error) from error
+            raise self._unreachable(error) from error
 
     def is_file(self) -> bool:
         return self.info().type == pafs.FileType.File
@@ -88,7 +85,7 @@ class Location:
         except FileNotFoundError as error:
             raise StorageError(f"{self.uri} does not exist") from error
         except OSError as error:
-            raise self.unreachable(error) from error
+            raise self._unreachable(error) from error
 
     def parquet(self) -> pq.ParquetFile:
         """The Parquet file at the location, its footer read (remote reads buffer ahead)."""
@@ -96,7 +93,7 @@ class Location:
             self.filesystem.open_input_file(self.path), pre_buffer=not self.is_local
         )
 
-    def unreachable(self, error: OSError) -> StorageError | StorageUnavailableError:
+    def _unreachable(self, error: OSError) -> StorageError | StorageUnavailableError:
         """The error to raise for `error`: it names the location and, for S3, the endpoint."""
         reason = " ".join(str(error).split())
         if self.is_local:
