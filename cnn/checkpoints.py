@@ -2,28 +2,25 @@
 
 A checkpoint holds everything the next epoch depends on: the weights, the optimizer's
 variables (its step, learning rate and moments), early stopping's and the learning-rate
-schedule's counters with the best weights so far, and the metric history. Each is written
-into a temporary directory renamed into place when complete, so a crash at any moment leaves
-the previous checkpoint usable and never a half-written one that would be trusted.
+schedule's counters with the best weights so far, and the metric history. Its arrays are
+written first and its state last, each atomically (`Location.write_bytes`), on a local disk or
+object storage alike: a checkpoint without its state is not one, so a crash at any moment
+leaves the previous checkpoint usable and never a half-written one that would be trusted.
 """
 
 import hashlib
+import io
 import json
-import os
-import shutil
-import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnn.config import TrainConfig
 from cnn.dataset import Dataset
-from cnn.locks import LockTimeoutError, exclusive_lock
-from cnn.manifest import write_json_durably
-from cnn.writes import writing
+from cnn.locks import Locks, LockTimeoutError
+from cnn.storage import Location
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -58,59 +55,50 @@ class TrainingState:
 
 
 class CheckpointStore:
-    """The checkpoints of one training (one dataset, variant and settings) in a directory."""
+    """The checkpoints of one training (one dataset, variant and settings) in a folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Location) -> None:
         self.root = root
 
-    def save(self, state: TrainingState) -> Path:
+    def save(self, state: TrainingState) -> Location:
         """Write `state` as the newest checkpoint, then drop the older ones."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{state.epochs_done:04d}-phase-{state.phase}"
-        temporary = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-        temporary.mkdir()
-        try:
-            arrays = {
-                f"{group}_{index:04d}": array
-                for group in ARRAY_GROUPS
-                for index, array in enumerate(getattr(state, group))
-            }
-            with writing(temporary / ARRAYS_FILE), open(temporary / ARRAYS_FILE, "wb") as handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            scalars = {
-                key: value for key, value in asdict(state).items() if key not in ARRAY_GROUPS
-            }
-            scalars["format_version"] = FORMAT_VERSION
-            write_json_durably(temporary / STATE_FILE, scalars)
-            final = self.root / name
-            shutil.rmtree(final, ignore_errors=True)
-            temporary.rename(final)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-        for older in self._published():
-            if older != final:
-                shutil.rmtree(older, ignore_errors=True)
-        return final
+        saved = self.root / f"epoch-{state.epochs_done:04d}-phase-{state.phase}"
+        arrays = {
+            f"{group}_{index:04d}": array
+            for group in ARRAY_GROUPS
+            for index, array in enumerate(getattr(state, group))
+        }
+        archive = io.BytesIO()
+        np.savez(archive, **arrays)
+        (saved / STATE_FILE).delete()  # a checkpoint of this epoch from before: not one now
+        (saved / ARRAYS_FILE).write_bytes(archive.getvalue())
+        scalars = {key: value for key, value in asdict(state).items() if key not in ARRAY_GROUPS}
+        scalars["format_version"] = FORMAT_VERSION
+        (saved / STATE_FILE).write_bytes(json.dumps(scalars).encode())  # the commit
+        for older in self.root.children():
+            if older.name != saved.name:
+                older.delete()
+        return saved
 
     def latest(self) -> TrainingState | None:
         """The newest complete checkpoint, or None (none yet, or none readable)."""
-        for path in sorted(self._published(), reverse=True):
+        for saved in sorted(self._published(), key=lambda found: found.name, reverse=True):
             try:
-                return _load(path)
+                return _load(saved)
             except (OSError, ValueError, KeyError):  # unreadable: fall back to an older one
                 continue
         return None
 
     def clear(self) -> None:
         """Delete every checkpoint (once the trained model is safely stored elsewhere)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.delete()
 
-    def _published(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return [path for path in self.root.glob("epoch-*") if (path / STATE_FILE).is_file()]
+    def _published(self) -> list[Location]:
+        return [
+            saved
+            for saved in self.root.children()
+            if saved.name.startswith("epoch-") and (saved / STATE_FILE).is_file()
+        ]
 
 
 AFTER_TRAINING_SETTINGS = {
@@ -122,7 +110,7 @@ AFTER_TRAINING_SETTINGS = {
 """Settings that leave the trained weights as they are: a change of them resumes training."""
 
 
-def checkpoint_dir(root: Path, dataset: Dataset, variant: str, config: TrainConfig) -> Path:
+def checkpoint_dir(root: Location, dataset: Dataset, variant: str, config: TrainConfig) -> Location:
     """Where one training's checkpoints live under `root`: by dataset, variant and a digest of
     the settings (an identical training finds them; a changed one starts anew)."""
     trained_by = config.model_dump(mode="json", exclude=AFTER_TRAINING_SETTINGS)
@@ -132,32 +120,37 @@ def checkpoint_dir(root: Path, dataset: Dataset, variant: str, config: TrainConf
 
 
 def claim_checkpoints(
-    root: Path, dataset: Dataset, variant: str, config: TrainConfig, held: ExitStack, logger: Any
+    root: Location,
+    dataset: Dataset,
+    variant: str,
+    config: TrainConfig,
+    held: ExitStack,
+    logger: Any,
+    locks: Locks,
 ) -> CheckpointStore | None:
-    """This training's checkpoint store under `root`, locked for as long as `held` is open;
-    None when checkpoints are off, or when an identical training (another run with the same
-    dataset, variant and settings) holds it: two trainings must not write one checkpoint."""
+    """This training's checkpoint store under `root`, locked (from `locks`) for as long as
+    `held` is open; None when checkpoints are off, or when an identical training (another run
+    with the same dataset, variant and settings) holds it: two trainings must not write one
+    checkpoint."""
     if not config.checkpoints:
         return None
     store = CheckpointStore(checkpoint_dir(root, dataset, variant, config))
     try:
-        held.enter_context(
-            exclusive_lock(store.root.parent / f"{store.root.name}.lock", timeout_seconds=0)
-        )
+        held.enter_context(locks(f"checkpoints-{dataset.name}-{store.root.name}", 0))
     except LockTimeoutError:
         logger.warning(
             "An identical training is running and holds %s: this one trains without checkpoints",
-            store.root,
+            store.root.uri,
         )
         return None
     return store
 
 
-def _load(path: Path) -> TrainingState:
-    scalars: dict[str, Any] = json.loads((path / STATE_FILE).read_text())
+def _load(saved: Location) -> TrainingState:
+    scalars: dict[str, Any] = json.loads((saved / STATE_FILE).read_text())
     if scalars.pop("format_version", None) != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has another format")
-    with np.load(path / ARRAYS_FILE) as archive:
+        raise ValueError(f"checkpoint {saved.uri!r} has another format")
+    with np.load(io.BytesIO((saved / ARRAYS_FILE).read_bytes())) as archive:
         arrays = {group: [] for group in ARRAY_GROUPS}
         for key in sorted(archive.files):
             group, _, _ = key.rpartition("_")

@@ -1,16 +1,16 @@
-"""Parquet datasets: a directory of shards plus `_manifest.json`, written last and atomically.
+"""Parquet datasets: a folder (or object-store prefix) of shards plus `_manifest.json`, the
+commit record, written last and atomically.
 
-A dataset's directory name carries a fingerprint of its source and settings, so an unchanged
-rerun finds the finished dataset and decodes nothing. Shards are written into a hidden
-temporary directory that is renamed into place only once the manifest is in it: a reader
-never sees a half-written dataset, and a crash leaves only a temporary directory behind.
+A dataset's name carries a fingerprint of its source and settings, so an unchanged rerun finds
+the finished dataset and decodes nothing. The same protocol holds on a local disk and on
+object storage, which has no rename: holding the dataset's lock, a writer clears what a dead
+attempt left, writes shards named by its own attempt, and then the manifest that lists them.
+A reader trusts only a folder with a manifest whose shards hold what it states, so a crash at
+any moment leaves nothing that a later run would trust, and the rerun completes.
 """
 
 import hashlib
 import json
-import os
-import shutil
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from cnn.config import IngestConfig
 from cnn.labels import LABEL_NAMES
-from cnn.locks import exclusive_lock, process_alive
+from cnn.locks import Locks, folder_locks
 from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest, manifest_path
 from cnn.parallel import start_decode_workers
 from cnn.progress import Progress
@@ -35,9 +35,6 @@ from cnn.records import CellRecord, CellSource
 from cnn.shards import write_shards
 from cnn.splits import SPLITS, assign_splits
 from cnn.storage import Location, location
-
-LOCKS_DIR = ".locks"
-"""Under the datasets directory: one lock per dataset name, so concurrent runs write it once."""
 
 
 @dataclass(frozen=True)
@@ -120,40 +117,47 @@ def dataset_fingerprint(source_fingerprint: dict[str, Any], config: IngestConfig
 def build_dataset(
     source: CellSource,
     config: IngestConfig,
-    datasets_dir: Path,
+    datasets_dir: str | Path | Location,
     workers: int | None = None,
     on_progress: Progress | None = None,
+    locks: Locks | None = None,
 ) -> tuple[Dataset, bool]:
     """Ingest `source` into a dataset under `datasets_dir` (telling `on_progress` the share of
-    images written); return it and whether it was cached."""
+    images written); return it and whether it was cached.
+
+    Writers of one dataset take turns on its lock from `locks` (by default file locks:
+    `cnn.locks.folder_locks`), so concurrent identical ingests write it once.
+    """
+    folder = datasets_dir if isinstance(datasets_dir, Location) else location(datasets_dir)
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
-    final_path = _dataset_path(source, config, fingerprint, datasets_dir)
-    if manifest_path(location(final_path)):
-        return open_dataset(final_path), True
-    with exclusive_lock(datasets_dir / LOCKS_DIR / f"{final_path.name}.lock"):
-        if manifest_path(location(final_path)):  # a concurrent run wrote it meanwhile
-            return open_dataset(final_path), True
+    final = folder / _dataset_name(source, config, fingerprint)
+    if manifest_path(final):
+        return open_dataset(final), True
+    with (locks or folder_locks(folder))(f"dataset-{final.name}", None):
+        if manifest_path(final):  # a concurrent run wrote it meanwhile
+            return open_dataset(final), True
         dataset = _write_dataset(
-            source, source_fingerprint, fingerprint, config, final_path, workers, on_progress
+            source, source_fingerprint, fingerprint, config, final, workers, on_progress
         )
         return dataset, False
 
 
-def find_dataset(source: CellSource, config: IngestConfig, datasets_dir: Path) -> Dataset | None:
+def find_dataset(
+    source: CellSource, config: IngestConfig, datasets_dir: str | Path | Location
+) -> Dataset | None:
     """The finished dataset of `source` with `config` under `datasets_dir`, if there is one.
 
     Lists the source (to fingerprint it) but decodes nothing.
     """
+    folder = datasets_dir if isinstance(datasets_dir, Location) else location(datasets_dir)
     fingerprint = dataset_fingerprint(source.fingerprint(), config)
-    path = _dataset_path(source, config, fingerprint, datasets_dir)
-    return open_dataset(path) if manifest_path(location(path)) else None
+    found = folder / _dataset_name(source, config, fingerprint)
+    return open_dataset(found) if manifest_path(found) else None
 
 
-def _dataset_path(
-    source: CellSource, config: IngestConfig, fingerprint: str, datasets_dir: Path
-) -> Path:
-    return datasets_dir / f"{source.kind}-{config.image_size}px-{fingerprint}"
+def _dataset_name(source: CellSource, config: IngestConfig, fingerprint: str) -> str:
+    return f"{source.kind}-{config.image_size}px-{fingerprint}"
 
 
 def _write_dataset(
@@ -161,12 +165,11 @@ def _write_dataset(
     source_fingerprint: dict[str, Any],
     fingerprint: str,
     config: IngestConfig,
-    final_path: Path,
+    final: Location,
     workers: int | None,
     on_progress: Progress | None,
 ) -> Dataset:
-    """Decode the source into a temporary directory and publish it as `final_path`."""
-    datasets_dir = final_path.parent
+    """Decode the source into shards under `final`, then commit them with the manifest."""
     records = select_subset(source.list_records(), config.limit, config.seed)
     start_decode_workers(len(records), workers)
     strategy = config.split if source.has_patient_groups else "random"
@@ -180,38 +183,34 @@ def _write_dataset(
     )
     split_of = {record.source_id: split for record, split in zip(records, splits, strict=True)}
 
-    _remove_abandoned_temporaries(datasets_dir, final_path.name)
-    owner = f"{socket.gethostname()}-{os.getpid()}"
-    temporary_path = datasets_dir / f".{final_path.name}.tmp-{owner}-{uuid.uuid4().hex[:8]}"
-    temporary_path.mkdir()
-    try:
-        written = write_shards(
-            temporary_path, source, records, split_of, config.image_size, workers, on_progress
-        )
-        manifest = Manifest(
-            format_version=FORMAT_VERSION,
-            name=final_path.name,
-            fingerprint=fingerprint,
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            source=source_fingerprint,
-            config=config.model_dump(mode="json"),
-            split_strategy=strategy,
-            split_note=_split_note(config.split, strategy),
-            image_shape=(config.image_size, config.image_size, 3),
-            label_names=list(LABEL_NAMES),
-            rows=sum(shard["rows"] for shard in written.shards),
-            shards=written.shards,
-            counts=written.counts,
-            source_image_sizes=written.source_sizes,
-            skipped=source.listing_skips() + written.skipped,
-        )
-        if manifest.rows == 0:
-            raise DatasetError(f"no image of source {source.kind!r} could be decoded")
-        manifest.write(temporary_path / MANIFEST_NAME)
-        _publish(temporary_path, final_path)
-    finally:
-        shutil.rmtree(temporary_path, ignore_errors=True)
-    return open_dataset(final_path)
+    final.delete()  # a dead attempt's shards: never a dataset (no manifest), and the lock is ours
+    final.make_folder()
+    attempt = uuid.uuid4().hex[:8]
+    written = write_shards(
+        final, attempt, source, records, split_of, config.image_size, workers, on_progress
+    )
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        name=final.name,
+        fingerprint=fingerprint,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=source_fingerprint,
+        config=config.model_dump(mode="json"),
+        split_strategy=strategy,
+        split_note=_split_note(config.split, strategy),
+        image_shape=(config.image_size, config.image_size, 3),
+        label_names=list(LABEL_NAMES),
+        rows=sum(shard["rows"] for shard in written.shards),
+        shards=written.shards,
+        counts=written.counts,
+        source_image_sizes=written.source_sizes,
+        skipped=source.listing_skips() + written.skipped,
+    )
+    if manifest.rows == 0:
+        final.delete()
+        raise DatasetError(f"no image of source {source.kind!r} could be decoded")
+    manifest.write(final / MANIFEST_NAME)
+    return open_dataset(final)
 
 
 def open_dataset(where: str | Path | Location) -> Dataset:
@@ -325,29 +324,3 @@ def _split_note(requested: str, used: str) -> str:
     return (
         f"{requested} split requested, but the source has no patient ids: stratified {used} split"
     )
-
-
-def _remove_abandoned_temporaries(datasets_dir: Path, name: str) -> None:
-    """Delete temporary directories of `name` left by dead processes of this host.
-
-    Directories of live processes (a concurrent ingest) or of other hosts are left alone.
-    """
-    prefix = f".{name}.tmp-{socket.gethostname()}-"
-    for path in datasets_dir.glob(f".{name}.tmp-*"):
-        pid, _, _ = path.name.removeprefix(prefix).partition("-")
-        if path.name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _publish(temporary_path: Path, final_path: Path) -> None:
-    """Rename the finished directory into place; a concurrent identical ingest may win."""
-    try:
-        temporary_path.rename(final_path)
-    except OSError:
-        if not manifest_path(location(final_path)):
-            raise
-    directory_fd = os.open(final_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)

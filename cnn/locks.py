@@ -1,15 +1,32 @@
 """Exclusive file locks: one writer at a time across threads, processes and (with POSIX locks
 on a shared filesystem) hosts. The kernel releases a dead process's lock, so a run killed
-with SIGKILL never leaves a lock behind."""
+with SIGKILL never leaves a lock behind.
+
+Writers take named locks from a `Locks`, so the caller chooses what coordinates them: file
+locks here, or (in `tasks.locks`) a Prefect server's global concurrency limits, which every
+host that shares the server honours.
+"""
 
 import fcntl
 import os
+import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from cnn.storage import Location
+
 POLL_SECONDS = 0.2
+LOCKS_DIR = ".locks"
+"""The folder of file locks, inside the folder whose writers they coordinate."""
+HOST_LOCKS_DIR = Path.home() / ".cache" / "malaria" / "locks"
+"""File locks for data on object storage when nothing shared coordinates its writers: they
+exclude the processes of this host only."""
+
+Locks = Callable[[str, float | None], AbstractContextManager[None]]
+"""`locks(name, timeout_seconds)`: hold the exclusive lock `name` for a `with` block, waiting
+at most `timeout_seconds` (None: as long as it takes), else LockTimeoutError."""
 
 
 class LockTimeoutError(TimeoutError):
@@ -52,3 +69,19 @@ def process_alive(pid: int) -> bool:
     except PermissionError:  # exists, but belongs to another user
         return True
     return True
+
+
+def lock_file_name(name: str) -> str:
+    """A lock's name as one file name: anything but letters, digits, `.`, `_` and `-` is `_`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def folder_locks(folder: Location) -> Locks:
+    """File locks for the writers of `folder`: in its LOCKS_DIR when it is local (every host
+    that mounts it honours them), else in HOST_LOCKS_DIR (this host's processes only)."""
+    where = Path(folder.path) / LOCKS_DIR if folder.is_local else HOST_LOCKS_DIR
+
+    def lock(name: str, timeout_seconds: float | None = None) -> AbstractContextManager[None]:
+        return exclusive_lock(where / f"{lock_file_name(name)}.lock", timeout_seconds)
+
+    return lock

@@ -7,9 +7,7 @@ which one is wrong.
 """
 
 import json
-import os
 import typing
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -24,7 +22,6 @@ from pydantic import (
 
 from cnn.errors import InputError
 from cnn.storage import Location
-from cnn.writes import writing
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
@@ -143,9 +140,9 @@ class Manifest(BaseModel):
             lines.append(f"- … and {len(skipped) - max_skipped} more (listed in the manifest)")
         return "\n".join(lines) + "\n"
 
-    def write(self, path: Path) -> None:
-        """Write the manifest to `path` durably (flushed to disk before it is renamed in)."""
-        write_json_durably(path, self.model_dump(mode="json"))
+    def write(self, where: Location) -> None:
+        """Write the manifest at `where` atomically: the dataset's commit."""
+        where.write_bytes(json.dumps(self.model_dump(mode="json"), indent=2).encode())
 
 
 JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", int: "integer", float: "number"}
@@ -176,11 +173,3 @@ def _problem(error: ValidationError, content: dict[str, Any]) -> str:
 def _excerpt(value: Any, length: int = 60) -> str:
     text = json.dumps(value)
     return text if len(text) <= length else text[: length - 1] + "…"
-
-
-def write_json_durably(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON and fsync it, so a rename that publishes it never exposes an empty file."""
-    with writing(path), open(path, "w") as handle:
-        json.dump(content, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())

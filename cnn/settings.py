@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cnn.errors import InputError
+from cnn.storage import Location, StorageError, location
 
 ENV_PREFIX = "MALARIA_"
 MAX_IO_RETRIES = 5
@@ -28,8 +29,10 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True
     )
 
-    data_dir: Path = Field(
-        Path("data"), description="Where datasets, checkpoints, kept models and locks live"
+    data_dir: str = Field(
+        "data",
+        description="Where datasets, checkpoints and kept models live: a local folder or a "
+        "URI (s3://bucket/prefix)",
     )
     io_retries: int = Field(
         3,
@@ -50,17 +53,15 @@ class Settings(BaseSettings):
         "the SQLite store under ./mlflow/store",
     )
 
-    @field_validator("data_dir", mode="before")
+    @field_validator("data_dir")
     @classmethod
-    def _local_data_dir(cls, value: object) -> object:
-        """Datasets are read from object storage (`--dataset s3://…`), but the data folder,
-        where datasets, checkpoints and kept models are written, is local for now."""
-        if "://" in str(value):
-            raise ValueError(
-                "the data folder must be a local path for now (a dataset on object storage is "
-                "read with --dataset s3://…)"
-            )
-        return value
+    def _known_filesystem(cls, folder: str) -> str:
+        """A URI of a filesystem that pyarrow knows here (nothing is contacted yet)."""
+        try:
+            location(folder)
+        except StorageError as error:
+            raise ValueError(str(error)) from None
+        return folder
 
     @field_validator("tracking_uri")
     @classmethod
@@ -99,11 +100,11 @@ def settings() -> Settings:
         raise SettingsError(f"{name}={problem['input']!r}: {problem['msg']}") from None
 
 
-def data_dir() -> Path:
-    """Where datasets, checkpoints, kept models and locks live (`MALARIA_DATA_DIR`)."""
-    return settings().data_dir
+def data_dir() -> Location:
+    """Where datasets, checkpoints and kept models live (`MALARIA_DATA_DIR`)."""
+    return location(settings().data_dir)
 
 
-def datasets_dir() -> Path:
-    """Where ingested datasets live: `datasets/` of the data directory, absolute."""
-    return data_dir().absolute() / "datasets"
+def datasets_dir() -> Location:
+    """Where ingested datasets live: `datasets/` of the data folder."""
+    return data_dir() / "datasets"

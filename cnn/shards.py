@@ -1,7 +1,8 @@
 """Decoding a source into Parquet shards, over worker processes when there are enough images.
 
-Each worker decodes, resizes and writes whole shards (row groups of `WRITE_BATCH` rows), so
-memory stays bounded by the shards in flight; the caller publishes the directory.
+Each worker decodes, resizes and writes whole shards (row groups of `WRITE_BATCH` rows)
+straight to the dataset's folder or prefix, so memory stays bounded by the shards in flight;
+the caller commits them with the manifest.
 """
 
 import itertools
@@ -10,7 +11,6 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from cnn.parallel import parallel_map, worker_count
 from cnn.progress import Progress
 from cnn.records import CellRecord, CellSource, Payload, Unreadable
 from cnn.splits import SPLITS
+from cnn.storage import Location
 from cnn.writes import writing
 
 ROWS_PER_SHARD = 1024
@@ -76,12 +77,14 @@ class _ShardResult:
     heights: list[int] = field(default_factory=list)
 
 
-ShardJob = tuple[Path, int, list[tuple[CellRecord, str]], CellSource | None, list[Payload] | None]
-"""Shard path, image size, (record, split) rows, and either the source or the payloads."""
+ShardJob = tuple[
+    Location, int, list[tuple[CellRecord, str]], CellSource | None, list[Payload] | None
+]
+"""Shard file, image size, (record, split) rows, and either the source or the payloads."""
 
 
 def _write_shard(
-    path: Path,
+    shard: Location,
     image_size: int,
     rows: list[tuple[CellRecord, str]],
     source: CellSource | None,
@@ -96,16 +99,20 @@ def _write_shard(
     records = [record for record, _ in rows]
     stream = source.iter_payloads(records) if source else zip(records, payloads, strict=True)
     schema = _schema(image_size)
-    result = _ShardResult(file=path.name)
+    result = _ShardResult(file=shard.name)
     writer: pq.ParquetWriter | None = None
     batch: list[tuple[CellRecord, np.ndarray]] = []
 
     def flush() -> None:
         nonlocal writer
-        with writing(path):
+        with writing(shard.uri):
             if writer is None:
                 writer = pq.ParquetWriter(
-                    path, schema, compression=COMPRESSION, use_dictionary=DICTIONARY_COLUMNS
+                    shard.path,
+                    schema,
+                    filesystem=shard.filesystem,
+                    compression=COMPRESSION,
+                    use_dictionary=DICTIONARY_COLUMNS,
                 )
             writer.write_table(_rows_table(batch, split_of, schema))
         result.rows += len(batch)
@@ -128,11 +135,11 @@ def _write_shard(
             flush()
     finally:
         if writer is not None:
-            with writing(path):
+            with writing(shard.uri):
                 writer.close()
-    if writer is not None:
-        with writing(path):
-            _fsync(path)
+    if writer is not None and shard.is_local:
+        with writing(shard.uri), open(shard.path, "rb") as handle:
+            os.fsync(handle.fileno())  # on disk before the manifest names it
     return result
 
 
@@ -147,7 +154,8 @@ class WriteSummary:
 
 
 def write_shards(
-    directory: Path,
+    folder: Location,
+    attempt: str,
     source: CellSource,
     records: Sequence[CellRecord],
     split_of: dict[str, str],
@@ -155,12 +163,13 @@ def write_shards(
     workers: int | None,
     on_progress: Progress | None = None,
 ) -> WriteSummary:
-    """Write all records as shards, over worker processes when there are enough images;
-    `on_progress` hears the share of the records written after each shard."""
+    """Write all records as shards in `folder`, named by `attempt` (so a manifest lists only
+    its own attempt's), over worker processes when there are enough images; `on_progress`
+    hears the share of the records written after each shard."""
     workers = worker_count(workers)
     rows = [(record, split_of[record.source_id]) for record in records]
     shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
-    jobs = _shard_jobs(directory, source, rows, shard_rows, image_size)
+    jobs = _shard_jobs(folder, attempt, source, rows, shard_rows, image_size)
     results = []
     for result in parallel_map(_write_shard, jobs, len(rows), workers):
         results.append(result)
@@ -182,7 +191,8 @@ def write_shards(
 
 
 def _shard_jobs(
-    directory: Path,
+    folder: Location,
+    attempt: str,
     source: CellSource,
     rows: list[tuple[CellRecord, str]],
     shard_rows: int,
@@ -191,8 +201,8 @@ def _shard_jobs(
     """One job per shard: random-access sources read in the job, others stream from here."""
     if source.random_access:
         for index, start in enumerate(range(0, len(rows), shard_rows)):
-            path = directory / f"part-{index:05d}.parquet"
-            yield path, image_size, rows[start : start + shard_rows], source, None
+            shard = folder / f"part-{index:05d}-{attempt}.parquet"
+            yield shard, image_size, rows[start : start + shard_rows], source, None
         return
     split_of = dict((record.source_id, split) for record, split in rows)
     stream = source.iter_payloads([record for record, _ in rows])
@@ -201,8 +211,8 @@ def _shard_jobs(
         if not chunk:
             return
         chunk_rows = [(record, split_of[record.source_id]) for record, _ in chunk]
-        path = directory / f"part-{index:05d}.parquet"
-        yield path, image_size, chunk_rows, None, [payload for _, payload in chunk]
+        shard = folder / f"part-{index:05d}-{attempt}.parquet"
+        yield shard, image_size, chunk_rows, None, [payload for _, payload in chunk]
 
 
 def _describe(values: list[int]) -> dict[str, float]:
@@ -236,8 +246,3 @@ def _rows_table(
         },
         schema=schema,
     )
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

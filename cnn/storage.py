@@ -11,6 +11,7 @@ roles). Nothing here logs or stores them.
 
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cnn.errors import InputError
+from cnn.writes import writing
 
 S3_CONNECT_SECONDS = 5.0
 S3_REQUEST_SECONDS = 20.0
@@ -77,13 +79,68 @@ class Location:
     def is_dir(self) -> bool:
         return self.info().type == pafs.FileType.Directory
 
-    def read_text(self) -> str:
-        """The whole file as UTF-8 text."""
+    def read_bytes(self) -> bytes:
+        """The whole file."""
         try:
             with self.filesystem.open_input_stream(self.path) as stream:
-                return stream.read().decode("utf-8")
+                return stream.read()
         except FileNotFoundError as error:
             raise StorageError(f"{self.uri} does not exist") from error
+        except OSError as error:
+            raise self._unreachable(error) from error
+
+    def read_text(self) -> str:
+        """The whole file as UTF-8 text."""
+        return self.read_bytes().decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file at once, atomically: a local file is written beside the target,
+        flushed to disk and renamed over it; an object is one upload, visible only once
+        complete. Either way a reader sees the old content or the new, never a part."""
+        if not self.is_local:
+            try:
+                with self.filesystem.open_output_stream(self.path) as stream:
+                    stream.write(data)
+            except OSError as error:
+                raise self._unreachable(error) from error
+            return
+        target = Path(self.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with writing(target), open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def children(self) -> list["Location"]:
+        """What the folder holds directly (nothing when it does not exist)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        try:
+            found = self.filesystem.get_file_info(selector)
+        except OSError as error:
+            raise self._unreachable(error) from error
+        return [self / posixpath.basename(info.path) for info in found]
+
+    def make_folder(self) -> None:
+        """Make the folder (and those above it) where there are folders: object stores have
+        prefixes, which need no making."""
+        if self.is_local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+
+    def delete(self) -> None:
+        """Delete the folder and all it holds, or the file (nothing there: nothing to do)."""
+        kind = self.info().type
+        try:
+            if kind == pafs.FileType.Directory:
+                self.filesystem.delete_dir(self.path)
+            elif kind == pafs.FileType.File:
+                self.filesystem.delete_file(self.path)
+        except FileNotFoundError:
+            return
         except OSError as error:
             raise self._unreachable(error) from error
 

@@ -9,6 +9,7 @@ from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetRef, build_dataset
 from cnn.settings import datasets_dir
 from cnn.sources import open_source
+from tasks.locks import data_locks
 from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 
@@ -23,7 +24,10 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     source = open_source(config.source, limit=config.limit)
     written = f"Images of {config.source} written"
     with TaskProgress("ingest-progress", "ingest", written) as progress:
-        dataset, cache_hit = build_dataset(source, config, datasets_dir(), on_progress=progress)
+        folder = datasets_dir()
+        dataset, cache_hit = build_dataset(
+            source, config, folder, on_progress=progress, locks=data_locks(folder)
+        )
         progress.finish()
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)
     logger.info(

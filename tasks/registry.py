@@ -5,6 +5,8 @@ from prefect.events import emit_event
 
 from cnn.config import PromotionConfig
 from cnn.promotion import PromotionDecision
+from cnn.settings import data_dir
+from tasks.locks import data_locks
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, find_champion_version, promote
 from tracking.store import configure_tracking
@@ -26,7 +28,10 @@ def promote_model(
     test split, else `challenger` (see `tracking.registry.promote`); a new champion is a
     `malaria.model.promoted` event that server automations can notify on."""
     configure_tracking()
-    decision = promote(registered_model, version, dataset_path, candidate_scores, run_id, config)
+    locks = data_locks(data_dir())
+    decision = promote(
+        registered_model, version, dataset_path, candidate_scores, run_id, config, locks
+    )
     get_run_logger().info(
         "%s version %s → %s: %s", registered_model, version, decision.alias, decision.reason
     )

@@ -10,6 +10,7 @@ from cnn.dataset import open_dataset
 from cnn.models import check_downloads
 from cnn.settings import data_dir
 from tasks.keys import artifact_key
+from tasks.locks import data_locks
 from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 from tracking import runs
@@ -40,14 +41,12 @@ def train_model(
     configure_tracking()
     dataset = open_dataset(dataset_path)
     with ExitStack() as held:
-        root = data_dir().absolute() / "checkpoints"
-        checkpoints = claim_checkpoints(root, dataset, variant, config, held, logger)
-        progress = TaskProgress(
-            artifact_key("training-progress", variant),
-            f"train {variant}",
-            f"{variant}: share of {config.epochs} epochs trained, MLflow run {run_id}",
+        folder = data_dir()
+        locks = data_locks(folder)
+        checkpoints = claim_checkpoints(
+            folder / "checkpoints", dataset, variant, config, held, logger, locks
         )
-        with progress:
+        with _training_progress(variant, config.epochs, run_id) as progress:
             result, info = train_and_log(
                 dataset, variant, config, run_id, registered_model, checkpoints, logger, progress
             )
@@ -60,6 +59,14 @@ def train_model(
         *(result.seconds, info.model_uri),
     )
     return TrainedModel(model_uri=info.model_uri, version=int(info.registered_model_version))
+
+
+def _training_progress(variant: str, epochs: int, run_id: str) -> TaskProgress:
+    return TaskProgress(
+        artifact_key("training-progress", variant),
+        f"train {variant}",
+        f"{variant}: share of {epochs} epochs trained, MLflow run {run_id}",
+    )
 
 
 @task(name="read-variant-run", **IO_RETRIES)

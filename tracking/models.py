@@ -2,8 +2,8 @@
 task of the process), and what to do with a model MLflow would not take."""
 
 import os
+import tempfile
 import threading
-import uuid
 import warnings
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +25,7 @@ from cnn.dataset import Dataset
 from cnn.errors import InputError
 from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
+from cnn.storage import Location
 from cnn.writes import writing
 from tracking.store import configure_tracking, first_line
 
@@ -159,22 +160,19 @@ class ModelNotLoggedError(RuntimeError):
 
 def keep_model(
     model: keras.Model | None, checkpoints: CheckpointStore | None, run_id: str
-) -> Path | None:
-    """Save the trained model beside its checkpoints (or under the data directory) and return
-    the path; without a model, the path an earlier attempt kept it at, if any."""
+) -> Location | None:
+    """Save the trained model beside its checkpoints (or under the data folder) and return
+    where; without a model, where an earlier attempt kept it, if anywhere."""
     folder = checkpoints.root if checkpoints is not None else data_dir() / "unlogged" / run_id
-    path = folder.absolute() / "model.keras"
+    kept = folder / "model.keras"
     if model is None:
-        return path if path.is_file() else None
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".model-{uuid.uuid4().hex[:8]}.keras")
-    try:
-        with writing(path):
-            model.save(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+        return kept if kept.is_file() else None
+    with tempfile.TemporaryDirectory(prefix="malaria-model-") as scratch:
+        saved = Path(scratch) / "model.keras"  # Keras saves to a local file only
+        with writing(kept.uri):
+            model.save(saved)
+        kept.write_bytes(saved.read_bytes())
+    return kept
 
 
 class KerasFlavor:

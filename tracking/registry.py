@@ -1,8 +1,6 @@
 """The model registry: who holds `champion`, and promotion with its decision recorded."""
 
-import re
 import time
-from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -10,10 +8,9 @@ from pydantic import BaseModel
 
 from cnn.config import PromotionConfig
 from cnn.dataset import open_dataset
-from cnn.locks import exclusive_lock
+from cnn.locks import Locks
 from cnn.predict import evaluate_split
 from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
-from cnn.settings import data_dir
 from tracking.models import load_keras_model, model_threshold
 
 PROMOTION_LOCK_SECONDS = 600
@@ -47,17 +44,18 @@ def promote(
     candidate_scores: dict[str, float],
     run_id: str,
     config: PromotionConfig,
+    locks: Locks,
 ) -> PromotionDecision:
     """Give the new version `champion` if it beats the current champion on this dataset's
     test split (the champion is re-scored on it at its own threshold), else `challenger`;
     tag the decision and both scores on the version and its run.
 
-    Runs promoting into the same registered model take turns (a lock in the data directory
-    that all workers share), so two at once cannot both beat the same old champion and the
-    worse one win the alias last.
+    Runs promoting into the same registered model take turns (on its lock from `locks`, which
+    all workers share), so two at once cannot both beat the same old champion and the worse
+    one win the alias last.
     """
     client = mlflow.MlflowClient()
-    with exclusive_lock(promotion_lock_path(registered_model), PROMOTION_LOCK_SECONDS):
+    with locks(f"promote-{registered_model}", PROMOTION_LOCK_SECONDS):
         champion = _current_champion(client, registered_model)
         champion_version = int(champion.version) if champion else None
         champion_score = None
@@ -102,12 +100,6 @@ def promotion_outcome(before: ChampionRef | None, after: ChampionRef | None) -> 
 
 def promoted(before: ChampionRef | None, after: ChampionRef | None) -> bool:
     return after is not None and (before is None or before.version != after.version)
-
-
-def promotion_lock_path(registered_model: str) -> Path:
-    """The lock that promotions into `registered_model` take turns on."""
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", registered_model)
-    return data_dir().absolute() / "locks" / f"promote-{safe_name}.lock"
 
 
 def _current_champion(client: mlflow.MlflowClient, registered_model: str):

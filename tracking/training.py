@@ -72,7 +72,7 @@ def train_and_log(
                     "%s resumed after epoch %d from its checkpoint in %s",
                     variant,
                     result.resumed_epochs,
-                    checkpoints.root,
+                    checkpoints.root.uri,
                 )
                 epoch_log.backfill(result.history, result.resumed_epochs)
             epoch_log.flush()
@@ -83,7 +83,7 @@ def train_and_log(
             raise
         raise ModelNotLoggedError(
             f"the trained model could not be logged to MLflow ({tracking_uri()}: "
-            f"{first_line(error)}); it is kept at {kept}"
+            f"{first_line(error)}); it is kept at {kept.uri}"
             + ("; a retry or rerun logs it without training again" if checkpoints else "")
         ) from error
 

@@ -2,7 +2,6 @@
 
 import logging
 from contextlib import ExitStack
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,12 +9,19 @@ import pytest
 from cnn.checkpoints import checkpoint_dir, claim_checkpoints
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
+from cnn.locks import folder_locks
 from cnn.sources import SyntheticSource
+from cnn.storage import location
 
 LOGGER = logging.getLogger("test-train-checkpoints")
 
 
-ROOT = Path("checkpoints")
+ROOT = location("/data/checkpoints")
+
+
+@pytest.fixture
+def locks(tmp_path):
+    return folder_locks(location(tmp_path / "data"))
 
 
 @pytest.fixture
@@ -29,7 +35,7 @@ def dataset(tmp_path, monkeypatch):
 def test_checkpoints_are_kept_per_dataset_variant_and_settings(dataset):
     config = TrainConfig()
     folder = checkpoint_dir(ROOT, dataset, "simple", config)
-    assert folder.parent == ROOT / dataset.name
+    assert folder == ROOT / dataset.name / folder.name
     unchecked = config.model_copy(update={"checkpoints": False})
     assert checkpoint_dir(ROOT, dataset, "simple", unchecked) == folder
     assert checkpoint_dir(ROOT, dataset, "resnet", config) != folder
@@ -37,22 +43,23 @@ def test_checkpoints_are_kept_per_dataset_variant_and_settings(dataset):
     assert checkpoint_dir(ROOT, dataset, "simple", longer) != folder
 
 
-def test_an_identical_training_running_at_once_trains_without_checkpoints(dataset, caplog):
+def test_an_identical_training_running_at_once_trains_without_checkpoints(dataset, caplog, locks):
     config = TrainConfig()
     with ExitStack() as first, ExitStack() as second:
-        claimed = claim_checkpoints(ROOT, dataset, "simple", config, first, LOGGER)
+        claimed = claim_checkpoints(ROOT, dataset, "simple", config, first, LOGGER, locks)
         assert claimed is not None
         with caplog.at_level(logging.WARNING):
-            assert claim_checkpoints(ROOT, dataset, "simple", config, second, LOGGER) is None
+            assert claim_checkpoints(ROOT, dataset, "simple", config, second, LOGGER, locks) is None
         assert "identical training is running" in caplog.text
         changed = config.model_copy(update={"learning_rate": 0.01})
-        assert claim_checkpoints(ROOT, dataset, "simple", changed, second, LOGGER) is not None
+        other = claim_checkpoints(ROOT, dataset, "simple", changed, second, LOGGER, locks)
+        assert other is not None
     with ExitStack() as later:  # released when the first training ended
-        again = claim_checkpoints(ROOT, dataset, "simple", config, later, LOGGER)
+        again = claim_checkpoints(ROOT, dataset, "simple", config, later, LOGGER, locks)
         assert again.root == claimed.root
     off = config.model_copy(update={"checkpoints": False})
     with ExitStack() as unused:
-        assert claim_checkpoints(ROOT, dataset, "simple", off, unused, LOGGER) is None
+        assert claim_checkpoints(ROOT, dataset, "simple", off, unused, LOGGER, locks) is None
 
 
 def test_settings_used_after_training_do_not_change_the_checkpoint_directory():

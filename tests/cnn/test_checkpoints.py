@@ -1,6 +1,7 @@
 """Per-epoch checkpoints: an interrupted training resumes at the next epoch, not at epoch 1."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from cnn.checkpoints import CheckpointStore
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.sources import SyntheticSource
+from cnn.storage import location
 from cnn.training import train_on_dataset
 
 
@@ -57,7 +59,7 @@ def _steps_per_epoch(dataset, batch_size: int) -> int:
 
 
 def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset, tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoints")
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
     config = TrainConfig(epochs=4, batch_size=32, patience=10)
     _interrupted(tiny_dataset, "simple", config, store, after_epoch=2)
     interrupted = store.latest()
@@ -74,7 +76,7 @@ def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset,
 
 
 def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoints")
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
     config = TrainConfig(epochs=40, batch_size=32, patience=0, learning_rate=0.5)
     first = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
     assert first.epochs_run < 40 and store.latest().phase_finished  # stopped early
@@ -87,7 +89,7 @@ def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoints")
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
     # A learning rate of ~0 keeps val_loss flat: epoch 2 is no improvement, so patience 1
     # stops training there.
     config = TrainConfig(epochs=40, batch_size=32, patience=1, learning_rate=1e-9)
@@ -102,12 +104,13 @@ def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
 
 
 def test_a_half_written_or_unreadable_checkpoint_is_never_used(tiny_dataset, tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoints")
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
     config = TrainConfig(epochs=2, batch_size=32, patience=10)
     _interrupted(tiny_dataset, "simple", config, store, after_epoch=1)
-    (store.root / ".tmp-epoch-0002-phase-0-deadbeef").mkdir()  # a crash mid-write
-    (store.root / "epoch-0003-phase-0").mkdir()  # no state.json: never published
-    corrupt = store.root / "epoch-0002-phase-0"
+    root = Path(store.root.path)
+    (root / "epoch-0003-phase-0").mkdir()  # a crash before its state.json: never committed
+    (root / "epoch-0003-phase-0" / "arrays.npz").write_bytes(b"half")
+    corrupt = root / "epoch-0002-phase-0"
     corrupt.mkdir()
     (corrupt / "state.json").write_text('{"format_version": 1, "phase": 0')
     assert store.latest().epochs_done == 1
@@ -115,7 +118,7 @@ def test_a_half_written_or_unreadable_checkpoint_is_never_used(tiny_dataset, tmp
 
 @pytest.mark.slow
 def test_resuming_into_fine_tuning_skips_the_finished_head_phase(tiny_dataset, tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoints")
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
     config = TrainConfig(
         epochs=1,
         batch_size=32,

@@ -7,7 +7,6 @@ import pytest
 
 from cnn.config import IngestConfig
 from cnn.dataset import (
-    LOCKS_DIR,
     MANIFEST_NAME,
     DatasetError,
     build_dataset,
@@ -16,6 +15,7 @@ from cnn.dataset import (
     select_subset,
 )
 from cnn.files import FolderSource
+from cnn.locks import LOCKS_DIR
 from cnn.manifest import LEGACY_MANIFEST_NAME
 from cnn.records import CellRecord
 from cnn.sources import SyntheticSource
@@ -94,10 +94,13 @@ def test_a_crash_leaves_no_dataset_a_reader_accepts(tmp_path, monkeypatch):
     monkeypatch.setattr(SyntheticSource, "iter_payloads", _crashing_after(30))
     with pytest.raises(RuntimeError, match="killed"):
         _ingest(SyntheticSource(count=80), tmp_path)
-    assert [path.name for path in (tmp_path / "datasets").iterdir()] == [LOCKS_DIR]
+    (attempt,) = [path for path in (tmp_path / "datasets").iterdir() if path.name != LOCKS_DIR]
+    assert not list(attempt.glob("*.json"))
+    with pytest.raises(DatasetError, match="not a finished dataset"):
+        open_dataset(attempt)
     monkeypatch.undo()
     dataset, cache_hit = _ingest(SyntheticSource(count=80), tmp_path)
-    assert not cache_hit and dataset.rows == 80
+    assert not cache_hit and dataset.rows == 80 and dataset.path == attempt
 
 
 def _crashing_after(count: int):
@@ -108,6 +111,18 @@ def _crashing_after(count: int):
             if index == count:
                 raise RuntimeError("killed mid-ingest")
             yield item
+
+    return crashing
+
+
+def _crashing_at(source_id: str):
+    original = SyntheticSource.iter_payloads
+
+    def crashing(self, records):
+        for record, payload in original(self, records):
+            if record.source_id == source_id:
+                raise RuntimeError("killed mid-ingest")
+            yield record, payload
 
     return crashing
 
@@ -214,25 +229,26 @@ def test_worker_processes_write_exactly_what_one_process_writes(spec, tmp_path):
     assert tables[0].equals(tables[1])
 
 
-def test_temporaries_of_dead_ingests_are_removed_and_live_ones_kept(tmp_path):
-    import os
-    import socket
+def test_a_rerun_clears_a_dead_attempts_shards_so_the_folder_reads_exactly_the_dataset(
+    tmp_path, monkeypatch
+):
+    import pandas as pd
 
-    from cnn.dataset import dataset_fingerprint
-
-    source = SyntheticSource(count=40)
+    last = SyntheticSource(count=600).list_records()[-1].source_id
+    monkeypatch.setattr(SyntheticSource, "iter_payloads", _crashing_at(last))
     config = IngestConfig(source="synthetic", image_size=32)
-    name = f"synthetic-32px-{dataset_fingerprint(source.fingerprint(), config)}"
-    datasets = tmp_path / "datasets"
-    host = socket.gethostname()
-    dead = datasets / f".{name}.tmp-{host}-999999-deadbeef"
-    alive = datasets / f".{name}.tmp-{host}-{os.getpid()}-cafecafe"
-    other_host = datasets / f".{name}.tmp-elsewhere-1-00000000"
-    for path in (dead, alive, other_host):
-        path.mkdir(parents=True)
-        (path / "part-00000.parquet").write_bytes(b"half")
-    build_dataset(source, config, datasets)
-    assert not dead.exists() and alive.exists() and other_host.exists()
+    with pytest.raises(RuntimeError, match="killed"):  # in this process: its shards in turn
+        build_dataset(SyntheticSource(count=600), config, tmp_path / "datasets", workers=1)
+    (attempt,) = [path for path in (tmp_path / "datasets").iterdir() if path.name != LOCKS_DIR]
+    assert list(attempt.glob("*.parquet"))  # the shards finished before the crash
+    monkeypatch.undo()
+    dataset, _ = _ingest(SyntheticSource(count=600), tmp_path)
+    attempts = {path.stem.rsplit("-", 1)[1] for path in dataset.path.glob("*.parquet")}
+    assert len(attempts) == 1  # the dead attempt's shards are gone
+    assert {shard.file for shard in dataset.manifest.shards} == {
+        path.name for path in dataset.path.glob("*.parquet")
+    }
+    assert len(pd.read_parquet(dataset.path)) == 600
 
 
 def test_manifest_summary_lists_counts_sizes_and_skips(nih_folder, tmp_path):

@@ -327,8 +327,7 @@ def test_bad_paths_fail_with_one_line_naming_them(
         ("MALARIA_IO_RETRIES", "three"),
         ("MALARIA_IO_RETRIES", "99"),
         ("MALARIA_IO_RETRY_DELAY_SECONDS", "-1"),
-        # was: exit 0, and the dataset written to a local folder named "s3:/bucket/prefix"
-        ("MALARIA_DATA_DIR", "s3://bucket/prefix"),
+        ("MALARIA_DATA_DIR", "nosuchfs://bucket/prefix"),
     ],
 )
 def test_a_bad_setting_is_named_before_any_work(variable, value, capsys, data_dir, monkeypatch):

@@ -1,5 +1,6 @@
-"""SIGKILL an ingest at its delicate moments (its temporary directory made, its first shard
-being written, its later shards being written): nothing half-written is ever accepted."""
+"""SIGKILL an ingest at its delicate moments (its folder made, its first shard being written,
+its later shards being written): nothing half-written is ever accepted, and the rerun leaves
+exactly the dataset's shards."""
 
 import os
 import signal
@@ -11,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cnn.dataset import LOCKS_DIR, DatasetError, open_dataset
+from cnn.dataset import DatasetError, open_dataset
+from cnn.locks import LOCKS_DIR
 from tests.conftest import write_nih_folder
 
 pytestmark = pytest.mark.slow
@@ -55,19 +57,17 @@ def cell_folder(tmp_path_factory) -> Path:
     return write_nih_folder(tmp_path_factory.mktemp("kill") / "cells", per_class=700)
 
 
-def _temporaries(datasets: Path) -> list[Path]:
-    return (
-        [path for path in datasets.glob(".*.tmp-*") if path.is_dir()] if datasets.exists() else []
-    )
+def _attempts(datasets: Path) -> list[Path]:
+    return list(datasets.glob("folder-*")) if datasets.exists() else []
 
 
 MOMENTS = {
-    "temporary-directory": lambda datasets: bool(_temporaries(datasets)),
+    "dataset-folder": lambda datasets: bool(_attempts(datasets)),
     "first-shard": lambda datasets: any(
-        shard for temporary in _temporaries(datasets) for shard in temporary.glob("*.parquet")
+        shard for attempt in _attempts(datasets) for shard in attempt.glob("*.parquet")
     ),
     "later-shards": lambda datasets: any(
-        len(list(temporary.glob("*.parquet"))) >= 4 for temporary in _temporaries(datasets)
+        len(list(attempt.glob("*.parquet"))) >= 4 for attempt in _attempts(datasets)
     ),
 }
 """When to kill: each waits for what the ingest has written so far."""
@@ -96,8 +96,7 @@ def test_sigkill_at_any_moment_leaves_nothing_a_rerun_would_trust(moment, cell_f
     rerun = _run_ingest(cell_folder, datasets)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     (finished,) = _accepted_datasets(datasets)
-    table = pq.read_table(open_dataset(finished).shard_paths, columns=["source_id"])
+    table = pq.read_table(finished, columns=["source_id"])  # every file in its folder
     assert table.num_rows == 1400
     assert len(set(table["source_id"].to_pylist())) == 1400
-    leftovers = [path.name for path in datasets.iterdir() if path.name.startswith(".")]
-    assert leftovers == [LOCKS_DIR]  # no temporary directory; the lock files stay
+    assert sorted(path.name for path in datasets.iterdir()) == [LOCKS_DIR, finished.name]
