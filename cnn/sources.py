@@ -1,4 +1,5 @@
-"""Where cell images come from: `tfds`, `folder:PATH` and `zip:PATH` (NIH layout), `synthetic`.
+"""Where cell images come from: `tfds`, `folder:PATH` (a local folder or a URI such as
+`s3://bucket/cells`) and `zip:PATH` (NIH layout), `synthetic`.
 
 A source lists its records cheaply (id, label, patient group) before any image is decoded,
 so subsets and splits are decided first; then it streams the payloads of chosen records.
@@ -13,6 +14,8 @@ import numpy as np
 from cnn import synthetic
 from cnn.files import FolderSource, ZipSource
 from cnn.records import CellRecord, CellSource, Payload, SourceError
+from cnn.storage import location
+from cnn.stored_folder import StoredFolderSource
 from cnn.tfds_source import TfdsSource
 
 SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH", "zip:PATH")
@@ -53,6 +56,8 @@ def open_source(
         return TfdsSource(data_dir=tfds_data_dir)
     if kind == "zip":
         return ZipSource(Path(argument))
+    if "://" in argument:
+        return StoredFolderSource(location(argument))
     return FolderSource(Path(argument))
 
 
