@@ -84,7 +84,7 @@ def stack_up(settings: StackSettings) -> StackState:
     state = StackState(settings.prefect_url, settings.mlflow_url, settings.client_env)
     try:
         backends = _start_backends(settings, state, logs)
-        state.env.update(backends.s3_env)
+        state.env.update({**backends.s3_env, "MALARIA_DATA_DIR": backends.data_dir})
         prefect_db = {PREFECT_DATABASE_VARIABLE: backends.prefect_database}
         _start(state, "prefect-server", _prefect_server_command(settings), logs, prefect_db)
         mlflow_command = _mlflow_server_command(settings, backends)
@@ -158,11 +158,14 @@ def _prefect_server_command(settings: StackSettings) -> list[str]:
 
 @dataclass(frozen=True)
 class Backends:
-    """Where the servers keep their data, and what an S3 client needs to reach the store."""
+    """Where the servers and the workers keep their data, and what an S3 client needs to
+    reach the store."""
 
     prefect_database: str
     mlflow_backend: str
     mlflow_artifacts: str
+    data_dir: str
+    """The workers' MALARIA_DATA_DIR: datasets, checkpoints and kept models."""
     s3_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -176,13 +179,15 @@ def embedded_backends(settings: StackSettings) -> Backends:
         or f"sqlite+aiosqlite:///{database}",
         mlflow_backend=f"sqlite:///{store / 'mlflow.db'}",
         mlflow_artifacts=str(store / "artifacts"),
+        data_dir=settings.data_dir,
     )
 
 
 def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> Backends:
     """The embedded profile's SQLite files (the Prefect server's own, so that a command's
     temporary server, on Prefect's home database, never runs the stack's automations), or
-    the team profile's PostgreSQL and object store: the given ones, or ones started here."""
+    the team profile's PostgreSQL and object store (MLflow's artifacts and the workers' data
+    folder on it): the given ones, or ones started here."""
     if settings.profile == "embedded":
         return embedded_backends(settings)
     from app.team import BUCKET, ObjectStore, Postgres, free_port_with_grpc, wait_for_postgres
@@ -214,6 +219,7 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
         prefect_database=f"postgresql+asyncpg://{host_and_port}/prefect",
         mlflow_backend=f"postgresql+psycopg2://{host_and_port}/mlflow",
         mlflow_artifacts=f"{artifacts.rstrip('/')}/mlflow",
+        data_dir=f"{artifacts.rstrip('/')}/data",
         s3_env=s3_env,
     )
 

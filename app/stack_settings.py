@@ -72,7 +72,7 @@ class StackSettings(BaseModel):
         8333, description="S3 port of the object store the stack starts"
     )
     mlflow_store: Path = Path("mlflow") / "store"
-    data_dir: Path = Field(default_factory=data_dir)
+    data_dir: str = Field(default_factory=lambda: data_dir().uri)
 
     @property
     def state_file(self) -> Path:
@@ -89,11 +89,10 @@ class StackSettings(BaseModel):
 
     @property
     def client_env(self) -> dict[str, str]:
-        """What a process needs to use the stack: the two servers and the shared data."""
+        """What a process needs to use the stack's two servers."""
         return {
             "PREFECT_API_URL": f"{self.prefect_url}/api",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MALARIA_DATA_DIR": str(self.data_dir.absolute()),
         }
 
 

@@ -20,7 +20,7 @@ class IngestConfig(BaseModel):
 
     source: str = Field(
         "tfds",
-        description="tfds, synthetic, folder:PATH or zip:PATH (NIH layout)",
+        description="tfds, synthetic, folder:PATH (a folder or a URI) or zip:PATH (NIH layout)",
     )
     image_size: ImageSize = Field(
         64, description="Side of the square images, pixels (the lecture's: 100)"

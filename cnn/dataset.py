@@ -209,6 +209,12 @@ def _write_dataset(
     if manifest.rows == 0:
         final.delete()
         raise DatasetError(f"no image of source {source.kind!r} could be decoded")
+    gone = [shard.file for shard in manifest.shards if not (final / shard.file).is_file()]
+    if gone:  # only a writer that ignores our lock deletes them: never commit a gap
+        raise DatasetError(
+            f"shard {gone[0]!r} of {final.uri!r} was deleted while it was written: another "
+            "host ingests the same source without a lock both share (a Prefect server)"
+        )
     manifest.write(final / MANIFEST_NAME)
     return open_dataset(final)
 

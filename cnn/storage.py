@@ -2,7 +2,7 @@
 `gs://bucket/key`, `hdfs://…`, `file:///…`), as one `Location`.
 
 pyarrow.fs rather than fsspec: Parquet is read and written through it natively (no Python in
-the data path, with its own read-ahead), its S3 client is the AWS SDK's, and pyarrow is already
+the data path), its S3 client is the AWS SDK's, and pyarrow is already
 here. S3 settings are the standard ones: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (an
 S3-compatible server), `AWS_REGION` or `AWS_DEFAULT_REGION`, credentials from the SDK's chain
 (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE` and the shared files, instance
@@ -145,10 +145,10 @@ class Location:
             raise self._unreachable(error) from error
 
     def parquet(self) -> pq.ParquetFile:
-        """The Parquet file at the location, its footer read (remote reads buffer ahead)."""
-        return pq.ParquetFile(
-            self.filesystem.open_input_file(self.path), pre_buffer=not self.is_local
-        )
+        """The Parquet file at the location, its footer read. Not `pre_buffer`: an open file
+        keeps the last row group it pre-buffered, so memory grew with the shards a training
+        holds open (and reads from S3 were no faster)."""
+        return pq.ParquetFile(self.filesystem.open_input_file(self.path))
 
     def _unreachable(self, error: OSError) -> StorageError | StorageUnavailableError:
         """The error to raise for `error`: it names the location and, for S3, the endpoint."""

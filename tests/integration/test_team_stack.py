@@ -1,21 +1,26 @@
 """The team profile for real: `malaria stack up --profile team` starts PostgreSQL (Debian's
 server, its own data folder) and SeaweedFS under the state folder, Prefect's and MLflow's
-servers on PostgreSQL, MLflow's artifacts in the bucket; a pipeline fans two variants out to a
-worker at once; everything lands where it should and `stack down` leaves no process."""
+servers on PostgreSQL, MLflow's artifacts and the workers' data folder in the bucket. A second
+`gpu` worker joins (as a second host would: its own home, the stack's environment); a retrain
+created through the API, as the UI's Run button does, trains two variants on the two workers
+at once; everything lands where it should and `stack down` leaves no process."""
 
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg2
 import pyarrow.fs as pafs
 import pytest
 
 from app.team import BUCKET, POSTGRES_BIN_DIRS
+from cnn.dataset import open_dataset
 from cnn.storage import location
-from tests.integration.servers import free_port, malaria_in
+from tests.integration.servers import BIN, background, free_port, malaria_in
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,6 +30,16 @@ pytestmark = [
         reason="PostgreSQL's server programs are not installed (.ci/run installs them)",
     ),
 ]
+
+
+RETRAIN_PARAMETERS = {  # what the retrain deployment's form sends: two variants on `gpu`
+    "data": {"source": "synthetic", "limit": 120, "image_size": 32},
+    "variants": ["simple", "lenet5"],
+    "training": {"epochs": 1, "batch_size": 16},
+    "work_pool": "gpu",
+}
+RUN_TIMEOUT_SECONDS = 480
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 @pytest.fixture
@@ -62,20 +77,29 @@ def team_stack(reachable_folder):
 
 
 def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_stack, monkeypatch):
-    state, root, env, postgres_port = team_stack
+    state, root, _, postgres_port = team_stack
     assert {"postgres", "object-store", "prefect-server", "mlflow-server"} <= set(
         state["processes"]
     )
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(state)  # keys stay in their 0600 file
-    pipeline = malaria_in(
-        root,
-        "pipeline", "--source", "synthetic", "--limit", "120", "--image-size", "32",
-        "--variants", "simple,lenet5", "--epochs", "1", "--work-pool", "cpu", "--json",
-        env=env,
-    )  # fmt: skip
-    assert pipeline.returncode == 0, pipeline.stderr[-3000:]
-    result = json.loads(pipeline.stdout.strip().splitlines()[-1])
-    assert {run["variant"] for run in result["runs"]} == {"simple", "lenet5"}
+    assert state["env"]["MALARIA_DATA_DIR"] == f"s3://{BUCKET}/data"
+    api = state["env"]["PREFECT_API_URL"]
+    second_host = root / "second-host"
+    second_host.mkdir()
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--limit", "1"]
+    joined = {**state["env"], "HOME": str(second_host), "PREFECT_HOME": str(second_host)}
+    with background(
+        [*worker, "--name", "second-host-gpu"], second_host / "worker.log", joined, second_host
+    ):
+        retrain = httpx.get(f"{api}/deployments/name/retrain/retrain", timeout=10).json()
+        created = httpx.post(
+            f"{api}/deployments/{retrain['id']}/create_flow_run",
+            json={"parameters": RETRAIN_PARAMETERS},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        flow_run = _wait_for_final_state(api, created.json()["id"])
+    assert flow_run["state"]["type"] == "COMPLETED", (second_host / "worker.log").read_text()
 
     def query(database: str, sql: str) -> list[tuple]:
         connection = psycopg2.connect(
@@ -86,11 +110,18 @@ def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_
             return cursor.fetchall()
 
     runs = dict(query("mlflow", "select run_uuid, status from runs"))
-    assert {run["run_id"] for run in result["runs"]} <= set(runs)
+    assert len(runs) == 3  # the retrain's parent run and one run a variant
     assert set(runs.values()) == {"FINISHED"}
     assert len(query("mlflow", "select version from model_versions")) == 2
-    variants = query("prefect", "select state_type from flow_run where name like 'train-variant %'")
-    assert [state for (state,) in variants] == ["COMPLETED", "COMPLETED"]
+    variants = query(
+        "prefect",
+        "select state_type, start_time, end_time, infrastructure_pid from flow_run "
+        "where name like 'train-variant %' order by start_time",
+    )
+    assert [state for state, *_ in variants] == ["COMPLETED", "COMPLETED"]
+    (_, _, first_end, first_worker), (_, second_start, _, second_worker) = variants
+    assert second_start < first_end  # at once: each worker takes one run at a time
+    assert first_worker != second_worker
 
     for name, value in state["env"].items():
         if name.startswith("AWS_"):  # the endpoint and the credentials file, as workers get
@@ -99,10 +130,23 @@ def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_
     objects = bucket.filesystem.get_file_info(pafs.FileSelector(bucket.path, recursive=True))
     models = [info.path for info in objects if info.path.endswith("/MLmodel")]
     assert len(models) >= 2
+    (dataset,) = [found for found in location(f"s3://{BUCKET}/data/datasets").children()]
+    assert open_dataset(dataset).rows == RETRAIN_PARAMETERS["data"]["limit"]
     assert not (root / "mlflow" / "store").exists()  # nothing in the embedded store
+    assert not (root / "data").exists()  # nor in a local data folder
 
-    for name, log in state["logs"].items():
-        assert "database is locked" not in Path(log).read_text(), name
+    for log in [*state["logs"].values(), second_host / "worker.log"]:
+        assert "database is locked" not in Path(log).read_text(), log
+
+
+def _wait_for_final_state(api: str, flow_run_id: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        if flow_run["state"] and flow_run["state"]["type"] in FINAL_STATES:
+            return flow_run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run_id} not finished in {RUN_TIMEOUT_SECONDS} s")
 
 
 def _running(pid: int) -> bool:
