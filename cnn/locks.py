@@ -20,9 +20,9 @@ from cnn.storage import Location
 POLL_SECONDS = 0.2
 LOCKS_DIR = ".locks"
 """The folder of file locks, inside the folder whose writers they coordinate."""
-HOST_LOCKS_DIR = Path.home() / ".cache" / "malaria" / "locks"
-"""File locks for data on object storage when nothing shared coordinates its writers: they
-exclude the processes of this host only."""
+HOST_LOCKS_DIR = Path(".cache", "malaria", "locks")
+"""Under the user's home: file locks for data on object storage when nothing shared
+coordinates its writers; they exclude the processes of this host only."""
 
 Locks = Callable[[str, float | None], AbstractContextManager[None]]
 """`locks(name, timeout_seconds)`: hold the exclusive lock `name` for a `with` block, waiting
@@ -79,7 +79,7 @@ def lock_file_name(name: str) -> str:
 def folder_locks(folder: Location) -> Locks:
     """File locks for the writers of `folder`: in its LOCKS_DIR when it is local (every host
     that mounts it honours them), else in HOST_LOCKS_DIR (this host's processes only)."""
-    where = Path(folder.path) / LOCKS_DIR if folder.is_local else HOST_LOCKS_DIR
+    where = Path(folder.path) / LOCKS_DIR if folder.is_local else Path.home() / HOST_LOCKS_DIR
 
     def lock(name: str, timeout_seconds: float | None = None) -> AbstractContextManager[None]:
         return exclusive_lock(where / f"{lock_file_name(name)}.lock", timeout_seconds)

@@ -169,7 +169,7 @@ def keep_model(
         return kept if kept.is_file() else None
     with tempfile.TemporaryDirectory(prefix="malaria-model-") as scratch:
         saved = Path(scratch) / "model.keras"  # Keras saves to a local file only
-        with writing(kept.uri):
+        with writing(saved):
             model.save(saved)
         kept.write_bytes(saved.read_bytes())
     return kept
