@@ -39,6 +39,32 @@ def malaria_in(cwd: Path, *arguments: str, env: dict[str, str]) -> subprocess.Co
     )
 
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def wait_for_final_state(api: str, flow_run_id: str, timeout_seconds: float) -> dict:
+    """The flow run once it is in a final state, polled through the Prefect API."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
+        if flow_run["state"] and flow_run["state"]["type"] in FINAL_STATES:
+            return flow_run
+        time.sleep(2)
+    raise TimeoutError(f"flow run {flow_run_id} not finished in {timeout_seconds} s")
+
+
+def run_as_the_ui_does(api: str, deployment_id: str, parameters: dict, timeout: float) -> dict:
+    """Create a flow run of the deployment through the API, as the UI's Run button does, and
+    return it once it is in a final state."""
+    created = httpx.post(
+        f"{api}/deployments/{deployment_id}/create_flow_run",
+        json={"parameters": parameters},
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    return wait_for_final_state(api, created.json()["id"], timeout)
+
+
 def wait_until_healthy(
     url: str, process: subprocess.Popen, log: Path, timeout: float = 120
 ) -> None:

@@ -27,7 +27,7 @@ from cnn.manifest import MANIFEST_NAME, Manifest
 from cnn.sources import open_source
 from cnn.storage import Location, location
 from tests.conftest import write_nih_folder
-from tests.integration.servers import BIN, REPO, malaria_in, seaweed_s3
+from tests.integration.servers import BIN, REPO, malaria_in
 
 pytestmark = pytest.mark.slow
 
@@ -35,19 +35,6 @@ BUCKET = "malaria-team"
 PER_CLASS = 150
 HELD_SECONDS = 20
 """How long the test holds a lock that `malaria ingest` waits for (it ingests in about 8 s)."""
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory) -> dict[str, str]:
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as (env, _):
-        yield env
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch) -> dict[str, str]:
-    for name, value in s3_server.items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 @pytest.fixture(scope="module")

@@ -29,20 +29,6 @@ DEADLINE_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
-def s3_server(tmp_path_factory) -> dict[str, str]:
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as (env, _):
-        yield env
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch) -> dict[str, str]:
-    """This process talks to the module's server, as a user's shell with AWS_* set does."""
-    for name, value in s3_server.items():
-        monkeypatch.setenv(name, value)
-    return s3_server
-
-
-@pytest.fixture(scope="module")
 def local_dataset(tmp_path_factory) -> Dataset:
     config = IngestConfig(source="synthetic", limit=240, image_size=16)
     dataset, _ = build_dataset(

@@ -12,7 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from app.alerts import ALERTS, AUTOMATION_PREFIX
-from tests.integration.servers import WebhookReceiver, free_port, malaria_in
+from tests.integration.servers import (
+    WebhookReceiver,
+    free_port,
+    malaria_in,
+    run_as_the_ui_does,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -96,13 +101,7 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
     assert refused.status_code in (409, 422), refused.text
     assert "image_size" in refused.text
 
-    created = httpx.post(
-        f"{api}/deployments/{retrain['id']}/create_flow_run",
-        json={"parameters": UI_PARAMETERS},
-        timeout=10,
-    )
-    assert created.status_code == 201, created.text
-    flow_run = _wait_for_final_state(api, created.json()["id"])
+    flow_run = run_as_the_ui_does(api, retrain["id"], UI_PARAMETERS, RUN_TIMEOUT_SECONDS)
     assert flow_run["state"]["type"] == "COMPLETED", _worker_logs(state)
     assert flow_run["work_pool_name"] == "cpu"
 
@@ -205,21 +204,6 @@ def _command_line(process: psutil.Process) -> list[str]:
         return process.cmdline()
     except (psutil.ZombieProcess, psutil.NoSuchProcess):
         return []
-
-
-def _wait_for_final_state(api: str, flow_run_id: str) -> dict:
-    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
-        if flow_run["state"] and flow_run["state"]["type"] in (
-            "COMPLETED",
-            "FAILED",
-            "CRASHED",
-            "CANCELLED",
-        ):
-            return flow_run
-        time.sleep(2)
-    raise TimeoutError(f"flow run {flow_run_id} not finished in {RUN_TIMEOUT_SECONDS} s")
 
 
 def _running(pid: int) -> bool:

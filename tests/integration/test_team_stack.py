@@ -8,7 +8,6 @@ at once; everything lands where it should and `stack down` leaves no process."""
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,13 @@ import pytest
 from app.team import BUCKET, POSTGRES_BIN_DIRS
 from cnn.dataset import open_dataset
 from cnn.storage import location
-from tests.integration.servers import BIN, background, free_port, malaria_in
+from tests.integration.servers import (
+    BIN,
+    background,
+    free_port,
+    malaria_in,
+    run_as_the_ui_does,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,7 +44,6 @@ RETRAIN_PARAMETERS = {  # what the retrain deployment's form sends: two variants
     "work_pool": "gpu",
 }
 RUN_TIMEOUT_SECONDS = 480
-FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 @pytest.fixture
@@ -92,13 +96,7 @@ def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_
         [*worker, "--name", "second-host-gpu"], second_host / "worker.log", joined, second_host
     ):
         retrain = httpx.get(f"{api}/deployments/name/retrain/retrain", timeout=10).json()
-        created = httpx.post(
-            f"{api}/deployments/{retrain['id']}/create_flow_run",
-            json={"parameters": RETRAIN_PARAMETERS},
-            timeout=10,
-        )
-        assert created.status_code == 201, created.text
-        flow_run = _wait_for_final_state(api, created.json()["id"])
+        flow_run = run_as_the_ui_does(api, retrain["id"], RETRAIN_PARAMETERS, RUN_TIMEOUT_SECONDS)
     assert flow_run["state"]["type"] == "COMPLETED", (second_host / "worker.log").read_text()
 
     def query(database: str, sql: str) -> list[tuple]:
@@ -137,16 +135,6 @@ def test_a_team_stack_keeps_runs_in_postgresql_and_artifacts_in_the_bucket(team_
 
     for log in [*state["logs"].values(), second_host / "worker.log"]:
         assert "database is locked" not in Path(log).read_text(), log
-
-
-def _wait_for_final_state(api: str, flow_run_id: str) -> dict:
-    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10).json()
-        if flow_run["state"] and flow_run["state"]["type"] in FINAL_STATES:
-            return flow_run
-        time.sleep(2)
-    raise TimeoutError(f"flow run {flow_run_id} not finished in {RUN_TIMEOUT_SECONDS} s")
 
 
 def _running(pid: int) -> bool:
