@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.team import GRPC_OFFSET
 from cnn.settings import data_dir
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -68,8 +69,12 @@ class StackSettings(BaseModel):
         "state folder",
     )
     postgres_port: Port = Field(5432, description="Port of the PostgreSQL server the stack starts")
-    object_store_port: Port = Field(
-        8333, description="S3 port of the object store the stack starts"
+    object_store_port: int = Field(
+        8333,
+        ge=1,
+        le=65535 - GRPC_OFFSET,
+        description="S3 port of the object store the stack starts (SeaweedFS takes the port "
+        f"{GRPC_OFFSET} above it too)",
     )
     mlflow_store: Path = Path("mlflow") / "store"
     data_dir: str = Field(default_factory=lambda: data_dir().uri)

@@ -47,6 +47,9 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["stack", "up", "--prefect-port", "70000"], "--prefect-port"),
         (["stack", "up", "--mlflow-port", "0"], "--mlflow-port"),
         (["stack", "up", "--mlflow-workers", "0"], "--mlflow-workers"),
+        # was: SeaweedFS could not bind its gRPC port (70000), "not ready" after 120 s
+        (["stack", "up", "--profile", "team", "--object-store-port", "60000"], "55535"),
+        (["pipeline", "--source", "folder:nosuchfs://bucket/cells"], "nosuchfs://"),
         (["stack", "restart"], "restart"),
         (["stack", "status", "--state-dir", "/no/such/stack"], "/no/such/stack/stack.json"),
         (["stack", "down", "--state-dir", "/no/such/stack"], "malaria stack up"),

@@ -16,7 +16,7 @@ import psycopg2
 import pyarrow.fs as pafs
 import pytest
 
-from app.team import BUCKET, POSTGRES_BIN_DIRS
+from app.team import BUCKET, POSTGRES_BIN_DIRS, free_port_with_grpc
 from cnn.dataset import open_dataset
 from cnn.storage import location
 from tests.integration.servers import (
@@ -63,7 +63,7 @@ def team_stack(reachable_folder):
         "--prefect-port": free_port(),
         "--mlflow-port": free_port(),
         "--postgres-port": free_port(),
-        "--object-store-port": free_port(),
+        "--object-store-port": free_port_with_grpc(),
     }
     options = [str(part) for option in ports.items() for part in option]
     up = ["stack", "up", "--profile", "team", *options, "--mlflow-workers", "1", "--json"]
