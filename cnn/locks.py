@@ -24,6 +24,10 @@ HOST_LOCKS_DIR = Path(".cache", "malaria", "locks")
 """Under the user's home: file locks for data on object storage when nothing shared
 coordinates its writers; they exclude the processes of this host only."""
 
+TEMPORARY_SERVER_VARIABLE = "MALARIA_TEMPORARY_PREFECT_SERVER"
+"""Set (to 1) by `malaria` when its flows report to a temporary Prefect server of its own,
+whose locks would bind that one process: writers then take file locks."""
+
 Locks = Callable[[str, float | None], AbstractContextManager[None]]
 """`locks(name, timeout_seconds)`: hold the exclusive lock `name` for a `with` block, waiting
 at most `timeout_seconds` (None: as long as it takes), else LockTimeoutError."""

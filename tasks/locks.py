@@ -4,10 +4,12 @@ A local folder (or one mounted on every host) keeps file locks beside it. Object
 no lock of its own that pyarrow reaches, so there the writers take turns on the Prefect
 server's global concurrency limits: one slot each, held under a lease that the holder renews,
 which the server frees when a killed holder stops renewing it. Every host that shares the
-server (the team stack) honours them. With no shared server (the embedded default) the
-locks are file locks of this host: its processes take turns, other hosts do not see them.
+server (the team stack) honours them. With no shared server (the embedded default, where a
+`malaria` command reports to a temporary server of its own) the locks are file locks of this
+host: its processes take turns, other hosts do not see them.
 """
 
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
@@ -16,13 +18,20 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
-from cnn.locks import Locks, LockTimeoutError, folder_locks, lock_file_name
+from cnn.locks import (
+    TEMPORARY_SERVER_VARIABLE,
+    Locks,
+    LockTimeoutError,
+    folder_locks,
+    lock_file_name,
+)
 from cnn.storage import Location
 
 LIMIT_PREFIX = "malaria-lock-"
 """Global concurrency limits that are locks are named this and the lock's name."""
 LEASE_SECONDS = 60
-"""How long a killed holder keeps a lock: its lease, renewed while the holder lives."""
+"""A holder's lease, renewed while it lives: a killed holder keeps the lock this long, until
+the server's next repossession pass."""
 TRY_SECONDS = 2.0
 """What a lock asked for with no wait (timeout 0) waits for the server's answer."""
 
@@ -30,7 +39,8 @@ TRY_SECONDS = 2.0
 def data_locks(folder: Location) -> Locks:
     """The locks for writers of `folder`: the shared Prefect server's when `folder` is on
     object storage and a server is configured, else file locks (`cnn.locks.folder_locks`)."""
-    if folder.is_local or not PREFECT_API_URL.value():
+    temporary = os.environ.get(TEMPORARY_SERVER_VARIABLE) == "1"
+    if folder.is_local or temporary or not PREFECT_API_URL.value():
         return folder_locks(folder)
     return server_lock
 
