@@ -113,6 +113,11 @@ class Location:
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary.replace(target)
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)  # the rename itself on disk
+            finally:
+                os.close(folder)
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -145,9 +150,10 @@ class Location:
             raise self._unreachable(error) from error
 
     def parquet(self) -> pq.ParquetFile:
-        """The Parquet file at the location, its footer read. Without `pre_buffer` (pyarrow's
-        default): an open file keeps the last row group it pre-buffered, so a training that
-        holds its shards open grew by a row group a shard (and reads from S3 were no faster)."""
+        """The Parquet file at the location, its footer read. Without `pre_buffer`, which
+        pyarrow turns on by default: an open file keeps the last row group it pre-buffered, so
+        a training that holds its shards open grew by a row group a shard (and reads from S3
+        were no faster)."""
         return pq.ParquetFile(self.filesystem.open_input_file(self.path), pre_buffer=False)
 
     def _unreachable(self, error: OSError) -> StorageError | StorageUnavailableError:
