@@ -128,7 +128,7 @@ def build_dataset(
     Writers of one dataset take turns on its lock from `locks` (by default file locks:
     `cnn.locks.folder_locks`), so concurrent identical ingests write it once.
     """
-    folder = datasets_dir if isinstance(datasets_dir, Location) else location(datasets_dir)
+    folder = location(datasets_dir)
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
     fingerprint = dataset_fingerprint(source_fingerprint, config)
     final = folder / _dataset_name(source, config, fingerprint)
@@ -150,7 +150,7 @@ def find_dataset(
 
     Lists the source (to fingerprint it) but decodes nothing.
     """
-    folder = datasets_dir if isinstance(datasets_dir, Location) else location(datasets_dir)
+    folder = location(datasets_dir)
     fingerprint = dataset_fingerprint(source.fingerprint(), config)
     found = folder / _dataset_name(source, config, fingerprint)
     return open_dataset(found) if manifest_path(found) else None
@@ -222,7 +222,7 @@ def _write_dataset(
 def open_dataset(where: str | Path | Location) -> Dataset:
     """Open a finished dataset (a local folder or a URI), refusing anything without a
     complete manifest and shards."""
-    found = where if isinstance(where, Location) else location(where)
+    found = location(where)
     kind = found.info().type
     if kind == FileType.NotFound:
         reason = "is a broken link" if found.is_local and Path(found.path).is_symlink() else ""

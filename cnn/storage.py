@@ -67,7 +67,7 @@ class Location:
 
     def info(self) -> pafs.FileInfo:
         """What is at the location (`type` NotFound when nothing); a store that cannot be
-        reached raises StorageError naming it."""
+        reached raises StorageUnavailableError naming it."""
         try:
             return self.filesystem.get_file_info(self.path)
         except OSError as error:
@@ -160,16 +160,18 @@ class Location:
         """The error to raise for `error`: it names the location and, for S3, the endpoint."""
         reason = " ".join(str(error).split())
         if self.is_local:
-            return StorageError(f"cannot read {self.uri}: {reason}")
+            return StorageError(f"cannot use {self.uri}: {reason}")
         endpoint = ""
         if isinstance(self.filesystem, pafs.S3FileSystem):
             endpoint = f" (endpoint {_s3_endpoint() or 'AWS'})"
         return StorageUnavailableError(f"cannot reach {self.uri}{endpoint}: {reason}")
 
 
-def location(where: str | Path) -> Location:
-    """The location a local path or a URI names; StorageError for a scheme that no
-    filesystem here knows."""
+def location(where: "str | Path | Location") -> Location:
+    """The location a local path or a URI names (a Location: itself); StorageError for a
+    scheme that no filesystem here knows."""
+    if isinstance(where, Location):
+        return where
     text = str(where)
     if "://" not in text:
         path = Path(text).expanduser().absolute()
