@@ -22,6 +22,14 @@ import httpx
 
 from app.prefect_api import answers, make_prefect_home
 from app.stack_settings import HEARTBEAT_SECONDS, QUIET_ENVIRONMENT, StackSettings, client_host
+from app.team import (
+    BUCKET,
+    ObjectStore,
+    Postgres,
+    Started,
+    free_port_with_grpc,
+    wait_for_postgres,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL = "gpu"
@@ -190,8 +198,6 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
     folder on it): the given ones, or ones started here."""
     if settings.profile == "embedded":
         return embedded_backends(settings)
-    from app.team import BUCKET, ObjectStore, Postgres, free_port_with_grpc, wait_for_postgres
-
     database_url = settings.database_url
     if database_url is None:
         postgres = Postgres(
@@ -201,7 +207,7 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
         )
         postgres.initialise()
         _start(state, POSTGRES, postgres.command(), logs, {}, user=postgres.user)
-        wait_for_postgres(postgres, HEALTH_TIMEOUT_SECONDS)
+        wait_for_postgres(postgres, HEALTH_TIMEOUT_SECONDS, _started(state, POSTGRES))
         database_url = postgres.url
     artifacts, s3_env = settings.object_store, {}
     if artifacts is None:
@@ -212,7 +218,7 @@ def _start_backends(settings: StackSettings, state: StackState, logs: Path) -> B
             {**ports, "s3": settings.object_store_port},
         )
         _start(state, OBJECT_STORE, objects.command(), logs, {})
-        objects.wait_ready(HEALTH_TIMEOUT_SECONDS)
+        objects.wait_ready(HEALTH_TIMEOUT_SECONDS, _started(state, OBJECT_STORE))
         artifacts, s3_env = f"s3://{BUCKET}", objects.client_env
     host_and_port = database_url.removeprefix("postgresql://")
     return Backends(
@@ -296,6 +302,12 @@ def _start(
         )
     state.processes[name] = process.pid
     state.logs[name] = str(log.absolute())
+
+
+def _started(state: StackState, name: str) -> Started:
+    """A store the stack started, as its waits see it."""
+    pid = state.processes[name]
+    return Started(name, lambda: _alive(pid), Path(state.logs[name]))
 
 
 def _wait_healthy(state: StackState, name: str, url: str) -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ POSTGRES_USER = "postgres"
 """The account Debian's package makes: the server refuses to run as root."""
 DATABASES = ("prefect", "mlflow")
 BUCKET = "malaria"
+REGION = "us-east-1"
+"""The region S3 clients name: SeaweedFS takes any."""
 GRPC_OFFSET = 10000
 """SeaweedFS also listens on each of its ports + 10000 (gRPC)."""
 
@@ -85,7 +88,7 @@ class Postgres:
     @property
     def user(self) -> str | None:
         """Who the server runs as: the postgres account when this runs as root."""
-        return POSTGRES_USER if os.geteuid() == 0 else None
+        return _postgres_account()
 
 
 def _postgres_bin(name: str) -> Path:
@@ -101,19 +104,57 @@ def _postgres_bin(name: str) -> Path:
     return Path(found)
 
 
+def _postgres_account() -> str | None:
+    """The account the server and its tools run as: postgres when this runs as root (the
+    server refuses root), else this account."""
+    return POSTGRES_USER if os.geteuid() == 0 else None
+
+
 def _give_to_postgres(folder: Path) -> None:
-    if os.geteuid() == 0:
+    if _postgres_account() is not None:
         shutil.chown(folder, POSTGRES_USER, POSTGRES_USER)
 
 
 def _run_as_postgres(command: list[str]) -> subprocess.CompletedProcess:
-    user = POSTGRES_USER if os.geteuid() == 0 else None
     completed = subprocess.run(
-        command, user=user, capture_output=True, text=True, timeout=120, cwd="/"
+        command, user=_postgres_account(), capture_output=True, text=True, timeout=120, cwd="/"
     )
     if completed.returncode != 0:
         raise StoreError(f"`{Path(command[0]).name}` failed: {completed.stderr.strip()[-500:]}")
     return completed
+
+
+@dataclass(frozen=True)
+class Started:
+    """A store's process as the stack started it: its name, whether it runs, and its log."""
+
+    name: str
+    running: Callable[[], bool]
+    log: Path
+
+
+def _retry_until_ready(
+    attempt: Callable[[], None],
+    not_yet: type[Exception],
+    timeout_seconds: float,
+    started: Started,
+) -> None:
+    """Try `attempt` every half second until it passes; fail at once, naming the log, when
+    the store's process has exited, and with its last error after `timeout_seconds`."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if not started.running():
+            raise StoreError(f"{started.name} exited while starting; see {started.log}")
+        try:
+            attempt()
+            return
+        except not_yet as error:
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{started.name} not ready after {timeout_seconds:.0f} s: "
+                    f"{' '.join(str(error).split())}; see {started.log}"
+                ) from error
+            time.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -154,7 +195,7 @@ class ObjectStore:
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
-            "AWS_REGION": "us-east-1",
+            "AWS_REGION": REGION,
             "AWS_SHARED_CREDENTIALS_FILE": str(self.credentials_file.absolute()),
         }
 
@@ -179,7 +220,7 @@ class ObjectStore:
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports otherwise
         ]  # fmt: skip
 
-    def wait_ready(self, timeout_seconds: float) -> None:
+    def wait_ready(self, timeout_seconds: float, started: Started) -> None:
         """Until the bucket exists and takes an object (the S3 port answers before the volume
         server is up)."""
         import pyarrow.fs as pafs
@@ -189,35 +230,23 @@ class ObjectStore:
             endpoint_override=self.endpoint,
             access_key=key,
             secret_key=secret,
-            region="us-east-1",
+            region=REGION,
             connect_timeout=2,
             request_timeout=5,
             allow_bucket_creation=True,
         )
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            try:
-                s3.create_dir(BUCKET)
-                with s3.open_output_stream(f"{BUCKET}/.ready") as probe:
-                    probe.write(b"ok")
-                return
-            except OSError as error:
-                if time.monotonic() > deadline:
-                    message = f"the object store at {self.endpoint} is not ready: {error}"
-                    raise StoreError(message) from error
-                time.sleep(0.5)
+
+        def bucket_takes_an_object() -> None:
+            s3.create_dir(BUCKET)
+            with s3.open_output_stream(f"{BUCKET}/.ready") as probe:
+                probe.write(b"ok")
+
+        _retry_until_ready(bucket_takes_an_object, OSError, timeout_seconds, started)
 
 
-def wait_for_postgres(postgres: Postgres, timeout_seconds: float) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            postgres.create_databases()
-            return
-        except StoreError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+def wait_for_postgres(postgres: Postgres, timeout_seconds: float, started: Started) -> None:
+    """Until the server takes connections and has its databases."""
+    _retry_until_ready(postgres.create_databases, StoreError, timeout_seconds, started)
 
 
 def free_port_with_grpc() -> int:

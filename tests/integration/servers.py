@@ -112,13 +112,14 @@ def seaweed_s3(root: Path, ports: dict[str, int] | None = None):
     SeaweedFS with one identity, no anonymous access), on free 127.0.0.1 ports (or `ports`, to
     start it again over the same `root`); yields what an S3 client needs and the ports.
     Stopped by its pid: SIGTERM, then SIGKILL (weed does not exit promptly on SIGTERM)."""
-    from app.team import ObjectStore, free_port_with_grpc
+    from app.team import ObjectStore, Started, free_port_with_grpc
 
     names = ("master", "volume", "filer", "s3")
     store = ObjectStore(root, "127.0.0.1", ports or {name: free_port_with_grpc() for name in names})
     root.mkdir(parents=True, exist_ok=True)
-    with background(store.command(), root / "weed.log", {}, cwd=root, stop_seconds=3):
-        store.wait_ready(timeout_seconds=60)
+    log = root / "weed.log"
+    with background(store.command(), log, {}, cwd=root, stop_seconds=3) as process:
+        store.wait_ready(60, Started("SeaweedFS", lambda: process.poll() is None, log))
         yield store.client_env, store.ports
 
 
