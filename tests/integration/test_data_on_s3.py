@@ -76,7 +76,11 @@ def test_the_pipeline_with_its_data_folder_on_s3_writes_nothing_locally(
     work.mkdir()
     pipeline = ["pipeline", "--source", f"folder:{cells_on_s3}", "--image-size", "24"]
     options = ["--variants", "simple", "--epochs", "2", "--batch-size", "32", "--json"]
+    checkpoints = location(data) / "checkpoints"
+    seen: set[str] = set()
+    watch = Watch(lambda: seen.update(_files_under(checkpoints)))
     finished = malaria_in(work, *pipeline, *options, env=env)
+    watch.stop()
     assert finished.returncode == 0, finished.stderr[-3000:]
     summary = json.loads(finished.stdout.strip().splitlines()[-1])
     assert list(work.iterdir()) == []  # no data folder, no MLflow store: nothing local
@@ -87,7 +91,9 @@ def test_the_pipeline_with_its_data_folder_on_s3_writes_nothing_locally(
     frame = pd.read_parquet(dataset.path, filesystem=dataset.filesystem)  # any Parquet reader
     assert len(frame) == opened.rows and frame["source_id"].is_unique
     assert summary["dataset"]["path"] == dataset.uri
-    assert _files_under(location(data) / "checkpoints") == []  # cleared once the model was logged
+    written = {path.rsplit("/", 2)[-2] for path in seen if path.endswith("/state.json")}
+    assert "epoch-0002-phase-0" in written  # each epoch's checkpoint went to the bucket
+    assert _files_under(checkpoints) == []  # and was cleared once the model was logged
 
     output = f"s3://{BUCKET}/{tmp_path.name}/predictions/p.parquet"
     model = summary["runs"][0]["model_uri"]
@@ -149,26 +155,19 @@ def _ingest(cells: str, datasets: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-class ManifestWatch:
-    """Checks, as often as it can while it runs, that every manifest under `datasets` names
-    only shards that are there: what a reader on another host could see at any moment."""
+class Watch:
+    """Runs `look` over and over in a thread until stopped: what a reader on another host
+    could see at any moment."""
 
-    def __init__(self, datasets: Location) -> None:
-        self.datasets, self.problems, self.looks = datasets, [], 0
+    def __init__(self, look) -> None:
+        self.look, self.looks = look, 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
     def _watch(self) -> None:
         while not self.stopped.is_set():
-            for dataset in _datasets(self.datasets):
-                manifest = dataset / MANIFEST_NAME
-                if not manifest.is_file():
-                    continue
-                stated = {shard.file for shard in Manifest.read(manifest).shards}
-                there = {found.name for found in dataset.children()}
-                if stated - there:
-                    self.problems.append(sorted(stated - there))
+            self.look()
             self.looks += 1
 
     def stop(self) -> None:
@@ -176,11 +175,23 @@ class ManifestWatch:
         self.thread.join(timeout=30)
 
 
+def _shards_missing(datasets: Location) -> list[str]:
+    """The shards that a manifest under `datasets` names and that are not there."""
+    missing = []
+    for dataset in _datasets(datasets):
+        manifest = dataset / MANIFEST_NAME
+        if manifest.is_file():
+            stated = {shard.file for shard in Manifest.read(manifest).shards}
+            missing += sorted(stated - {found.name for found in dataset.children()})
+    return missing
+
+
 def test_a_killed_ingest_to_s3_leaves_nothing_trusted_and_the_rerun_is_exact(
     s3, cells_on_s3, tmp_path
 ):
     datasets = location(f"s3://{BUCKET}/{tmp_path.name}/datasets")
-    watch = ManifestWatch(datasets)
+    problems: list[str] = []
+    watch = Watch(lambda: problems.extend(_shards_missing(datasets)))
     process = _ingest(cells_on_s3, datasets.uri, s3)
     deadline = time.monotonic() + 120
     while not any(
@@ -200,7 +211,7 @@ def test_a_killed_ingest_to_s3_leaves_nothing_trusted_and_the_rerun_is_exact(
     rerun = _ingest(cells_on_s3, datasets.uri, s3)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     watch.stop()
-    assert watch.problems == [] and watch.looks > 0
+    assert problems == [] and watch.looks > 0
     dataset = open_dataset(attempt)
     table = pq.read_table(attempt.path, filesystem=attempt.filesystem, columns=["source_id"])
     assert table.num_rows == dataset.rows == 2 * PER_CLASS  # the killed attempt's shards: gone
