@@ -13,6 +13,13 @@ MAX_SEED = 2**32 - 1
 """The largest seed Keras (`keras.utils.set_random_seed`) and scikit-learn accept."""
 
 
+DASK_ADDRESS_PATTERN = r"^([a-z]+://)?\S+:\d{1,5}$"
+"""A Dask scheduler's address: `[protocol://]host:port`."""
+ENGINE_FIELDS = frozenset({"dask_address"})
+"""Ingest settings that choose where the work runs, never what a dataset holds: left out of
+its fingerprint and manifest."""
+
+
 class IngestConfig(BaseModel):
     """How to turn a source into a Parquet dataset."""
 
@@ -35,6 +42,12 @@ class IngestConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of images held out")
     validation_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of the non-test images used for validation"
+    )
+    dask_address: str | None = Field(
+        None,
+        pattern=DASK_ADDRESS_PATTERN,
+        description="Dask scheduler to write the shards on (tcp://HOST:8786); unset: "
+        "MALARIA_DASK_ADDRESS, else this host's worker processes",
     )
 
     @field_validator("source")

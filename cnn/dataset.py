@@ -25,14 +25,14 @@ import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 from pydantic import BaseModel
 
-from cnn.config import IngestConfig
+from cnn.config import ENGINE_FIELDS, IngestConfig
 from cnn.labels import LABEL_NAMES
 from cnn.locks import Locks, folder_locks
 from cnn.manifest import FORMAT_VERSION, MANIFEST_NAME, DatasetError, Manifest, manifest_path
 from cnn.parallel import start_decode_workers
 from cnn.progress import Progress
 from cnn.records import CellRecord, CellSource
-from cnn.shards import write_shards
+from cnn.shards import ShardMap, write_shards
 from cnn.splits import SPLITS, assign_splits
 from cnn.storage import Location, location
 
@@ -109,7 +109,7 @@ class DatasetRef(BaseModel):
 def dataset_fingerprint(source_fingerprint: dict[str, Any], config: IngestConfig) -> str:
     """A short digest of everything that determines the dataset's content: the source's
     fingerprint (`CellSource.fingerprint()`) and the settings."""
-    settings = config.model_dump(exclude={"source"})
+    settings = config.model_dump(exclude={"source", *ENGINE_FIELDS})
     payload = {"format_version": FORMAT_VERSION, "source": source_fingerprint, **settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -121,12 +121,14 @@ def build_dataset(
     workers: int | None = None,
     on_progress: Progress | None = None,
     locks: Locks | None = None,
+    map_shards: ShardMap | None = None,
 ) -> tuple[Dataset, bool]:
     """Ingest `source` into a dataset under `datasets_dir` (telling `on_progress` the share of
     images written); return it and whether it was cached.
 
     Writers of one dataset take turns on its lock from `locks` (by default file locks:
-    `cnn.locks.folder_locks`), so concurrent identical ingests write it once.
+    `cnn.locks.folder_locks`), so concurrent identical ingests write it once. `map_shards`
+    writes the shards elsewhere than this host's worker processes (`workers` of them at once).
     """
     folder = location(datasets_dir)
     source_fingerprint = source.fingerprint()  # lists the source: compute it once
@@ -138,7 +140,7 @@ def build_dataset(
         if manifest_path(final):  # a concurrent run wrote it meanwhile
             return open_dataset(final), True
         dataset = _write_dataset(
-            source, source_fingerprint, fingerprint, config, final, workers, on_progress
+            source, source_fingerprint, fingerprint, config, final, workers, on_progress, map_shards
         )
         return dataset, False
 
@@ -168,10 +170,12 @@ def _write_dataset(
     final: Location,
     workers: int | None,
     on_progress: Progress | None,
+    map_shards: ShardMap | None,
 ) -> Dataset:
     """Decode the source into shards under `final`, then commit them with the manifest."""
     records = select_subset(source.list_records(), config.limit, config.seed)
-    start_decode_workers(len(records), workers)
+    if map_shards is None:
+        start_decode_workers(len(records), workers)
     strategy = config.split if source.has_patient_groups else "random"
     splits = assign_splits(
         [record.label for record in records],
@@ -187,7 +191,15 @@ def _write_dataset(
     final.make_folder()
     attempt = uuid.uuid4().hex[:8]
     written = write_shards(
-        final, attempt, source, records, split_of, config.image_size, workers, on_progress
+        final,
+        attempt,
+        source,
+        records,
+        split_of,
+        config.image_size,
+        workers,
+        on_progress,
+        map_shards,
     )
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -195,7 +207,7 @@ def _write_dataset(
         fingerprint=fingerprint,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source_fingerprint,
-        config=config.model_dump(mode="json"),
+        config=config.model_dump(mode="json", exclude=ENGINE_FIELDS),
         split_strategy=strategy,
         split_note=_split_note(config.split, strategy),
         image_shape=(config.image_size, config.image_size, 3),
@@ -210,10 +222,12 @@ def _write_dataset(
         final.delete()
         raise DatasetError(f"no image of source {source.kind!r} could be decoded")
     gone = [shard.file for shard in manifest.shards if not (final / shard.file).is_file()]
-    if gone:  # only a writer that ignores our lock deletes them: never commit a gap
+    if gone:  # never commit a gap
         raise DatasetError(
-            f"shard {gone[0]!r} of {final.uri!r} was deleted while it was written: another "
-            "host ingests the same source without a lock both share (a Prefect server)"
+            f"shard {gone[0]!r} of {final.uri!r} is not there: its writer wrote it where this "
+            "host cannot see it (Dask workers on other hosts need the data folder on object "
+            "storage), or another host deleted it, ingesting the same source without a lock "
+            "both share (a Prefect server)"
         )
     manifest.write(final / MANIFEST_NAME)
     return open_dataset(final)

@@ -44,7 +44,7 @@ def parallel_map(
     if not _worth_workers(images, workers):
         return (function(*job) for job in jobs)
     pool = _decode_pool(workers, YIELDING_NICENESS if yield_to_caller else 0)
-    return _ordered_map(pool, function, jobs, max_in_flight=2 * workers)
+    return ordered_results(lambda job: pool.submit(function, *job), jobs, 2 * workers)
 
 
 def start_decode_workers(images: int, workers: int | None) -> None:
@@ -76,17 +76,21 @@ def _started() -> None:
     """A worker's first job: nothing, but unpickling it imports this module there."""
 
 
-def _ordered_map(
-    pool, function: Callable[..., Any], jobs: Iterable[tuple], max_in_flight: int
+def ordered_results(
+    submit: Callable[[Any], Any], jobs: Iterable[Any], max_in_flight: int
 ) -> Iterator[Any]:
+    """The results of the futures that `submit(job)` returns, in the jobs' order, with at most
+    `max_in_flight` submitted ahead of the one awaited (so a stream of jobs holding pixels
+    stays bounded in memory). Any engine's futures: a process pool's, Prefect's."""
     pending: deque = deque()
     try:
         for job in jobs:
-            pending.append(pool.submit(function, *job))
+            pending.append(submit(job))
             if len(pending) >= max_in_flight:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
         for future in pending:
-            future.cancel()
+            if hasattr(future, "cancel"):  # Prefect's futures go with their task runner
+                future.cancel()

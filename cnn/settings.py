@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cnn.config import DASK_ADDRESS_PATTERN
 from cnn.errors import InputError
 from cnn.storage import Location, StorageError, location
 
@@ -45,6 +46,12 @@ class Settings(BaseSettings):
     )
     webhook_url: SecretStr | None = Field(
         None, description="Where retrain notifications are posted (a secret: never logged)"
+    )
+    dask_address: str | None = Field(
+        None,
+        pattern=DASK_ADDRESS_PATTERN,
+        description="The Dask scheduler ingests write their shards on when their config names "
+        "none (`--dask-address`)",
     )
     tracking_uri: str | None = Field(
         None,

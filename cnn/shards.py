@@ -1,4 +1,5 @@
-"""Decoding a source into Parquet shards, over worker processes when there are enough images.
+"""Decoding a source into Parquet shards, over worker processes when there are enough images,
+or over any engine that runs a function on each job (a Dask cluster, through Prefect).
 
 Each worker decodes, resizes and writes whole shards (row groups of `WRITE_BATCH` rows)
 straight to the dataset's folder or prefix, so memory stays bounded by the shards in flight;
@@ -8,7 +9,7 @@ the caller commits them with the manifest.
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -64,7 +65,7 @@ def _decode_payload(payload: Payload, image_size: int) -> Decoded:
 
 
 @dataclass
-class _ShardResult:
+class ShardResult:
     """What one shard received: its rows, their counts, and what was skipped."""
 
     file: str
@@ -82,14 +83,18 @@ ShardJob = tuple[
 ]
 """Shard file, image size, (record, split) rows, and either the source or the payloads."""
 
+ShardMap = Callable[[Iterator[ShardJob]], Iterable[ShardResult]]
+"""Runs `write_shard(*job)` for each job, wherever it likes, and yields the results in the
+jobs' order."""
 
-def _write_shard(
+
+def write_shard(
     shard: Location,
     image_size: int,
     rows: list[tuple[CellRecord, str]],
     source: CellSource | None,
     payloads: list[Payload] | None,
-) -> _ShardResult:
+) -> ShardResult:
     """Read, decode, resize and write one shard (in a worker process when parallel).
 
     A random-access source reads its own payloads here, so no pixels cross processes; a
@@ -99,7 +104,7 @@ def _write_shard(
     records = [record for record, _ in rows]
     stream = source.iter_payloads(records) if source else zip(records, payloads, strict=True)
     schema = _schema(image_size)
-    result = _ShardResult(file=shard.name)
+    result = ShardResult(file=shard.name)
     writer: pq.ParquetWriter | None = None
     batch: list[tuple[CellRecord, np.ndarray]] = []
 
@@ -162,16 +167,22 @@ def write_shards(
     image_size: int,
     workers: int | None,
     on_progress: Progress | None = None,
+    map_shards: ShardMap | None = None,
 ) -> WriteSummary:
     """Write all records as shards in `folder`, named by `attempt` (so a manifest lists only
-    its own attempt's), over worker processes when there are enough images; `on_progress`
-    hears the share of the records written after each shard."""
+    its own attempt's), with `map_shards` (by default over this host's worker processes when
+    there are enough images; `workers` is how many work at once, for the shards' size);
+    `on_progress` hears the share of the records written after each shard."""
     workers = worker_count(workers)
     rows = [(record, split_of[record.source_id]) for record in records]
     shard_rows = min(ROWS_PER_SHARD, max(WRITE_BATCH, -(-len(rows) // (4 * workers))))
     jobs = _shard_jobs(folder, attempt, source, rows, shard_rows, image_size)
+    if map_shards is None:
+        results_of = parallel_map(write_shard, jobs, len(rows), workers)
+    else:
+        results_of = map_shards(jobs)
     results = []
-    for result in parallel_map(_write_shard, jobs, len(rows), workers):
+    for result in results_of:
         results.append(result)
         if on_progress is not None:
             on_progress(min(1.0, len(results) * shard_rows / max(len(rows), 1)))

@@ -7,8 +7,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cnn.config import IngestConfig
 from cnn.dataset import Dataset, DatasetRef, build_dataset
-from cnn.settings import datasets_dir
+from cnn.settings import datasets_dir, settings
 from cnn.sources import open_source
+from tasks.engines import shards_on_dask
 from tasks.locks import data_locks
 from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
@@ -23,10 +24,12 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     started = time.perf_counter()
     source = open_source(config.source, limit=config.limit)
     written = f"Images of {config.source} written"
+    address = config.dask_address or settings().dask_address
+    map_shards = shards_on_dask(address) if address else None  # else this host's processes
     with TaskProgress("ingest-progress", "ingest", written) as progress:
         folder = datasets_dir()
         dataset, cache_hit = build_dataset(
-            source, config, folder, on_progress=progress, locks=data_locks(folder)
+            source, config, folder, None, progress, data_locks(folder), map_shards
         )
         progress.finish()
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)

@@ -38,6 +38,7 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["pipeline", "--source", "ftp:/cells"], "ftp:/cells"),
         (["pipeline", "--source", "folder:/no/such/cells"], "/no/such/cells"),
         (["ingest"], "--source"),
+        (["ingest", "--source", "synthetic", "--dask-address", "scheduler"], "--dask-address"),
         (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
         (["variants", "--image-size", "4"], "--image-size"),
         (["pipeline", "--promotion-metric", "loss"], "--promotion-metric"),

@@ -10,6 +10,7 @@ from cnn.dataset import (
     MANIFEST_NAME,
     DatasetError,
     build_dataset,
+    dataset_fingerprint,
     load_split,
     open_dataset,
     select_subset,
@@ -261,3 +262,12 @@ def test_manifest_summary_lists_counts_sizes_and_skips(nih_folder, tmp_path):
     assert f"| train | {counts['parasitized']} | {counts['uninfected']} |" in summary
     assert "| width | " in summary
     assert "Skipped: 1" in summary and "C1P1_IMG_text_cell_1.png" in summary
+
+
+def test_where_the_shards_are_written_is_not_part_of_the_dataset():
+    source = {"kind": "synthetic", "images": 100}
+    here = IngestConfig(source="synthetic")
+    on_dask = IngestConfig(source="synthetic", dask_address="tcp://scheduler:8786")
+    assert dataset_fingerprint(source, on_dask) == dataset_fingerprint(source, here)
+    bigger = IngestConfig(source="synthetic", image_size=96)
+    assert dataset_fingerprint(source, bigger) != dataset_fingerprint(source, here)

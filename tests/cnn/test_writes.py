@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnn.shards import _write_shard
+from cnn.shards import write_shard
 from cnn.sources import SyntheticSource
 from cnn.storage import location
 from cnn.writes import OutputPathError, WriteError, check_output_file, writing
@@ -23,7 +23,7 @@ def test_a_shard_on_a_full_disk_names_the_shard(tmp_path):
     source = SyntheticSource(count=300)
     rows = [(record, "train") for record in source.list_records()]
     with pytest.raises(WriteError, match="No space left on device") as raised:
-        _write_shard(location(shard), 24, rows, source, None)
+        write_shard(location(shard), 24, rows, source, None)
     assert str(raised.value).startswith(f"cannot write {shard}: ")
     assert raised.value.__cause__ is not None
 

@@ -328,6 +328,7 @@ def test_bad_paths_fail_with_one_line_naming_them(
         ("MALARIA_IO_RETRIES", "99"),
         ("MALARIA_IO_RETRY_DELAY_SECONDS", "-1"),
         ("MALARIA_DATA_DIR", "nosuchfs://bucket/prefix"),
+        ("MALARIA_DASK_ADDRESS", "scheduler"),
     ],
 )
 def test_a_bad_setting_is_named_before_any_work(variable, value, capsys, data_dir, monkeypatch):
