@@ -17,6 +17,12 @@ allows, OpenCV `imdecode` + `resize` (area and linear) and pyvips; each with its
 difference from today's. OpenCV and pyvips are not dependencies of the project: install them
 beside it to compare (`pip install opencv-python-headless pyvips-binary`).
 Results are printed and saved to benchmarks/results/ingest.json.
+
+`--engines` instead compares where the shards are written, each a whole `malaria ingest` into
+an empty data folder, one after another: this host's process pool, then a Dask cluster
+(`dask scheduler` and 1, then 2 single-thread `dask worker` processes started here) through
+`--dask-address`; and the cost of one task on each engine (a Prefect task that does nothing,
+mapped 200 times). Saved to benchmarks/results/ingest_engines.json.
 """
 
 import argparse
@@ -222,6 +228,7 @@ def pool_scaling(folder: Path, size: int) -> dict[str, float]:
     from cnn.parallel import start_decode_workers
     from cnn.shards import write_shards
     from cnn.sources import open_source
+    from cnn.storage import location
 
     source = open_source(f"folder:{folder}")
     records = source.list_records()
@@ -232,7 +239,7 @@ def pool_scaling(folder: Path, size: int) -> dict[str, float]:
         time.sleep(3)  # the workers import their libraries
         with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
-            write_shards(Path(scratch), source, records, split_of, size, workers)
+            write_shards(location(scratch), "bench", source, records, split_of, size, workers)
             result[f"{workers}_workers"] = round(len(records) / (time.perf_counter() - started))
     print(f"shard writer, images/s: {result}")
     return result
@@ -285,6 +292,82 @@ def _prefect_server(home: Path, env: dict[str, str]):
         server.wait(timeout=30)
 
 
+TASK_COST = """
+import json, sys, time
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+@task
+def nothing(index):
+    return index
+
+def seconds_per_task(runner, tasks):
+    @flow(task_runner=runner)
+    def mapped():
+        started = time.perf_counter()
+        nothing.map(range(tasks)).result()
+        return (time.perf_counter() - started) / tasks
+    mapped()  # the first run starts what later ones reuse
+    return mapped()
+
+tasks = int(sys.argv[2])
+runners = {"prefect_thread_pool_ms": ThreadPoolTaskRunner(1),
+           "prefect_dask_ms": DaskTaskRunner(address=sys.argv[1])}
+print(json.dumps({name: round(1000 * seconds_per_task(runner, tasks), 1)
+                  for name, runner in runners.items()}))
+"""
+
+
+@contextmanager
+def _dask_cluster(workers: int, logs: Path):
+    """`dask scheduler` and `workers` single-thread `dask worker` processes on 127.0.0.1."""
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).with_name("dask"))
+    logs.mkdir(parents=True, exist_ok=True)
+    commands = [[dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]]
+    commands += [[dask, "worker", address, "--nthreads", "1", "--no-dashboard"]] * workers
+    processes = []
+    for index, command in enumerate(commands):
+        with open(logs / f"{index}.log", "w") as log:
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(workers, timeout=120)
+        time.sleep(2)  # the workers finish importing
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def compare_engines(command: list[str], env: dict[str, str], scratch: Path) -> dict:
+    """Whole ingests into empty data folders: the local pool, Dask with 1 and 2 workers; and
+    the milliseconds one no-op task costs on Prefect's thread pool and on Dask."""
+    local = _ingest(command, {**env, "MALARIA_DATA_DIR": str(scratch / "local")})
+    result = {"local_pool": local}
+    for workers in (1, 2):
+        with _dask_cluster(workers, scratch / f"dask-{workers}-logs") as address:
+            data = {**env, "MALARIA_DATA_DIR": str(scratch / f"dask-{workers}")}
+            result[f"dask_{workers}_workers"] = _ingest([*command, "--dask-address", address], data)
+            if workers == 1:
+                cost = measure([sys.executable, "-c", TASK_COST, address, "200"], env=env)
+                if cost.returncode != 0:
+                    sys.exit(f"task cost failed:\n{cost.stderr[-3000:]}")
+                result["one_task_milliseconds"] = json.loads(cost.stdout.splitlines()[-1])
+    for run in result.values():
+        if "rows" in run:
+            run["images_per_second"] = round(run["rows"] / run["seconds"])
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="NIH-layout folder")
@@ -292,7 +375,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=100)
     parser.add_argument("--skip-lecture", action="store_true", help="time only the pipeline")
     parser.add_argument("--decoders", type=int, default=1500, help="images to compare decoders on")
+    parser.add_argument(
+        "--engines", action="store_true", help="compare the local pool with Dask, only that"
+    )
     args = parser.parse_args()
+    if args.engines:
+        args.decoders = 0
     decoders, stages = {}, {}
     if args.decoders:
         decoders = compare_decoders(args.folder, args.image_size, args.decoders)
@@ -321,6 +409,20 @@ def main() -> None:
 
         # A first run migrates the new Prefect database (seconds no later run pays).
         measure([malaria, "ingest", "--source", "synthetic", "--limit", "40"], env=env)
+        if args.engines:
+            engines = compare_engines(command, env, scratch)
+            machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
+            save(
+                "ingest_engines",
+                {
+                    "benchmark": "ingest engines",
+                    "machine": machine,
+                    "images": images,
+                    "image_size": args.image_size,
+                    **engines,
+                },
+            )
+            return
         cold = _ingest(command, env)
         warm = _ingest(command, env)
         with _prefect_server(scratch / "server-home", quiet) as api_url:

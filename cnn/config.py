@@ -155,12 +155,21 @@ class TrainConfig(BaseModel):
     epochs: int = Field(
         20, ge=1, le=1000, description="Epochs of the schedule; early stopping may end sooner"
     )
-    batch_size: int = Field(100, ge=1, le=4096, description="Images per training step")
+    batch_size: int = Field(
+        100, ge=1, le=4096, description="Images per training step (on each device)"
+    )
     gpu_batch_size: int | None = Field(
         None,
         ge=1,
         le=8192,
-        description="Images per training step when a GPU is present (unset: batch_size)",
+        description="Images per training step on each GPU when there is one (unset: batch_size)",
+    )
+    devices: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Train one model on this many of the host's GPUs (or CPU devices), "
+        "batch_size images each, the learning rate times the devices; unset: every GPU",
     )
     mixed_precision: bool = Field(
         False,

@@ -14,6 +14,7 @@ from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import PREDICT_BATCH, TrainConfig
 from cnn.dataset import Dataset, load_split
+from cnn.devices import replicated, training_devices
 from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
 from cnn.predict import predict_split
@@ -36,7 +37,10 @@ class TrainingResult:
     best_epoch: int
     seconds: float
     batch_size: int
+    """The global batch: images per step over all devices."""
     device: str
+    devices: int = 1
+    """How many devices trained one replica each."""
     fine_tuned_layers: int = 0
     resumed_epochs: int = 0
     """Epochs taken from a checkpoint rather than trained in this call."""
@@ -159,14 +163,44 @@ def train_on_dataset(
     backbone, then with the backbone's top layers unfrozen at a tenth of the learning rate
     (each phase up to `epochs`); the second phase is kept only if it lowers val_loss.
 
+    On several devices (`config.devices`, or every GPU visible) one replica trains on each,
+    `batch_size` images a replica a step, at the peak rate times the replicas
+    (`cnn.devices`).
+
     With `checkpoints`, every epoch ends with a checkpoint there, and training starts from
     the newest one found (`TrainingResult.resumed_epochs` says how many epochs it skipped).
     `on_progress` hears the share of the epochs done after every batch (of both phases with
     fine-tuning; early stopping ends it short of 1.0).
     """
+    devices = training_devices(config.devices)
+    with replicated(devices):
+        return _train(
+            dataset,
+            variant,
+            config,
+            devices,
+            on_epoch_end,
+            on_progress,
+            verbose,
+            callbacks,
+            checkpoints,
+        )
+
+
+def _train(
+    dataset: Dataset,
+    variant: str,
+    config: TrainConfig,
+    devices: list[str],
+    on_epoch_end: EpochReport | None,
+    on_progress: Progress | None,
+    verbose: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    checkpoints: CheckpointStore | None,
+) -> TrainingResult:
     keras.utils.set_random_seed(config.seed)
     on_gpu = gpu_present()
-    batch_size = training_batch_size(config, on_gpu)
+    batch_size = training_batch_size(config, on_gpu) * len(devices)  # the global batch
     with dtype_policy(config.mixed_precision):
         model = build_model(variant, dataset.image_shape, **config.variant_options.get(variant, {}))
         augmenter = named_augmenter(config.augment, seed=config.seed)
@@ -179,6 +213,7 @@ def train_on_dataset(
         model=model,
         trainer_of=lambda: with_augmentation(model, augmenter),
         config=config,
+        learning_rate=config.learning_rate * len(devices),  # the linear scaling rule
         inputs=fit_inputs(dataset, batch_size, config),
         steps_per_epoch=steps_per_epoch,
         checkpoints=checkpoints,
@@ -204,6 +239,7 @@ def train_on_dataset(
         seconds=seconds,
         batch_size=batch_size,
         device="gpu" if on_gpu else "cpu",
+        devices=len(devices),
         fine_tuned_layers=fine_tuned_layers,
         resumed_epochs=phases.resumed.epochs_done if phases.resumed is not None else 0,
     )
@@ -232,6 +268,8 @@ class _Phases:
     trainer_of: Callable[[], keras.Model]
     """The model as it trains (inside its augmentation layers)."""
     config: TrainConfig
+    learning_rate: float
+    """The head's peak rate (fine-tuning takes a tenth of it)."""
     inputs: dict[str, Any]
     steps_per_epoch: int
     checkpoints: CheckpointStore | None
@@ -294,7 +332,7 @@ def _train_head(phases: _Phases) -> tuple[dict, _HeadResult]:
     if resumed is not None and resumed.phase == FINE_TUNE:
         head = _HeadResult(resumed.phase_start, resumed.head_best, resumed.head_weights)
         return resumed.history, head
-    history = phases.fit(HEAD, phases.config.learning_rate, 0, resumed.history if resumed else {})
+    history = phases.fit(HEAD, phases.learning_rate, 0, resumed.history if resumed else {})
     return history, _HeadResult(
         len(history["val_loss"]), min(history["val_loss"]), phases.model.get_weights()
     )
@@ -305,7 +343,7 @@ def _fine_tune(phases: _Phases, history: dict, head: _HeadResult) -> dict:
     lowers val_loss below the first phase's best."""
     history = phases.fit(
         FINE_TUNE,
-        phases.config.learning_rate * FINE_TUNE_LR_FACTOR,
+        phases.learning_rate * FINE_TUNE_LR_FACTOR,
         head.epochs,
         history,
         head_best=head.best_loss,

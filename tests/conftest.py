@@ -17,6 +17,22 @@ from PIL import Image
 
 from cnn.synthetic import draw_cell
 
+LOGICAL_CPU_DEVICES = 2
+"""The test processes split the CPU into this many TensorFlow devices, before TensorFlow
+starts, so that one model on several devices (`cnn.devices`) is tested without GPUs; training
+uses one of them unless a test asks for more."""
+
+
+def _split_the_cpu() -> None:
+    import tensorflow as tf
+
+    (cpu, *_) = tf.config.list_physical_devices("CPU")
+    devices = [tf.config.LogicalDeviceConfiguration()] * LOGICAL_CPU_DEVICES
+    tf.config.set_logical_device_configuration(cpu, devices)
+
+
+_split_the_cpu()
+
 NIH_PATIENTS = (
     "C100P61ThinF",
     "C101P62ThinF",

@@ -98,6 +98,7 @@ def _log_trained_model(
             "parameters": result.model.count_params(),
             "device": result.device,
             "batch_size_used": result.batch_size,
+            "devices_used": result.devices,
         }
     )
     mlflow.log_metrics(

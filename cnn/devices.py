@@ -1,0 +1,63 @@
+"""One model on several devices of this host: data-parallel replicas through the Keras
+backend's own distribution (TensorFlow's `MirroredStrategy`, or `keras.distribution.DataParallel`
+with `KERAS_BACKEND=jax`).
+
+Each replica takes `batch_size` images a step, so the global batch is `batch_size` times the
+replicas, and the peak learning rate is scaled by the same factor (the linear scaling rule of
+Goyal et al. 2017, "Accurate, Large Minibatch SGD"; the warm-up epochs of the cosine schedule
+are what that rule needs at its start).
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import keras
+
+from cnn.errors import InputError
+
+
+class DevicesError(InputError):
+    """More devices asked for than this host has; the message names what it has."""
+
+
+def training_devices(requested: int | None) -> list[str]:
+    """The devices one model trains on: `requested` of this host's GPUs (or, without GPUs, of
+    its CPU devices); unset: every GPU, else the one CPU."""
+    gpus = keras.distribution.list_devices("gpu")
+    available = gpus or keras.distribution.list_devices("cpu")
+    if requested is None:
+        return gpus or available[:1]
+    if requested > len(available):
+        kind = "GPU" if gpus else "CPU device"
+        raise DevicesError(
+            f"--devices {requested}: this host has {len(available)} {kind}"
+            f"{'s' if len(available) != 1 else ''} ({', '.join(available)})"
+        )
+    return available[:requested]
+
+
+@contextmanager
+def replicated(devices: list[str]) -> Iterator[None]:
+    """Models built, compiled and fitted in the block train one replica on each of `devices`
+    (nothing changes for a single device)."""
+    if len(devices) <= 1:
+        yield
+        return
+    if keras.backend.backend() == "jax":
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(previous)
+        return
+    import tensorflow as tf
+
+    names = [_tensorflow_name(device) for device in devices]
+    with tf.distribute.MirroredStrategy(names).scope():
+        yield
+
+
+def _tensorflow_name(device: str) -> str:
+    """Keras names devices `gpu:0`; TensorFlow's strategies want `/gpu:0`."""
+    return device if device.startswith("/") else f"/{device}"
