@@ -15,6 +15,11 @@
    and `resnet` (the default recipe's). The pipeline's seconds are split into phases by the
    times of its log lines.
 
+`--devices 1,2` runs the throughput part once per device count, one replica a device
+(`cnn.devices`: MirroredStrategy, or DataParallel under JAX), each replica `--batch-size`
+images a step; without GPUs the CPU is split into that many logical devices first, as the
+tests do. Saved as train_devices.json.
+
 Prints and saves benchmarks/results/train.json. On a GPU machine, run the throughput part
 under JAX (no TensorFlow needed; the overhead part needs the full install):
 
@@ -68,7 +73,11 @@ PREFECT_LOG_LINE = re.compile(
 
 
 def throughput(
-    dataset_path: str, variants: list[str], batch_size: int, mixed_precision: bool
+    dataset_path: str,
+    variants: list[str],
+    batch_size: int,
+    mixed_precision: bool,
+    devices: int = 1,
 ) -> list[dict]:
     """Images per second for one training epoch and one inference pass per variant, and the
     share of the epoch spent making batches (with JAX, Keras fetches batches in the training
@@ -78,6 +87,7 @@ def throughput(
     from cnn.augmentation import with_test_time_augmentation
     from cnn.batches import SplitBatches
     from cnn.dataset import open_dataset
+    from cnn.devices import replicated, training_devices
     from cnn.models import VARIANTS, build_model
     from cnn.training import compile_model, dtype_policy
 
@@ -93,12 +103,12 @@ def throughput(
             return batch
 
     dataset = open_dataset(dataset_path)
-    train = TimedBatches(dataset, "train", batch_size, shuffle=True)
+    train = TimedBatches(dataset, "train", batch_size * devices, shuffle=True)
     test = SplitBatches(dataset, "test", 256)
     results = []
     for variant in variants:
         keras.utils.set_random_seed(0)
-        with dtype_policy(mixed_precision):
+        with replicated(training_devices(devices)), dtype_policy(mixed_precision):
             model = build_model(variant, dataset.image_shape, **VARIANTS[variant].offline_options)
             compile_model(model, keras.optimizers.Adam(1e-3))
         model.fit(train, epochs=1, verbose=0)  # warm-up: graph building, first reads
@@ -120,6 +130,8 @@ def throughput(
         results.append(
             {
                 "variant": variant,
+                "devices": devices,
+                "global_batch": batch_size * devices,
                 "parameters": model.count_params(),
                 "train_images_per_second": round(train._count / train_seconds, 1),
                 "input_share_of_step_time": round(train.input_seconds / train_seconds, 3),
@@ -227,6 +239,20 @@ def pipeline_phases(log: str, wall_started: float, seconds: float) -> dict[str, 
     return {name: round(value, 2) for name, value in phases.items()}
 
 
+def _split_the_cpu(count: int) -> None:
+    """Without GPUs, `count` logical CPU devices (before the backend starts)."""
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        (cpu, *_) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="an ingested dataset directory")
@@ -247,7 +273,11 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true", help="throughput only")
     parser.add_argument("--skip-throughput", action="store_true", help="overhead only")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
+    parser.add_argument("--devices", help="throughput per device count, e.g. 1,2 (only that)")
     args = parser.parse_args()
+    device_counts = [int(count) for count in args.devices.split(",")] if args.devices else []
+    if device_counts:
+        _split_the_cpu(max(device_counts))
     import keras
 
     result = {
@@ -259,6 +289,16 @@ def main() -> None:
         "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision,
     }
+    if device_counts:
+        result["throughput"] = [
+            row
+            for count in device_counts
+            for row in throughput(
+                args.dataset, args.variants.split(","), args.batch_size, args.mixed_precision, count
+            )
+        ]
+        save("train_devices", result)
+        return
     if not args.skip_throughput:
         result["throughput"] = throughput(
             args.dataset, args.variants.split(","), args.batch_size, args.mixed_precision

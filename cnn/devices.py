@@ -10,6 +10,7 @@ are what that rule needs at its start).
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import keras
 
@@ -51,13 +52,16 @@ def replicated(devices: list[str]) -> Iterator[None]:
         finally:
             keras.distribution.set_distribution(previous)
         return
-    import tensorflow as tf
-
-    names = [_tensorflow_name(device) for device in devices]
-    with tf.distribute.MirroredStrategy(names).scope():
+    with _mirrored_strategy(tuple(devices)).scope():
         yield
 
 
-def _tensorflow_name(device: str) -> str:
-    """Keras names devices `gpu:0`; TensorFlow's strategies want `/gpu:0`."""
-    return device if device.startswith("/") else f"/{device}"
+@cache
+def _mirrored_strategy(devices: tuple[str, ...]):
+    """One `MirroredStrategy` per set of devices for the process: a second strategy over the
+    same devices reuses the first one's collective keys, and the next model of another shape
+    fails its first gradient reduction ("Shape mismatch in the collective instance")."""
+    import tensorflow as tf
+
+    # Keras names devices `gpu:0`; TensorFlow's strategies want `/gpu:0`.
+    return tf.distribute.MirroredStrategy([f"/{device.lstrip('/')}" for device in devices])

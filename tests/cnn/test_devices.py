@@ -64,6 +64,12 @@ def test_two_replicas_train_the_model_one_device_trains_on_the_same_global_batch
     assert accuracy[0] > 0.9 and accuracy[1] == pytest.approx(accuracy[0], abs=SAME_MODEL_TOLERANCE)
 
 
+def test_models_of_different_shapes_train_on_two_devices_one_after_another(small_dataset):
+    for variant in ("simple", "lenet5"):  # as a train flow runs its variants in turn
+        result = train_on_dataset(small_dataset, variant, _config(2, PER_DEVICE_BATCH, 1e-3))
+        assert result.devices == 2 and len(result.history["loss"]) == EPOCHS
+
+
 def _test_accuracy(model, dataset) -> float:
     scores = predict_split(model, dataset, "test")  # labels: 1 is uninfected
     return float(np.mean((scores.uninfected_probability >= 0.5) == scores.labels))
