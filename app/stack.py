@@ -69,8 +69,8 @@ class StackState:
 
 
 def stack_up(settings: StackSettings) -> StackState:
-    """Start both servers, create the work pools, deploy `prefect.yaml`, start one worker per
-    pool. On any failure, whatever this call started is stopped again."""
+    """Start both servers, create the work pools, deploy `prefect.yaml` to them, start one
+    worker per pool. On any failure, whatever this call started is stopped again."""
     from tasks.notify import WEBHOOK_ENV, webhook_url
 
     state_path = settings.state_file
@@ -107,7 +107,8 @@ def stack_up(settings: StackSettings) -> StackState:
             ),
             state=state,
         )
-        _prefect(["--no-prompt", "deploy", "--all"], state=state, log=logs / "deploy.log")
+        deploy = [part for name in _deployments_on(WORK_POOLS) for part in ("--name", name)]
+        _prefect(["--no-prompt", "deploy", *deploy], state=state, log=logs / "deploy.log")
         state.deployments = _deployment_names(settings)
         webhook = settings.webhook_url or webhook_url()
         state.alerts = install_stack_alerts(f"{settings.prefect_url}/api", webhook)
@@ -348,6 +349,19 @@ def _prefect(*commands: list[str], state: StackState, log: Path | None = None) -
         if process.returncode != 0:
             last_lines = output.strip().splitlines()[-5:]
             raise StackError(f"`prefect {' '.join(arguments)}` failed: {' / '.join(last_lines)}")
+
+
+def _deployments_on(pools: tuple[str, ...]) -> list[str]:
+    """The deployments of `prefect.yaml` on these work pools (the Kubernetes pool's wait for a
+    team to create that pool)."""
+    import yaml
+
+    config = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    return [
+        deployment["name"]
+        for deployment in config["deployments"]
+        if deployment["work_pool"]["name"] in pools
+    ]
 
 
 def _deployment_names(settings: StackSettings) -> list[str]:

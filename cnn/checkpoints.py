@@ -112,8 +112,12 @@ AFTER_TRAINING_SETTINGS = {
 
 def checkpoint_dir(root: Location, dataset: Dataset, variant: str, config: TrainConfig) -> Location:
     """Where one training's checkpoints live under `root`: by dataset, variant and a digest of
-    the settings (an identical training finds them; a changed one starts anew)."""
+    the settings and of how many devices train it (an identical training finds them; a changed
+    one, or one on another number of GPUs with its other global batch, starts anew)."""
+    from cnn.devices import training_devices  # imports Keras: only where a model trains
+
     trained_by = config.model_dump(mode="json", exclude=AFTER_TRAINING_SETTINGS)
+    trained_by["devices"] = len(training_devices(config.devices))
     settings = json.dumps({"variant": variant, **trained_by}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return root / dataset.name / f"{variant}-{digest}"

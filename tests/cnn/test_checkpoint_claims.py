@@ -68,3 +68,9 @@ def test_settings_used_after_training_do_not_change_the_checkpoint_directory():
     after = TrainConfig(target_sensitivity=0.9, test_time_augmentation=False, ensemble=2)
     assert checkpoint_dir(ROOT, dataset, "resnet", after) == base
     assert checkpoint_dir(ROOT, dataset, "resnet", TrainConfig(epochs=7)) != base
+
+
+def test_another_number_of_devices_starts_a_new_training(dataset):
+    one = checkpoint_dir(ROOT, dataset, "simple", TrainConfig())  # unset: the one CPU here
+    assert checkpoint_dir(ROOT, dataset, "simple", TrainConfig(devices=1)) == one
+    assert checkpoint_dir(ROOT, dataset, "simple", TrainConfig(devices=2)) != one

@@ -1,5 +1,5 @@
 """Run it the way the users do: `malaria stack up` (Prefect server, MLflow server, work pools,
-`prefect deploy --all`, workers), then a `retrain` started through the API exactly as the UI's
+the deployments on them, workers), then a `retrain` started through the API exactly as the UI's
 Run button starts it, on real processes bound to 127.0.0.1."""
 
 import json
@@ -73,7 +73,9 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
         "train-variant",
         "evaluate",
         "predict",
+        "train-variant-gpu",
     }
+    assert "train-variant-kubernetes" not in state["deployments"]  # no such pool in the stack
     for name, pid in state["processes"].items():
         assert _listens_only_on_loopback(pid) or name.startswith("worker"), name
     gpu_worker = psutil.Process(state["processes"]["worker-gpu"]).cmdline()
