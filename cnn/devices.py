@@ -24,8 +24,8 @@ class DevicesError(InputError):
 def training_devices(requested: int | None) -> list[str]:
     """The devices one model trains on: `requested` of this host's GPUs (or, without GPUs, of
     its CPU devices); unset: every GPU, else the one CPU."""
-    gpus = keras.distribution.list_devices("gpu")
-    available = gpus or keras.distribution.list_devices("cpu")
+    gpus = devices_of_kind("gpu")
+    available = gpus or devices_of_kind("cpu")
     if requested is None:
         return gpus or available[:1]
     if requested > len(available):
@@ -35,6 +35,15 @@ def training_devices(requested: int | None) -> list[str]:
             f"{'s' if len(available) != 1 else ''} ({', '.join(available)})"
         )
     return available[:requested]
+
+
+def devices_of_kind(kind: str) -> list[str]:
+    """The backend's devices of `kind` (`gpu`, `cpu`), none when it has no such platform (JAX
+    raises for a platform it lacks)."""
+    try:
+        return keras.distribution.list_devices(kind)
+    except RuntimeError:
+        return []
 
 
 @contextmanager

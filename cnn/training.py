@@ -14,7 +14,7 @@ from cnn.batches import SplitBatches
 from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import PREDICT_BATCH, TrainConfig
 from cnn.dataset import Dataset, load_split
-from cnn.devices import replicated, training_devices
+from cnn.devices import devices_of_kind, replicated, training_devices
 from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
 from cnn.models import build_model, unfreeze_top_layers
 from cnn.predict import predict_split
@@ -88,7 +88,7 @@ class BatchProgress(keras.callbacks.Callback):
 
 def gpu_present() -> bool:
     """Whether the Keras backend sees a GPU."""
-    return bool(keras.distribution.list_devices("gpu"))
+    return bool(devices_of_kind("gpu"))
 
 
 def training_batch_size(config: TrainConfig, on_gpu: bool) -> int:

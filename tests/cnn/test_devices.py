@@ -1,5 +1,11 @@
 """One model on several devices (`cnn.devices`): here the two logical CPU devices that
-`tests/conftest.py` makes, standing in for a host's GPUs."""
+`tests/conftest.py` makes, standing in for a host's GPUs; and under JAX, two host devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +91,52 @@ def test_a_training_on_two_devices_resumes_from_its_checkpoint(small_dataset, tm
     assert result.history["val_loss"][-1] == pytest.approx(
         uninterrupted.history["val_loss"][-1], abs=SAME_MODEL_TOLERANCE
     )
+
+
+ON_JAX = """
+import json, sys
+from pathlib import Path
+import keras
+from cnn.config import IngestConfig, TrainConfig
+from cnn.dataset import build_dataset
+from cnn.sources import open_source
+from cnn.training import train_on_dataset
+from tests.conftest import write_easy_folder
+
+root = Path(sys.argv[1])
+config = IngestConfig(source=f"folder:{write_easy_folder(root / 'cells', 150)}", image_size=32)
+dataset, _ = build_dataset(open_source(config.source), config, root / "data")
+runs = {}
+for devices, batch, rate in ((2, 16, 1e-3), (1, 32, 2e-3)):
+    training = TrainConfig(
+        epochs=3, batch_size=batch, learning_rate=rate, devices=devices, augment="none"
+    )
+    result = train_on_dataset(dataset, "simple", training)
+    runs[devices] = {"devices": result.devices, "val_loss": result.history["val_loss"]}
+print(json.dumps({"backend": keras.backend.backend(), "runs": runs}))
+"""
+
+
+@pytest.mark.slow
+def test_under_jax_two_host_devices_train_the_model_one_device_trains(tmp_path):
+    """`KERAS_BACKEND=jax` (as on GPU hosts without TensorFlow): DataParallel over two host
+    devices that XLA is told to make; a host without GPUs is not an error under JAX."""
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", ON_JAX, str(tmp_path)],
+        env=environment,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    two, one = result["runs"]["2"], result["runs"]["1"]
+    assert result["backend"] == "jax" and two["devices"] == 2 and one["devices"] == 1
+    assert two["val_loss"][-1] < two["val_loss"][0]
+    assert two["val_loss"] == pytest.approx(one["val_loss"], abs=SAME_MODEL_TOLERANCE)
