@@ -62,3 +62,18 @@ def test_a_variant_flow_run_is_tracked_whole(small_dataset, mlflow_uri):
     model = mlflow.keras.load_model(run.model_uri)
     assert model.count_params() == run.parameters
     assert _random_layers(model) == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_variant_trained_on_two_devices_is_tracked_served_and_scored(small_dataset, mlflow_uri):
+    """The whole `train-variant` flow with one replica on each of the two logical CPU devices
+    (`tests/conftest.py`): model logged and registered, evaluated with TTA, report rendered."""
+    training = TRAINING.model_copy(update={"devices": 2, "augment": "dihedral+stain"})
+    run = train_variant(small_dataset, "simple", training)
+    tracked = MlflowClient(mlflow_uri).get_run(run.run_id)
+    assert tracked.info.status == "FINISHED"
+    assert tracked.data.params["devices_used"] == "2"
+    assert tracked.data.params["batch_size_used"] == str(2 * TRAINING.batch_size)
+    model = mlflow.keras.load_model(run.model_uri)  # saved from mirrored variables
+    assert model.count_params() == run.parameters
+    assert 0.0 <= run.test_accuracy <= 1.0
