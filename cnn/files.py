@@ -6,7 +6,7 @@ import os
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -89,13 +89,8 @@ def _list_folder(root: Path) -> _FolderListing:
     digest = hashlib.sha256()
     for label, class_folder in enumerate(CLASS_FOLDERS):
         folder = root / class_folder
-        with os.scandir(folder) as entries:
-            candidates = sorted(
-                (entry for entry in entries if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES),
-                key=lambda entry: entry.name,
-            )
         names[label] = []
-        for entry in candidates:
+        for entry in image_entries(folder):
             source_id = f"{class_folder}/{entry.name}"
             problem = _entry_problem(entry, root)
             if problem:
@@ -107,6 +102,33 @@ def _list_folder(root: Path) -> _FolderListing:
         if not names[label]:
             raise SourceError(f"class folder {str(folder)!r} holds no images")
     return _FolderListing(names=names, skips=skips, digest=digest.hexdigest())
+
+
+def image_entries(
+    folder: Path,
+    recursive: bool = False,
+    unlistable: Callable[[Path, OSError], None] | None = None,
+) -> list[os.DirEntry]:
+    """The image-named entries in `folder` (and its subfolders when `recursive`; links to
+    folders are not followed), in path order. A subfolder that cannot be listed is handed to
+    `unlistable` when given, else its error is raised."""
+    found, folders = [], [folder]
+    while folders:
+        current = folders.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError as error:
+            if unlistable is None:
+                raise
+            unlistable(current, error)
+            continue
+        for entry in entries:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(entry)
+    return sorted(found, key=lambda entry: Path(entry.path))
 
 
 def _entry_problem(entry: os.DirEntry, root: Path) -> str | None:

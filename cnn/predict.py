@@ -8,7 +8,6 @@ as at ingest) and grayscale or alpha images converted to RGB, and both are count
 import json
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from cnn.batches import SplitBatches
 from cnn.config import PREDICT_BATCH
 from cnn.dataset import Dataset, images_from_column, open_dataset
 from cnn.errors import InputError
-from cnn.files import read_folder_entry
+from cnn.files import image_entries, read_folder_entry
 from cnn.images import fit_encoded, resize_square
 from cnn.labels import LABEL_NAMES, PARASITIZED
 from cnn.manifest import manifest_path
@@ -37,9 +36,9 @@ from cnn.metrics import (
     predicted_labels,
 )
 from cnn.parallel import parallel_map
-from cnn.records import IMAGE_SUFFIXES, Unreadable
+from cnn.records import Unreadable
 from cnn.storage import Location, location
-from cnn.writes import OutputPathError, check_output_file, writing
+from cnn.writes import OutputPathError, check_output_file
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -164,24 +163,14 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
     """Write the predictions atomically (a crash leaves no partial file at `output`), to a
     local file or an object store's URI; return where they are."""
     where = location(output)
-    if not where.is_local:  # an object appears whole, once its upload completes
-        if where.is_dir():
-            raise OutputPathError(f"{where.uri!r} is a folder of objects; name a .parquet file")
-        pq.write_table(
-            table.replace_schema_metadata(metadata), where.path, filesystem=where.filesystem
-        )
-        return where.uri
-    output = Path(where.path)
-    check_output_file(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with writing(output):
-            pq.write_table(table.replace_schema_metadata(metadata), temporary)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return str(output)
+    if where.is_local:
+        check_output_file(Path(where.path))
+    elif where.is_dir():
+        raise OutputPathError(f"{where.uri!r} is a folder of objects; name a .parquet file")
+    encoded = pa.BufferOutputStream()  # a row per image, no pixels: small enough to hold
+    pq.write_table(table.replace_schema_metadata(metadata), encoded)
+    where.write_bytes(encoded.getvalue().to_pybytes())
+    return where.uri
 
 
 class PredictionSummary(BaseModel):
@@ -295,24 +284,14 @@ def _read_entries(
 
 
 def _image_entries(root: Path, report: InputReport) -> list[os.DirEntry]:
-    """Image-named entries under `root`, in path order; folders are searched, links to
-    folders are not followed (a folder that cannot be listed is reported)."""
-    found, folders = [], [root]
-    while folders:
-        folder = folders.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError as error:
-            reason = f"cannot list folder: {error.strerror or error}"
-            report.skipped.append({"source_id": str(folder.relative_to(root)), "reason": reason})
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(entry)
-    return sorted(found, key=lambda entry: Path(entry.path))
+    """Image-named entries under `root`, searched recursively (a folder that cannot be listed
+    is reported)."""
+
+    def unlistable(folder: Path, error: OSError) -> None:
+        reason = f"cannot list folder: {error.strerror or error}"
+        report.skipped.append({"source_id": str(folder.relative_to(root)), "reason": reason})
+
+    return image_entries(root, recursive=True, unlistable=unlistable)
 
 
 def _dataset_batches(

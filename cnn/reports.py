@@ -20,6 +20,7 @@ from cnn.figures import (
     roc_curve_figure,
     worst_mistakes,
 )
+from cnn.images import PNG_SIGNATURE
 from cnn.inspection import feature_maps, filter_grid, grad_cam_figure
 from cnn.labels import PARASITIZED, UNINFECTED
 from cnn.metrics import (
@@ -29,8 +30,6 @@ from cnn.metrics import (
     BinaryEvaluation,
     evaluate_predictions,
 )
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 Cell = str | float | int
 
