@@ -13,6 +13,7 @@ from tasks.evaluate import evaluate_model
 from tasks.report import render_report
 from tracking.config import TrackingConfig
 from tracking.runs import tracked_run
+from tracking.store import require_tracking_server
 
 
 @flow(name="evaluate", flow_run_name=names.evaluate_run_name, log_prints=True)
@@ -22,6 +23,7 @@ def evaluate(
     tracking: TrackingConfig = TrackingConfig(),
 ) -> dict:
     """Test-split scores, confusion matrix and report of `model_uri` on `dataset`."""
+    require_tracking_server()
     tags = {"evaluation_of": model_uri, "dataset": dataset, **names.mlflow_tags()}
     with tracked_run(tracking.experiment, flow_run.name, tags) as parent_run_id:
         with tracked_run(tracking.experiment, model_uri, tags, parent_run_id) as run_id:

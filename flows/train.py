@@ -39,6 +39,7 @@ def train_variant(
     """Train one variant on the dataset, evaluate it on the test split, register it, give it
     `champion` if it beats the current one (else `challenger`), and render its report; its
     MLflow run is nested under `parent_run_id` if given."""
+    require_tracking_server()  # a worker's entry point: its process's MLflow client, set once
     tags = {"variant": variant, "dataset": dataset, **names.mlflow_tags()}
     with names.untagged_task_runs():
         with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:

@@ -9,7 +9,7 @@ from tasks.retry import IO_RETRIES
 from tracking import parents
 from tracking.registry import ChampionRef, find_champion_version, promotion_outcome
 from tracking.runs import VariantRun, link_to_run
-from tracking.store import configure_tracking
+from tracking.store import tracking_uri
 
 COMPARISON_KEY = "variant-comparison"
 
@@ -20,7 +20,6 @@ def log_parent_run(
 ) -> None:
     """The parent run's settings, training input (the dataset) and evaluation input (its
     test split)."""
-    configure_tracking()
     parents.log_parent_start(run_id, open_dataset(dataset_path), variants, config)
 
 
@@ -33,13 +32,12 @@ def compare_variants(
 ) -> ChampionRef | None:
     """Log the variants' comparison and the champion decision on the parent run, leave them
     as the `variant-comparison` table artifact; return the champion now."""
-    tracking_uri = configure_tracking()
     champion_after = find_champion_version(registered_model)
     table = parents.log_comparison(run_id, runs, champion_before, champion_after)
     create_table_artifact(
         key=COMPARISON_KEY,
         table=table.astype(object).where(table.notna(), None).to_dict(orient="records"),
-        description=f"Variants of MLflow run {link_to_run(tracking_uri, run_id)}: "
+        description=f"Variants of MLflow run {link_to_run(tracking_uri(), run_id)}: "
         f"{promotion_outcome(champion_before, champion_after)}",
     )
     return champion_after
@@ -48,5 +46,4 @@ def compare_variants(
 @task(name="log-evaluation-parent", **IO_RETRIES)
 def log_evaluation_parent(run_id: str, dataset_path: str, scores: dict) -> None:
     """The evaluate flow's parent run: the test split as evaluation input, its child's scores."""
-    configure_tracking()
     parents.log_evaluation_parent(run_id, open_dataset(dataset_path), scores)

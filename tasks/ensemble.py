@@ -6,7 +6,6 @@ from cnn.config import TrainConfig
 from tasks.retry import IO_RETRIES
 from tracking.ensembles import log_ensemble_model
 from tracking.runs import TrainedModel, VariantRun
-from tracking.store import configure_tracking
 
 
 @task(name="log-ensemble", **IO_RETRIES)
@@ -19,7 +18,6 @@ def log_ensemble(
 ) -> TrainedModel:
     """Average the `config.ensemble` candidates with the lowest validation loss, choose its
     threshold on validation, and log and register it to the run `run_id`."""
-    configure_tracking()
     logged = log_ensemble_model(dataset_path, candidates, config, run_id, registered_model)
     get_run_logger().info(
         "Ensemble of %s (validation loss %s) → %s",

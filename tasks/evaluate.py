@@ -11,7 +11,7 @@ from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_evaluation
 from tracking.models import load_keras_model, model_threshold
 from tracking.runs import link_to_run
-from tracking.store import configure_tracking
+from tracking.store import tracking_uri
 
 
 @task(name="evaluate-model", task_run_name="evaluate-model {label}", **IO_RETRIES)
@@ -20,7 +20,6 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
     metrics, a confusion table (MLflow, and Prefect under `confusion-matrix-<label>`), a
     confusion heatmap and a ROC curve; the test split is the run's evaluation input."""
     logger = get_run_logger()
-    tracking_uri = configure_tracking()
     model = load_keras_model(model_uri)
     dataset = open_dataset(dataset_path)
     scores = predict_split(model, dataset, "test")
@@ -41,6 +40,6 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
         key=artifact_key("confusion-matrix", label),
         table=confusion.to_dict(orient="records"),
         description=f"Test confusion matrix of {model_uri} (yes = parasitized), MLflow run "
-        + link_to_run(tracking_uri, run_id),
+        + link_to_run(tracking_uri(), run_id),
     )
     return {**evaluation.as_dict(), "threshold": threshold}

@@ -9,7 +9,6 @@ from cnn.settings import data_dir
 from tasks.locks import data_locks
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, find_champion_version, promote
-from tracking.store import configure_tracking
 
 PROMOTED_EVENT = "malaria.model.promoted"
 """The Prefect event of a model version taking the `champion` alias (`app.alerts` notifies)."""
@@ -27,7 +26,6 @@ def promote_model(
     """Give the new version `champion` if it beats the current champion on this dataset's
     test split, else `challenger` (see `tracking.registry.promote`); a new champion is a
     `malaria.model.promoted` event that server automations can notify on."""
-    configure_tracking()
     locks = data_locks(data_dir())
     decision = promote(
         registered_model, version, dataset_path, candidate_scores, run_id, config, locks
@@ -50,5 +48,4 @@ def promote_model(
 @task(name="find-champion", **IO_RETRIES)
 def find_champion(registered_model: str) -> ChampionRef | None:
     """The current champion of `registered_model`, or None if no version holds the alias."""
-    configure_tracking()
     return find_champion_version(registered_model)

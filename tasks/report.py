@@ -7,7 +7,7 @@ from cnn.promotion import PromotionDecision
 from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_run_report, report_markdown
-from tracking.store import configure_tracking
+from tracking.store import tracking_uri
 
 
 @task(name="render-report", **IO_RETRIES)
@@ -18,11 +18,10 @@ def render_report(
     `report/`, leave a Prefect markdown summary (key `run-report-<variant>`); return the
     HTML's URI.
     Runs after `evaluate-model`, whose logged test predictions it reads."""
-    tracking_uri = configure_tracking()
     report = log_run_report(model_uri, dataset_path, run_id, promotion)
     create_markdown_artifact(
         key=artifact_key("run-report", report.summary["variant"]),
-        markdown=report_markdown(report, tracking_uri),
+        markdown=report_markdown(report, tracking_uri()),
         description=f"Report of MLflow run {run_id}",
     )
     get_run_logger().info("Report of run %s: %s", run_id, report.uri)

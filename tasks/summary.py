@@ -7,7 +7,7 @@ from cnn.dataset import DatasetRef
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, promotion_outcome
 from tracking.runs import VariantRun, link_to_run
-from tracking.store import configure_tracking
+from tracking.store import tracking_uri
 
 SUMMARY_KEY = "retrain-summary"
 SHOWN_SCORES = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -21,8 +21,7 @@ def summarize_retrain(
     champion_after: ChampionRef | None,
 ) -> str:
     """Leave the `retrain-summary` markdown artifact; return its markdown."""
-    tracking_uri = configure_tracking()
-    links = {run.run_id: link_to_run(tracking_uri, run.run_id) for run in runs}
+    links = {run.run_id: link_to_run(tracking_uri(), run.run_id) for run in runs}
     markdown = retrain_markdown(dataset, runs, champion_before, champion_after, links)
     create_markdown_artifact(
         key=SUMMARY_KEY,

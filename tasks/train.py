@@ -15,7 +15,6 @@ from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 from tracking import runs
 from tracking.runs import TrainedModel, VariantRun
-from tracking.store import configure_tracking
 from tracking.training import train_and_log
 
 
@@ -38,7 +37,6 @@ def train_model(
     logged is kept on disk and the error names the path.
     """
     logger = get_run_logger()
-    configure_tracking()
     dataset = open_dataset(dataset_path)
     with ExitStack() as held:
         folder = data_dir()
@@ -72,12 +70,10 @@ def _training_progress(variant: str, epochs: int, run_id: str) -> TaskProgress:
 @task(name="read-variant-run", **IO_RETRIES)
 def read_variant_run(run_id: str) -> VariantRun:
     """The finished run's summary, read back from MLflow (the record every worker shares)."""
-    configure_tracking()
     return runs.read_variant_run(run_id)
 
 
 @task(name="find-variant-run", retries=3, retry_delay_seconds=2)
 def find_variant_run(flow_run_id: str, experiment: str) -> VariantRun:
     """The MLflow run that the `train-variant` flow run `flow_run_id` made, wherever it ran."""
-    configure_tracking()
     return runs.find_variant_run(flow_run_id, experiment)

@@ -27,7 +27,7 @@ from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
 from cnn.storage import Location
 from cnn.writes import writing
-from tracking.store import configure_tracking, first_line
+from tracking.store import first_line
 
 LOADED_MODELS_KEPT = 2
 _loaded_models: OrderedDict[str, keras.Model] = OrderedDict()
@@ -72,7 +72,6 @@ def load_keras_model(model_uri: str) -> keras.Model:
     kept for the next task of this process: evaluation and the report load the same model,
     and a load takes seconds. An alias (`@champion`) can move, so it is loaded every time.
     """
-    configure_tracking()
     check_model_uri(model_uri)
     immutable = _names_fixed_model(model_uri)
     with _loaded_models_lock:
