@@ -119,6 +119,7 @@ def main() -> None:
     from cnn.labels import PARASITIZED
     from cnn.metrics import predicted_labels
     from cnn.models import build_model  # also registers the variants' custom layers
+    from cnn.predict import in_batches, parasitized_probability
     from cnn.sources import open_source
     from cnn.training import train_on_dataset
 
@@ -137,8 +138,7 @@ def main() -> None:
             model.save(MODEL_PATH)
             trained = {"epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 1)}
         images, labels = load_split(dataset, "test")
-    uninfected = model.predict(images, batch_size=256, verbose=0)[:, 0]
-    predicted = predicted_labels(uninfected)  # at 0.5, the class `grad_cam` explains
+    predicted = predicted_labels(parasitized_probability(model, in_batches(images)))  # at 0.5
     chosen = np.flatnonzero((labels == PARASITIZED) & (predicted == PARASITIZED))
     masks = [cell_and_stain(images[index]) for index in chosen]
     insides = np.stack([inside for inside, _ in masks])

@@ -152,7 +152,7 @@ def test_curve(dataset):
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
             scores = predict_split(self.model, dataset, "test")
-            accuracy = evaluate_predictions(scores.labels, scores.uninfected_probability).accuracy
+            accuracy = evaluate_predictions(scores.labels, scores.parasitized_probability).accuracy
             self.points.append(
                 {
                     "epoch": epoch + 1,
@@ -167,7 +167,7 @@ def test_curve(dataset):
 def score(validation, test, target: float | None) -> dict:
     """Test scores at the threshold chosen on validation for `target` (None: 0.5), at 0.5,
     and at the thresholds of each of `VALIDATION_TARGETS`; `validation` and `test` are
-    (labels, P(uninfected)) pairs."""
+    (labels, P(parasitized)) pairs."""
     from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
 
     threshold = threshold_for_sensitivity(*validation, target) if target else DEFAULT_THRESHOLD
@@ -207,15 +207,17 @@ def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> 
         test = predict_split(model, dataset, "test")
         served = "tta" if tta else "plain"
         scored[served] = score(
-            (validation.labels, validation.uninfected_probability),
-            (test.labels, test.uninfected_probability),
+            (validation.labels, validation.parasitized_probability),
+            (test.labels, test.parasitized_probability),
             config.target_sensitivity,
         )
         if tta == config.test_time_augmentation:
             probabilities = {
                 split: dict(
                     zip(
-                        split_source_ids(dataset, split), scores.uninfected_probability, strict=True
+                        split_source_ids(dataset, split),
+                        scores.parasitized_probability,
+                        strict=True,
                     )
                 )
                 for split, scores in (("validation", validation), ("test", test))
@@ -246,7 +248,7 @@ def split_source_ids(dataset, split: str) -> list[str]:
 
 
 def ensemble_result(results: list[dict], size: int, target: float | None) -> dict:
-    """Per fold, the mean P(uninfected) of the `size` recipes of lowest validation loss (as
+    """Per fold, the mean P(parasitized) of the `size` recipes of lowest validation loss (as
     the pipeline's `--ensemble` chooses), thresholded on validation and scored on test."""
     runs = []
     for fold in range(len(results[0]["runs"])):

@@ -57,15 +57,15 @@ def confusion_heatmap(evaluation: BinaryEvaluation) -> Figure:
 
 
 def roc_curve_figure(
-    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float | None = None
+    labels: np.ndarray, parasitized_probability: np.ndarray, threshold: float | None = None
 ) -> Figure:
-    """ROC with parasitized as the positive class (score = 1 − P(uninfected)) and its AUC,
+    """ROC with parasitized as the positive class (score: P(parasitized)) and its AUC,
     with the operating point at `threshold` marked when given.
 
     With a single class in `labels` the curve is undefined: the title says so.
     """
     truly_parasitized = np.asarray(labels).ravel() == PARASITIZED
-    parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    parasitized_score = np.asarray(parasitized_probability, dtype=np.float64).ravel()
     figure = Figure(figsize=(4.5, 4.2), layout="constrained")
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
@@ -75,7 +75,7 @@ def roc_curve_figure(
         area = auc(false_positive_rate, true_positive_rate)
         ax.plot(false_positive_rate, true_positive_rate, label=f"AUC = {area:.3f}")
         if threshold is not None:
-            point = evaluate_predictions(labels, uninfected_probability, threshold)
+            point = evaluate_predictions(labels, parasitized_score, threshold)
             ax.plot(
                 1 - point.specificity,
                 point.sensitivity,
@@ -120,41 +120,41 @@ def learning_curves(history: dict[str, list[float]]) -> Figure:
 
 def worst_mistakes(
     labels: np.ndarray,
-    uninfected_probability: np.ndarray,
+    parasitized_probability: np.ndarray,
     limit: int = 16,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> np.ndarray:
     """Indices of cells misclassified at `threshold`, most confident mistake first (at most
     `limit`)."""
     labels = np.asarray(labels).ravel()
-    uninfected = np.asarray(uninfected_probability, dtype=np.float64).ravel()
-    if labels.shape != uninfected.shape:
+    parasitized = np.asarray(parasitized_probability, dtype=np.float64).ravel()
+    if labels.shape != parasitized.shape:
         raise ValueError("labels and probabilities must be of equal length")
-    wrong = np.flatnonzero(predicted_labels(uninfected, threshold) != labels)
-    wrong_class_probability = np.where(labels == PARASITIZED, uninfected, 1.0 - uninfected)
-    order = np.argsort(-wrong_class_probability[wrong], kind="stable")
+    wrong = np.flatnonzero(predicted_labels(parasitized, threshold) != labels)
+    distance_from_truth = np.abs((labels == PARASITIZED) - parasitized)
+    order = np.argsort(-distance_from_truth[wrong], kind="stable")
     return wrong[order][:limit]
 
 
 def misclassified_gallery(
     images: np.ndarray,
     labels: np.ndarray,
-    uninfected_probability: np.ndarray,
+    parasitized_probability: np.ndarray,
     limit: int = 16,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> Figure | None:
     """The most confidently misclassified cells, each titled with its true label and
     P(parasitized); None when every cell is right."""
-    worst = worst_mistakes(labels, uninfected_probability, limit, threshold)
+    worst = worst_mistakes(labels, parasitized_probability, limit, threshold)
     if worst.size == 0:
         return None
     labels = np.asarray(labels).ravel()
-    uninfected = np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    parasitized = np.asarray(parasitized_probability, dtype=np.float64).ravel()
     figure, axes = tile_grid(worst.size, columns=4)
     for ax, index in zip(axes, worst, strict=True):
         ax.imshow(images[index])
         ax.set_title(
-            f"true: {LABEL_NAMES[labels[index]]}\nP(parasitized) = {1 - uninfected[index]:.2f}",
+            f"true: {LABEL_NAMES[labels[index]]}\nP(parasitized) = {parasitized[index]:.2f}",
             fontsize=8,
         )
     figure.suptitle("Most confident mistakes")

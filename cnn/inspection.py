@@ -153,23 +153,23 @@ def grad_cam_figure(
     model: keras.Model,
     images: np.ndarray,
     labels: np.ndarray,
-    uninfected_probability: np.ndarray,
+    parasitized_probability: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> Figure:
     """Each cell beside its Grad-CAM overlay (for the predicted class), four pairs to a row."""
     heatmaps = grad_cam(model, images)
-    uninfected = np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    parasitized = np.asarray(parasitized_probability, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
     figure, axes = tile_grid(2 * len(images), columns=8)
     for index, image in enumerate(images):
         cell_ax, overlay_ax = axes[2 * index], axes[2 * index + 1]
-        predicted = predicted_labels(uninfected[index : index + 1], threshold)[0]
+        predicted = predicted_labels(parasitized[index : index + 1], threshold)[0]
         cell_ax.imshow(image)
         cell_ax.set_title(f"true: {LABEL_NAMES[labels[index]]}", fontsize=8)
         overlay_ax.imshow(image)
         overlay_ax.imshow(heatmaps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         overlay_ax.set_title(
-            f"pred: {LABEL_NAMES[predicted]}\nP(parasitized) = {1 - uninfected[index]:.2f}",
+            f"pred: {LABEL_NAMES[predicted]}\nP(parasitized) = {parasitized[index]:.2f}",
             fontsize=8,
         )
     figure.suptitle("Grad-CAM: where the predicted class's evidence lies")
@@ -181,8 +181,8 @@ def _tensorflow_gradient(head: keras.Model, activations) -> np.ndarray:
 
     with tf.GradientTape() as tape:
         tape.watch(activations)
-        uninfected = head(activations, training=False)[:, 0]
-        predicted_class_score = tf.where(uninfected >= 0.5, uninfected, 1.0 - uninfected)
+        output = head(activations, training=False)[:, 0]  # the raw sigmoid, either class's
+        predicted_class_score = tf.maximum(output, 1.0 - output)  # the predicted class's
     return tape.gradient(predicted_class_score, activations).numpy()
 
 
@@ -191,8 +191,8 @@ def _jax_gradient(head: keras.Model, activations) -> np.ndarray:
     import jax.numpy as jnp
 
     def predicted_class_score(values):
-        uninfected = head(values, training=False)[:, 0]
-        return jnp.sum(jnp.where(uninfected >= 0.5, uninfected, 1.0 - uninfected))
+        output = head(values, training=False)[:, 0]
+        return jnp.sum(jnp.maximum(output, 1.0 - output))
 
     return np.asarray(jax.grad(predicted_class_score)(activations))
 

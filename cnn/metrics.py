@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cnn.labels import PARASITIZED
+from cnn.labels import PARASITIZED, UNINFECTED
 
 CONFUSION_ROWS = ("true:yes", "true:no")
 CONFUSION_COLUMNS = ("pred:yes", "pred:no")
@@ -80,13 +80,13 @@ otherwise."""
 
 
 def threshold_for_sensitivity(
-    labels: np.ndarray, uninfected_probability: np.ndarray, target: float
+    labels: np.ndarray, parasitized_probability: np.ndarray, target: float
 ) -> float:
     """The P(parasitized) threshold that finds at least `target` of the parasitized cells
     here, halfway to the next score so it is not balanced on one cell, and never above
     `DEFAULT_THRESHOLD`: the operating point only trades specificity for sensitivity."""
     labels = np.asarray(labels).ravel()
-    scores = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    scores = np.asarray(parasitized_probability, dtype=np.float64).ravel()
     positives = np.sort(scores[labels == PARASITIZED])[::-1]
     if not 0.0 < target < 1.0 or positives.size == 0:
         raise ValueError(
@@ -101,26 +101,26 @@ def threshold_for_sensitivity(
 
 
 def predicted_labels(
-    uninfected_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+    parasitized_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
 ) -> np.ndarray:
     """Label per image (int8): parasitized where P(parasitized) > `threshold`."""
-    parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
-    return np.where(parasitized_score > threshold, PARASITIZED, 1 - PARASITIZED).astype(np.int8)
+    scores = np.asarray(parasitized_probability, dtype=np.float64).ravel()
+    return np.where(scores > threshold, PARASITIZED, UNINFECTED).astype(np.int8)
 
 
 def evaluate_predictions(
     labels: np.ndarray,
-    uninfected_probability: np.ndarray,
+    parasitized_probability: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
 ) -> BinaryEvaluation:
-    """Score sigmoid outputs (probability of label 1, uninfected) against true labels;
-    parasitized is predicted where P(parasitized) > `threshold`."""
+    """Score P(parasitized) against true labels; parasitized is predicted where it is above
+    `threshold`."""
     labels = np.asarray(labels).ravel()
-    parasitized_score = 1.0 - np.asarray(uninfected_probability, dtype=np.float64).ravel()
+    parasitized_score = np.asarray(parasitized_probability, dtype=np.float64).ravel()
     if labels.shape != parasitized_score.shape or labels.size == 0:
         raise ValueError("labels and probabilities must be non-empty and of equal length")
     truly_parasitized = labels == PARASITIZED
-    predicted_parasitized = predicted_labels(uninfected_probability, threshold) == PARASITIZED
+    predicted_parasitized = predicted_labels(parasitized_score, threshold) == PARASITIZED
     both_classes = 0 < truly_parasitized.sum() < labels.size
     return BinaryEvaluation(
         true_positive=int(np.sum(truly_parasitized & predicted_parasitized)),

@@ -80,7 +80,7 @@ class SplitScores:
     """A model's outputs on one dataset split."""
 
     labels: np.ndarray
-    uninfected_probability: np.ndarray
+    parasitized_probability: np.ndarray
     resized_from: int | None
     """The dataset's image size when the images had to be resized for the model."""
 
@@ -145,9 +145,8 @@ def score_batches(
             source_ids.extend(ids)
             yield images
 
-    uninfected = uninfected_probability(model, images_of_batches())
-    parasitized = 1.0 - uninfected
-    labels = predicted_labels(uninfected, threshold)
+    parasitized = parasitized_probability(model, images_of_batches())
+    labels = predicted_labels(parasitized, threshold)
     return pa.table(
         [
             pa.array(source_ids, pa.string()),
@@ -374,10 +373,12 @@ def _raw_pixel_batches(
         yield record_batch.column("source_id").to_pylist(), fit_images(images, image_size)
 
 
-def uninfected_probability(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """The model's P(uninfected) for every image of `batches` (uint8 arrays), in order: the
-    one way every stage scores images. A batch shorter than the first is padded to its size,
-    so that the model's prediction function, traced for the first, is not traced again."""
+def parasitized_probability(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """P(parasitized) for every image of `batches` (uint8 arrays), in order: the one way
+    every stage scores images, and the one place that reads the model's output, which is
+    P(uninfected) (label 1 in the TFDS order of `cnn.labels`). A batch shorter than the first
+    is padded to its size, so that the model's prediction function, traced for the first, is
+    not traced again."""
     outputs, full_size = [], None
     for images in batches:
         count = len(images)
@@ -385,8 +386,8 @@ def uninfected_probability(model: keras.Model, batches: Iterable[np.ndarray]) ->
         if count < full_size:
             padding = np.zeros((full_size - count, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, padding])
-        scores = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
-        outputs.append(scores[:count])
+        uninfected = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
+        outputs.append(1.0 - uninfected[:count])
     return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
 
 
@@ -397,14 +398,14 @@ def in_batches(images: np.ndarray, size: int = PREDICT_BATCH) -> Iterator[np.nda
 
 
 def predict_split(model: keras.Model, dataset: Dataset, split: str = "test") -> SplitScores:
-    """The model's P(uninfected) for every image of a dataset split, in the split's order,
+    """P(parasitized) for every image of a dataset split, in the split's order,
     with images resized when the model takes another size than the dataset holds."""
     batches = SplitBatches(dataset, split, PREDICT_BATCH)
     image_size = model_image_size(model)
     images = (fit_images(batches[index][0], image_size) for index in range(len(batches)))
     return SplitScores(
         labels=batches.labels,
-        uninfected_probability=uninfected_probability(model, images),
+        parasitized_probability=parasitized_probability(model, images),
         resized_from=None if dataset.image_shape[0] == image_size else dataset.image_shape[0],
     )
 
@@ -414,7 +415,7 @@ def evaluate_split(
 ) -> BinaryEvaluation:
     """The model's scores on a dataset split at `threshold`."""
     scores = predict_split(model, dataset, split)
-    return evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
+    return evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
 
 
 def split_images(dataset: Dataset, split: str, positions: Sequence[int]) -> np.ndarray:

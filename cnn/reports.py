@@ -155,7 +155,7 @@ GALLERY_LIMIT = 16
 
 
 def report_cell_positions(
-    labels: np.ndarray, uninfected_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+    labels: np.ndarray, parasitized_probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD
 ) -> np.ndarray:
     """Positions (in the test split) of the cells the report shows: the worst mistakes at
     `threshold`, and the first few cells of each class (the first parasitized one gives the
@@ -165,7 +165,7 @@ def report_cell_positions(
         np.flatnonzero(labels == label)[:GRAD_CAM_CELLS_PER_CLASS]
         for label in (PARASITIZED, UNINFECTED)
     ]
-    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT, threshold)
+    mistakes = worst_mistakes(labels, parasitized_probability, GALLERY_LIMIT, threshold)
     return np.unique(np.concatenate([*firsts, mistakes]).astype(int))
 
 
@@ -174,7 +174,7 @@ def build_run_report(
     summary: dict[str, Cell],
     model: keras.Model,
     labels: np.ndarray,
-    uninfected_probability: np.ndarray,
+    parasitized_probability: np.ndarray,
     cells: dict[int, np.ndarray],
     history: dict[str, list[float]],
     augmentation_grids: dict[str, np.ndarray] | None = None,
@@ -183,26 +183,26 @@ def build_run_report(
 ) -> RunReport:
     """Every picture of the report and the HTML page that embeds them.
 
-    `labels` and `uninfected_probability` cover the whole test split; `cells` holds the
+    `labels` and `parasitized_probability` cover the whole test split; `cells` holds the
     images (at the model's input size) at `report_cell_positions` of it. Scores are at the
     model's `threshold`; the pictures of layers show the network inside a test-time-augmented
     model (an ensemble's first member). `augmentation_grids`: a preview per augmentation
     policy (its name → image), the one this run trained with (`augmentation_used`) first.
     """
     labels = np.asarray(labels).ravel()
-    uninfected_probability = np.asarray(uninfected_probability).ravel()
-    evaluation = evaluate_predictions(labels, uninfected_probability, threshold)
+    parasitized_probability = np.asarray(parasitized_probability).ravel()
+    evaluation = evaluate_predictions(labels, parasitized_probability, threshold)
     model = without_test_time_augmentation(ensemble_members(model)[0])
 
     def shown(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images = np.stack([cells[int(position)] for position in positions])
-        return images, labels[positions], uninfected_probability[positions]
+        return images, labels[positions], parasitized_probability[positions]
 
     figures: dict[str, tuple[str, Figure]] = {
         "confusion_matrix.png": ("Confusion matrix (test split)", confusion_heatmap(evaluation)),
         "roc_curve.png": (
             "ROC curve and operating point",
-            roc_curve_figure(labels, uninfected_probability, threshold),
+            roc_curve_figure(labels, parasitized_probability, threshold),
         ),
     }
     if history:
@@ -218,7 +218,7 @@ def build_run_report(
         "First conv layer feature maps of a test cell",
         feature_maps(model, cells[int(examples[0])]),
     )
-    mistakes = worst_mistakes(labels, uninfected_probability, GALLERY_LIMIT, threshold)
+    mistakes = worst_mistakes(labels, parasitized_probability, GALLERY_LIMIT, threshold)
     if mistakes.size:
         figures["misclassified.png"] = (
             "Misclassified test cells",

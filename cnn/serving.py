@@ -17,7 +17,7 @@ import yaml
 from cnn import augmentation, models  # noqa: F401  (importing them registers the custom layers)
 from cnn.labels import LABEL_NAMES
 from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
-from cnn.predict import in_batches, uninfected_probability
+from cnn.predict import in_batches, parasitized_probability
 
 KERAS_FILE = Path("data") / "model.keras"
 """Where `mlflow.keras.save_model` puts the Keras model inside an MLflow model directory."""
@@ -39,11 +39,11 @@ class ServedModel:
 
     def predict(self, data, params: dict | None = None) -> pd.DataFrame:
         images = np.asarray(data.values if isinstance(data, pd.DataFrame) else data)
-        uninfected = uninfected_probability(self.model, in_batches(images))
-        labels = predicted_labels(uninfected, self.threshold)
+        parasitized = parasitized_probability(self.model, in_batches(images))
+        labels = predicted_labels(parasitized, self.threshold)
         return pd.DataFrame(
             {
-                "parasitized_probability": 1.0 - uninfected,
+                "parasitized_probability": parasitized,
                 "predicted_label": labels,
                 "predicted_name": [LABEL_NAMES[label] for label in labels],
             }

@@ -393,7 +393,7 @@ def operating_threshold(model: keras.Model, dataset: Dataset, target: float | No
     if target is None:
         return DEFAULT_THRESHOLD
     validation = predict_split(model, dataset, "validation")
-    return threshold_for_sensitivity(validation.labels, validation.uninfected_probability, target)
+    return threshold_for_sensitivity(validation.labels, validation.parasitized_probability, target)
 
 
 def _split_rows(dataset: Dataset, split: str) -> int:

@@ -29,7 +29,7 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
             *(model.input_shape[1], scores.resized_from),
         )
     threshold = model_threshold(model_uri)
-    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
+    evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
     confusion = log_evaluation(run_id, dataset, scores, evaluation, threshold)
     logger.info(
         "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "

@@ -26,7 +26,7 @@ from tracking.training import (
 )
 
 TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
-"""Label and P(uninfected) of every test image, in the split's order (the report reads it)."""
+"""Label and P(parasitized) of every test image, in the split's order (the report reads it)."""
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 REPORT_DIR = "report"
 
@@ -64,7 +64,7 @@ def log_evaluation(
         mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
         mlflow.log_figure(
-            roc_curve_figure(scores.labels, scores.uninfected_probability, threshold),
+            roc_curve_figure(scores.labels, scores.parasitized_probability, threshold),
             "evaluation/roc_curve.png",
         )
     return confusion
@@ -74,7 +74,7 @@ def _log_test_predictions(scores: SplitScores) -> None:
     table = pd.DataFrame(
         {
             "label": scores.labels.astype(np.int8),
-            "uninfected_probability": scores.uninfected_probability,
+            "parasitized_probability": scores.parasitized_probability,
         }
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,13 +84,13 @@ def _log_test_predictions(scores: SplitScores) -> None:
 
 
 def load_test_predictions(artifact_uri: str) -> SplitScores:
-    """The test labels and P(uninfected) that `log_evaluation` logged to a run."""
+    """The test labels and P(parasitized) that `log_evaluation` logged to a run."""
     table = pd.read_parquet(
         mlflow.artifacts.download_artifacts(f"{artifact_uri}/{TEST_PREDICTIONS}")
     )
     return SplitScores(
         labels=table["label"].to_numpy(),
-        uninfected_probability=table["uninfected_probability"].to_numpy(np.float32),
+        parasitized_probability=table["parasitized_probability"].to_numpy(np.float32),
         resized_from=None,
     )
 
@@ -116,9 +116,9 @@ def log_run_report(
     threshold = model_threshold(model_uri)
     dataset = open_dataset(dataset_path)
     scores = load_test_predictions(run.info.artifact_uri)
-    positions = report_cell_positions(scores.labels, scores.uninfected_probability, threshold)
+    positions = report_cell_positions(scores.labels, scores.parasitized_probability, threshold)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
-    evaluation = evaluate_predictions(scores.labels, scores.uninfected_probability, threshold)
+    evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
     summary = {
         "variant": run.data.params.get("variant") or model.name,
         "MLflow run": run_id,
@@ -135,7 +135,7 @@ def log_run_report(
         summary=summary,
         model=model,
         labels=scores.labels,
-        uninfected_probability=scores.uninfected_probability,
+        parasitized_probability=scores.parasitized_probability,
         cells=dict(zip(positions.tolist(), images, strict=True)),
         history=_history(client, run_id),
         augmentation_grids=_augmentation_previews(client, run),

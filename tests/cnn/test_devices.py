@@ -14,6 +14,7 @@ from cnn.checkpoints import CheckpointStore
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset
 from cnn.devices import DevicesError, training_devices
+from cnn.metrics import predicted_labels
 from cnn.predict import predict_split
 from cnn.sources import open_source
 from cnn.storage import location
@@ -77,8 +78,8 @@ def test_models_of_different_shapes_train_on_two_devices_one_after_another(small
 
 
 def _test_accuracy(model, dataset) -> float:
-    scores = predict_split(model, dataset, "test")  # labels: 1 is uninfected
-    return float(np.mean((scores.uninfected_probability >= 0.5) == scores.labels))
+    scores = predict_split(model, dataset, "test")
+    return float(np.mean(predicted_labels(scores.parasitized_probability) == scores.labels))
 
 
 def test_a_training_on_two_devices_resumes_from_its_checkpoint(small_dataset, tmp_path):

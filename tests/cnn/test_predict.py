@@ -18,10 +18,10 @@ from cnn.predict import (
     PredictionInputError,
     fit_images,
     iter_input_batches,
+    parasitized_probability,
     predict_split,
     score_batches,
     split_images,
-    uninfected_probability,
     write_predictions,
 )
 from cnn.records import MAX_ENCODED_BYTES
@@ -202,7 +202,7 @@ def test_split_scores_follow_the_split_order_and_resize_for_the_model(dataset):
     assert scores.resized_from == 24
     assert np.array_equal(scores.labels, labels)
     expected = fit_images(images, 12)[..., 0].mean(axis=(1, 2)) / 255
-    assert scores.uninfected_probability == pytest.approx(expected, abs=1e-5)
+    assert scores.parasitized_probability == pytest.approx(1 - expected, abs=1e-5)
     picked = split_images(dataset, "test", [3, 0])
     assert np.array_equal(picked, images[[3, 0]])
 
@@ -219,7 +219,7 @@ def test_a_short_last_batch_is_padded_so_the_model_is_traced_once_and_scored_as_
     traced_shapes.clear()  # building the model traced it symbolically
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
 
-    scores = uninfected_probability(model, [images[:4], images[4:8], images[8:]])
+    scores = parasitized_probability(model, [images[:4], images[4:8], images[8:]])
 
-    assert scores == pytest.approx(images[..., 0].mean(axis=(1, 2)) / 255, abs=1e-5)
+    assert scores == pytest.approx(1 - images[..., 0].mean(axis=(1, 2)) / 255, abs=1e-5)
     assert {shape[0] for shape in traced_shapes} == {4}

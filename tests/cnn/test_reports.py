@@ -89,10 +89,10 @@ def test_confusion_heatmap_annotates_the_lectures_counts_in_its_layout():
 def test_roc_treats_parasitized_as_positive_and_reports_the_auc():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, size=200)
-    uninfected_probability = np.clip(0.35 * labels + rng.uniform(0, 0.65, size=200), 0, 1)
-    expected = roc_auc_score(labels == PARASITIZED, 1 - uninfected_probability)
+    parasitized_probability = 1 - np.clip(0.35 * labels + rng.uniform(0, 0.65, 200), 0, 1)
+    expected = roc_auc_score(labels == PARASITIZED, parasitized_probability)
     assert 0.6 < expected < 0.99
-    ax = roc_curve_figure(labels, uninfected_probability).axes[0]
+    ax = roc_curve_figure(labels, parasitized_probability).axes[0]
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == ["chance", f"AUC = {expected:.3f}"]
     curve = ax.lines[1]
@@ -102,12 +102,12 @@ def test_roc_treats_parasitized_as_positive_and_reports_the_auc():
 
 def test_roc_of_a_perfect_model_has_auc_one():
     labels = np.array([PARASITIZED, UNINFECTED] * 5)
-    ax = roc_curve_figure(labels, labels * 0.8 + 0.1).axes[0]
+    ax = roc_curve_figure(labels, 0.9 - labels * 0.8).axes[0]
     assert "AUC = 1.000" in [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def test_roc_with_one_class_says_so_instead_of_crashing():
-    figure = roc_curve_figure(np.full(5, UNINFECTED), np.full(5, 0.9))
+    figure = roc_curve_figure(np.full(5, UNINFECTED), np.full(5, 0.1))
     assert figure.axes[0].get_title() == "ROC undefined: only uninfected cells"
     assert figure_png(figure).startswith(PNG_SIGNATURE)
 
@@ -128,19 +128,19 @@ def test_learning_curves_plot_loss_and_accuracy_by_epoch_from_one():
 
 def test_worst_mistakes_are_the_wrong_ones_most_confident_first():
     labels = np.array([0, 0, 1, 1, 0, 1, 1])
-    uninfected_probability = np.array([0.2, 0.9, 0.3, 0.8, 0.6, 0.05, 0.5])
+    parasitized_probability = np.array([0.8, 0.1, 0.7, 0.2, 0.4, 0.95, 0.5])
     # wrong: 1 (P(wrong class) 0.9), 2 (0.7), 4 (0.6), 5 (0.95); 6 sits on the threshold: right
-    np.testing.assert_array_equal(worst_mistakes(labels, uninfected_probability), [5, 1, 2, 4])
-    np.testing.assert_array_equal(worst_mistakes(labels, uninfected_probability, limit=2), [5, 1])
-    evaluation = evaluate_predictions(labels, uninfected_probability)
+    np.testing.assert_array_equal(worst_mistakes(labels, parasitized_probability), [5, 1, 2, 4])
+    np.testing.assert_array_equal(worst_mistakes(labels, parasitized_probability, limit=2), [5, 1])
+    evaluation = evaluate_predictions(labels, parasitized_probability)
     assert evaluation.false_negative + evaluation.false_positive == 4
 
 
 def test_misclassified_gallery_shows_those_cells_titled_with_truth_and_score():
     labels = np.array([0, 0, 1, 1, 0, 1])
-    uninfected_probability = np.array([0.2, 0.9, 0.3, 0.8, 0.6, 0.05])
+    parasitized_probability = np.array([0.8, 0.1, 0.7, 0.2, 0.4, 0.95])
     images = np.stack([np.full((8, 8, 3), 40 * index, np.uint8) for index in range(6)])
-    figure = misclassified_gallery(images, labels, uninfected_probability)
+    figure = misclassified_gallery(images, labels, parasitized_probability)
     shown = _image_axes(figure)
     assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in shown] == [200, 40, 80, 160]
     assert shown[0].get_title() == "true: uninfected\nP(parasitized) = 0.95"
@@ -149,7 +149,7 @@ def test_misclassified_gallery_shows_those_cells_titled_with_truth_and_score():
 
 def test_misclassified_gallery_is_none_when_every_cell_is_right():
     labels = np.array([PARASITIZED, UNINFECTED])
-    assert misclassified_gallery(np.zeros((2, 8, 8, 3), np.uint8), labels, [0.1, 0.9]) is None
+    assert misclassified_gallery(np.zeros((2, 8, 8, 3), np.uint8), labels, [0.9, 0.1]) is None
 
 
 # --- First convolutional layer ------------------------------------------------------------------
@@ -368,7 +368,7 @@ def test_grad_cam_names_a_backend_without_gradient_code(simple_model, monkeypatc
 
 def test_grad_cam_figure_pairs_each_cell_with_its_overlay(simple_model):
     images, labels = _cells(3)
-    figure = grad_cam_figure(simple_model, images, labels, np.array([0.1, 0.7, 0.5]))
+    figure = grad_cam_figure(simple_model, images, labels, np.array([0.9, 0.3, 0.5]))
     shown = _image_axes(figure)
     assert [len(ax.images) for ax in shown] == [1, 2] * 3
     np.testing.assert_array_equal(shown[2].images[0].get_array(), images[1])

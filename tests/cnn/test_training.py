@@ -5,7 +5,7 @@ import pytest
 from cnn.batches import SplitBatches
 from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import build_dataset, load_split
-from cnn.predict import in_batches, uninfected_probability
+from cnn.predict import in_batches, parasitized_probability
 from cnn.sources import SyntheticSource
 from cnn.training import (
     fit_inputs,
@@ -35,7 +35,7 @@ def test_training_reports_each_epoch_and_returns_probabilities(tiny_dataset, in_
     assert len(result.history["val_loss"]) == 3
     assert result.best_epoch == int(np.argmin(result.history["val_loss"])) + 1
     images, _ = load_split(tiny_dataset, "test")
-    probabilities = uninfected_probability(result.model, in_batches(images))
+    probabilities = parasitized_probability(result.model, in_batches(images))
     assert probabilities.shape == (len(images),)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
@@ -75,7 +75,7 @@ def test_mixed_precision_computes_in_float16_and_outputs_float32(tiny_dataset):
     assert (conv.compute_dtype, conv.variable_dtype) == ("float16", "float32")
     assert result.model.get_layer("uninfected").compute_dtype == "float32"
     images, _ = load_split(tiny_dataset, "test")
-    probabilities = uninfected_probability(result.model, in_batches(images))
+    probabilities = parasitized_probability(result.model, in_batches(images))
     assert probabilities.dtype == np.float32 and np.all(np.isfinite(probabilities))
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 

@@ -15,7 +15,7 @@ from cnn.config import IngestConfig, TrainConfig
 from cnn.dataset import load_split, open_dataset
 from cnn.labels import PARASITIZED
 from cnn.metrics import predicted_labels, threshold_for_sensitivity
-from cnn.predict import predict_split
+from cnn.predict import in_batches, parasitized_probability, predict_split
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train_variant
@@ -122,7 +122,7 @@ def test_every_test_prediction_is_logged_and_agrees_with_the_scores(finished_pip
     assert len(predictions) == sum(test_counts.values())
     assert (predictions["label"] == 0).sum() == test_counts["parasitized"]
     threshold = run_result.test_scores["threshold"]
-    predicted = predicted_labels(predictions["uninfected_probability"], threshold)
+    predicted = predicted_labels(predictions["parasitized_probability"], threshold)
     assert np.mean(predicted == predictions["label"]) == pytest.approx(run_result.test_accuracy)
 
 
@@ -136,7 +136,7 @@ def test_logged_model_is_registered_and_reproduces_the_test_accuracy(finished_pi
     model = mlflow.keras.load_model(model_uri)
     images, labels = load_split(open_dataset(result.dataset.path), "test")
     threshold = mlflow.models.get_model_info(model_uri).metadata["threshold"]
-    predicted = predicted_labels(model.predict(images, verbose=0), threshold)
+    predicted = predicted_labels(parasitized_probability(model, in_batches(images)), threshold)
     assert np.mean(predicted == labels) == pytest.approx(run_result.test_accuracy)
 
 
@@ -152,21 +152,21 @@ def test_the_operating_point_goes_from_validation_through_the_registry_to_labels
     keras_model = mlflow.keras.load_model(model_uri)
     validation = predict_split(keras_model, dataset, "validation")
     chosen = threshold_for_sensitivity(
-        validation.labels, validation.uninfected_probability, TrainConfig().target_sensitivity
+        validation.labels, validation.parasitized_probability, TrainConfig().target_sensitivity
     )
     threshold = mlflow.models.get_model_info(model_uri).metadata["threshold"]
     assert threshold == pytest.approx(chosen)
     assert run.data.metrics["operating_threshold"] == pytest.approx(threshold)
     assert run_result.test_scores["threshold"] == pytest.approx(threshold)
     images, _ = load_split(dataset, "test")
-    probability = keras_model.predict(images, verbose=0).reshape(-1)
-    expected = predicted_labels(probability, threshold)
+    parasitized = 1 - keras_model.predict(images, verbose=0).reshape(-1)  # the raw output
+    expected = predicted_labels(parasitized, threshold)
     served = mlflow.pyfunc.load_model(model_uri).predict(images)
     np.testing.assert_array_equal(served["predicted_label"], expected)
-    np.testing.assert_allclose(served["parasitized_probability"], 1 - probability, atol=1e-6)
+    np.testing.assert_allclose(served["parasitized_probability"], parasitized, atol=1e-6)
     summary = predict(result.dataset.path, str(tmp_path / "scored.parquet"), model_uri)
     scored = pd.read_parquet(summary.output)  # every split of the dataset
-    labels = predicted_labels(1 - scored["parasitized_probability"], threshold)
+    labels = predicted_labels(scored["parasitized_probability"], threshold)
     np.testing.assert_array_equal(scored["predicted_label"], labels)
     assert summary.parasitized == int(np.sum(labels == PARASITIZED))
 
