@@ -16,7 +16,7 @@ from cnn.storage import Location, StorageError, location
 
 ENV_PREFIX = "MALARIA_"
 MAX_IO_RETRIES = 5
-"""The most retries `MALARIA_IO_RETRIES` may ask for (tasks are declared with this many)."""
+"""The most retries `MALARIA_IO_RETRIES` may ask for."""
 
 
 class SettingsError(InputError):

@@ -3,17 +3,20 @@
 Tasks that download or call the tracking server take `IO_RETRIES`: by default up to three
 more tries, 10, 20 and 40 s apart (±30%), and only while the error is transient. A bad
 parameter, a missing file or a corrupt dataset fails at once: retrying would fail the same
-way. `MALARIA_IO_RETRIES` and `MALARIA_IO_RETRY_DELAY_SECONDS` (the first delay) change both
-when a task fails, not when this module is imported: tasks are declared with the most
-retries allowed (`MAX_IO_RETRIES`), and each retry is granted and timed by the settings then.
+way. Tasks are declared the way Prefect documents it (`retries`, `exponential_backoff`), with
+`MALARIA_IO_RETRIES` and `MALARIA_IO_RETRY_DELAY_SECONDS` (the first delay) as the process that
+imports them has them: the flow run's process, so a worker's environment applies, and
+Prefect's "Retry 1/3" counts what the setting says. A bad value there breaks no import: the
+defaults are declared, and the variable is named when a task fails.
 """
 
 from typing import Any
 
 import requests
+from prefect.tasks import exponential_backoff
 
 from cnn.records import SourceUnavailableError
-from cnn.settings import MAX_IO_RETRIES, settings
+from cnn.settings import Settings, SettingsError, settings
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,  # includes refused and reset connections
@@ -65,26 +68,19 @@ def retry_if_transient(_task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(error, BaseException) and is_transient(error)
 
 
-class RetryDelays(list):
-    """Prefect's `retry_delay_seconds` (which must be a list) read when a retry is scheduled:
-    the `index`-th delay is `MALARIA_IO_RETRY_DELAY_SECONDS` × 2^index."""
-
-    def __init__(self) -> None:
-        super().__init__([0.0] * MAX_IO_RETRIES)  # the length Prefect sees
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        position = range(len(self))[index]  # IndexError beyond the last retry
-        return settings().io_retry_delay_seconds * 2**position
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
+def _declared_retries() -> tuple[int, float]:
+    """The number of retries and the first delay that tasks are declared with."""
+    try:
+        current = settings()
+    except SettingsError:  # named by `retry_if_transient` when a task fails
+        current = Settings.model_construct()
+    return current.io_retries, current.io_retry_delay_seconds
 
 
+_RETRIES, _FIRST_DELAY = _declared_retries()
 IO_RETRIES: dict[str, Any] = {
-    "retries": MAX_IO_RETRIES,
-    "retry_delay_seconds": RetryDelays(),
+    "retries": _RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=_FIRST_DELAY),
     "retry_jitter_factor": 0.3,
     "retry_condition_fn": retry_if_transient,
 }

@@ -13,7 +13,7 @@ from prefect import flow, task
 from cnn.dataset import DatasetError
 from cnn.locks import LockTimeoutError
 from cnn.records import SourceError, SourceUnavailableError
-from cnn.settings import MAX_IO_RETRIES, SettingsError, settings
+from cnn.settings import SettingsError, settings
 from cnn.storage import StorageError, StorageUnavailableError
 from tasks.retry import IO_RETRIES, is_transient
 from tracking.store import TrackingUnavailableError
@@ -106,11 +106,33 @@ def test_prefect_retries_only_transient_failures(error, attempts):
     assert len(calls) == attempts
 
 
-def test_io_tasks_retry_with_growing_delays_read_from_the_settings_when_they_retry(monkeypatch):
-    monkeypatch.delenv("MALARIA_IO_RETRY_DELAY_SECONDS", raising=False)
-    assert list(IO_RETRIES["retry_delay_seconds"])[:3] == [10.0, 20.0, 40.0]
-    monkeypatch.setenv("MALARIA_IO_RETRY_DELAY_SECONDS", "0.5")
-    assert list(IO_RETRIES["retry_delay_seconds"]) == [0.5 * 2**i for i in range(MAX_IO_RETRIES)]
+DECLARED = (
+    "from tasks.retry import IO_RETRIES as r; "
+    "print(r['retries'], r['retry_delay_seconds'](r['retries']))"
+)
+
+
+@pytest.mark.parametrize(
+    ("environment", "declared"),
+    [
+        ({}, "3 [10.0, 20.0, 40.0]"),
+        ({"MALARIA_IO_RETRIES": "2", "MALARIA_IO_RETRY_DELAY_SECONDS": "0.5"}, "2 [0.5, 1.0]"),
+    ],
+)
+def test_io_tasks_are_declared_with_the_settings_of_the_process_that_imports_them(
+    environment, declared
+):
+    """So Prefect's "Retry 1/N" counts what the setting allows."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALARIA_IO_RETR")}
+    imported = subprocess.run(
+        [sys.executable, "-c", DECLARED],
+        env={**clean, **environment},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip().splitlines()[-1] == declared
 
 
 @pytest.mark.usefixtures("prefect_harness")
