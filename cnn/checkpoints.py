@@ -6,6 +6,11 @@ schedule's counters with the best weights so far, and the metric history. Its ar
 written first and its state last, each atomically (`Location.write_bytes`), on a local disk or
 object storage alike: a checkpoint without its state is not one, so a crash at any moment
 leaves the previous checkpoint usable and never a half-written one that would be trusted.
+
+Keras' `BackupAndRestore` does less: it writes through Keras' own file layer, which has no S3
+("File system scheme 's3' not implemented" with `MALARIA_DATA_DIR=s3://…`), writes weights and
+epoch as two files with no commit order, and keeps neither early stopping's counters and best
+weights, nor the history, nor which fine-tuning phase a training was in.
 """
 
 import hashlib
