@@ -4,7 +4,7 @@
 
 Saves a checkpoint as training does (weights, best weights, Adam's two moments per weight,
 fsynced, renamed into place) five times per variant and loads the newest once. Compare the
-median save with an epoch's time (docs/measured.md). Printed and saved to
+median save with an epoch's time (docs/benchmarks.md). Printed and saved to
 benchmarks/results/checkpoints.json.
 """
 

@@ -108,7 +108,7 @@ AUGMENTATIONS: dict[str, AugmentationPolicy] = {
     "dihedral+affine+stain": AugmentationPolicy(dihedral=True, **_MILD_AFFINE, **_STAIN),
 }
 """The named policies: the lecture's ImageDataGenerator values, and the ones measured on
-malaria-dev (docs/measured.md: the ablation table)."""
+malaria-dev (docs/model.md: the ablation table)."""
 AugmentName = Literal[tuple(AUGMENTATIONS)]  # type: ignore[valid-type]
 
 
@@ -143,7 +143,7 @@ VariantNames = Annotated[
     Field(min_length=1, description="CNN variants to train, one run each"),
 ]
 DEFAULT_VARIANTS = ("resnet",)
-"""The default recipe (with 64 px images): see "Model quality" in docs/measured.md."""
+"""The default recipe (with 64 px images): see docs/model.md."""
 
 
 class TrainConfig(BaseModel):

@@ -19,7 +19,7 @@ WORKER_IDLE_SECONDS = 10
 YIELDING_NICENESS = 19
 """The niceness of workers that yield to their caller: the lowest priority, so they take only
 the CPU time the caller leaves idle (and little beside other busy processes of the same
-session; docs/measured.md compares the levels)."""
+session; docs/benchmarks.md compares the levels)."""
 
 
 def worker_count(workers: int | None) -> int:

@@ -367,7 +367,7 @@ def fit_inputs(dataset: Dataset, batch_size: int, config: TrainConfig) -> dict[s
     Splits that together fit `config.in_memory_limit_mb` are loaded as uint8 arrays: Keras'
     own array input (shuffled each epoch) trained `resnet` at 107 images/s on 2 cores where
     streamed batches made 66. The labels stay int8 as stored: with float32 labels the same
-    array input trained far slower (docs/measured.md). Larger splits stream from Parquet in
+    array input trained far slower (docs/benchmarks.md). Larger splits stream from Parquet in
     bounded memory.
     """
     rows = _split_rows(dataset, "train") + _split_rows(dataset, "validation")
