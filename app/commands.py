@@ -68,8 +68,8 @@ def _ingest_config(args: argparse.Namespace):
     """The validated ingest settings and their source; a folder or zip source must exist in
     the NIH layout."""
     from cnn.config import IngestConfig
-    from cnn.records import SourceError
-    from cnn.sources import open_source
+    from cnn.sources.records import SourceError
+    from cnn.sources.specs import open_source
 
     config = _validated(lambda: IngestConfig(**given(args, IngestConfig)))
     try:
@@ -124,9 +124,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     """A dataset already ingested from the same source and settings is the answer as it is:
     nothing runs, so no flow run is made (nor a Prefect server started)."""
-    from cnn.dataset import DatasetRef, find_dataset
+    from cnn.data.dataset import DatasetRef
+    from cnn.ingest.build import find_dataset
+    from cnn.ingest.splits import import_splitters
     from cnn.settings import datasets_dir
-    from cnn.splits import import_splitters
 
     started = time.perf_counter()
     config, source = _ingest_config(args)
@@ -139,7 +140,7 @@ def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _open_dataset_option(path: str):
-    from cnn.dataset import open_dataset
+    from cnn.data.dataset import open_dataset
 
     try:
         return open_dataset(path)
@@ -193,8 +194,8 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
 
     from cnn.config import PredictBatch
     from cnn.errors import InputError
-    from cnn.storage import location
-    from cnn.writes import OutputPathError, check_output_file
+    from cnn.io.storage import location
+    from cnn.io.writes import OutputPathError, check_output_file
 
     try:
         found = location(args.input.removeprefix("folder:")).info().type != FileType.NotFound
@@ -243,7 +244,7 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_variants(args: argparse.Namespace) -> dict[str, Any]:
     from cnn.config import IngestConfig
-    from cnn.models import VARIANTS, count_parameters
+    from cnn.models.variants import VARIANTS, count_parameters
 
     image_size = _validated(lambda: IngestConfig(**given(args, IngestConfig))).image_size
     shape = (image_size, image_size, 3)

@@ -144,7 +144,7 @@ def connect_prefect() -> PrefectApi:
     # Registered after Prefect's import but before its log and event workers start, so it
     # runs after their exit handlers have sent the last logs and events to the server.
     atexit.register(api.stop)
-    from cnn.locks import TEMPORARY_SERVER_VARIABLE
+    from cnn.io.locks import TEMPORARY_SERVER_VARIABLE
 
     os.environ[API_URL_VARIABLE] = api.url
     os.environ[TEMPORARY_SERVER_VARIABLE] = "1"  # its locks would bind this process alone

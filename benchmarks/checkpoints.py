@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from _measure import save
 
-from cnn.checkpoints import CheckpointStore, TrainingState
-from cnn.models import VARIANTS, build_model
+from cnn.models.variants import VARIANTS, build_model
+from cnn.training.checkpoints import CheckpointStore, TrainingState
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 Ingests the folder at the default image size, trains the default variant with the default
 recipe on the pipeline's own patient split (or loads `--model`), then takes the report's
-heatmap (`cnn.inspection.grad_cam`, for the parasitized class) of every test cell that is
+heatmap (`cnn.reports.inspection.grad_cam`, for the parasitized class) of every test cell that is
 parasitized and predicted so (at 0.5). The parasite is found by a simple colour mask: inside
 the cell (filled, its rim of `RIM_PIXELS` eroded), the pixels whose green is under
 `STAIN_GREEN_RATIO` of the cell's median green (the stain is dark purple on a pink cell).
@@ -113,15 +113,16 @@ def main() -> None:
 
     import keras
 
-    from cnn import inspection
     from cnn.config import DEFAULT_VARIANTS, IngestConfig, TrainConfig
-    from cnn.dataset import build_dataset, load_split
+    from cnn.data.dataset import load_split
+    from cnn.evaluation.metrics import predicted_labels
+    from cnn.evaluation.scoring import in_batches, parasitized_probability
+    from cnn.ingest.build import build_dataset
     from cnn.labels import PARASITIZED
-    from cnn.metrics import predicted_labels
-    from cnn.models import build_model  # also registers the variants' custom layers
-    from cnn.predict import in_batches, parasitized_probability
-    from cnn.sources import open_source
-    from cnn.training import train_on_dataset
+    from cnn.models.variants import build_model  # also registers the variants' custom layers
+    from cnn.reports import inspection
+    from cnn.sources.specs import open_source
+    from cnn.training.train import train_on_dataset
 
     variant = DEFAULT_VARIANTS[0]
     ingest = IngestConfig(source=f"folder:{args.folder.resolve()}")

@@ -176,8 +176,8 @@ def profile_stages(folder: Path, size: int, count: int) -> dict[str, float]:
     from PIL import Image
 
     from cnn.images import _decode_rgb_png
-    from cnn.shards import COMPRESSION, DICTIONARY_COLUMNS, WRITE_BATCH, _rows_table, _schema
-    from cnn.sources import open_source
+    from cnn.ingest.shards import COMPRESSION, DICTIONARY_COLUMNS, WRITE_BATCH, _rows_table, _schema
+    from cnn.sources.specs import open_source
 
     source = open_source(f"folder:{folder}")
     records = source.list_records()[:: max(1, len(source.list_records()) // count)][:count]
@@ -223,12 +223,13 @@ def profile_stages(folder: Path, size: int, count: int) -> dict[str, float]:
 
 
 def pool_scaling(folder: Path, size: int) -> dict[str, float]:
-    """Images/s of the shard writer (`cnn.shards.write_shards`, reading, decoding, resizing and
-    writing in worker processes) over 1 and 2 workers, the workers started beforehand."""
-    from cnn.parallel import start_decode_workers
-    from cnn.shards import write_shards
-    from cnn.sources import open_source
-    from cnn.storage import location
+    """Images/s of the shard writer (`cnn.ingest.shards.write_shards`, reading, decoding,
+    resizing and writing in worker processes) over 1 and 2 workers, the workers started
+    beforehand."""
+    from cnn.ingest.parallel import start_decode_workers
+    from cnn.ingest.shards import write_shards
+    from cnn.io.storage import location
+    from cnn.sources.specs import open_source
 
     source = open_source(f"folder:{folder}")
     records = source.list_records()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import save
 
-from cnn.dataset import open_dataset
+from cnn.data.dataset import open_dataset
 
 
 def _seconds(action, repeats: int) -> float:

@@ -7,7 +7,7 @@ temporary store: the weights do not change the cost of scoring), then times, in 
 
 1. the model's own rate: the registered model (with test-time augmentation, as served)
    scoring the folder's images already decoded into memory, in the pipeline's batches, the
-   way `predict` calls it (`cnn.predict.parasitized_probability`), after a warm-up batch;
+   way `predict` calls it (`cnn.evaluation.scoring.parasitized_probability`), after a warm-up batch;
 2. the whole `malaria predict --input FOLDER` command, and its task's own rate (listing,
    reading, decoding, resizing, scoring and writing the Parquet file).
 
@@ -102,8 +102,9 @@ def _model_rate(model_uri: str, folder: Path) -> float:
     import numpy as np
 
     from cnn.config import PREDICT_BATCH
-    from cnn.predict import InputReport, iter_input_batches, model_image_size
-    from cnn.predict import parasitized_probability as score
+    from cnn.evaluation.scoring import model_image_size
+    from cnn.evaluation.scoring import parasitized_probability as score
+    from cnn.prediction.batch import InputReport, iter_input_batches
     from tracking.models import load_keras_model
 
     model = load_keras_model(model_uri)

@@ -12,7 +12,7 @@ key is a variant option (e.g. `resnet@64:base_filters=16`).
 `--folds 5`: patient-grouped stratified 5-fold cross-validation (`StratifiedGroupKFold`;
 each fold's validation split is a further patient-grouped tenth of its training patients);
 every recipe sees the same folds. `--folds 0`: the pipeline's own fixed patient split, for
-quick ablations. Each recipe trains as the pipeline does (`cnn.training.train_on_dataset`),
+quick ablations. Each recipe trains as the pipeline does (`cnn.training.train.train_on_dataset`),
 chooses its threshold on validation, and is scored on the held-out patients with and without
 test-time augmentation. Prints and saves benchmarks/results/<output>.json and .md.
 """
@@ -110,8 +110,8 @@ def with_splits(dataset, splits: np.ndarray, path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cnn.dataset import MANIFEST_NAME, open_dataset
-    from cnn.manifest import Shard
+    from cnn.data.dataset import open_dataset
+    from cnn.data.manifest import MANIFEST_NAME, Shard
 
     table = pq.read_table(dataset.shard_paths)
     column = table.schema.get_field_index("split")
@@ -142,8 +142,8 @@ def test_curve(dataset):
     """A Keras callback that scores the test split (no TTA, threshold 0.5) after each epoch."""
     import keras
 
-    from cnn.metrics import evaluate_predictions
-    from cnn.predict import predict_split
+    from cnn.evaluation.metrics import evaluate_predictions
+    from cnn.evaluation.scoring import predict_split
 
     class TestCurve(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -168,7 +168,11 @@ def score(validation, test, target: float | None) -> dict:
     """Test scores at the threshold chosen on validation for `target` (None: 0.5), at 0.5,
     and at the thresholds of each of `VALIDATION_TARGETS`; `validation` and `test` are
     (labels, P(parasitized)) pairs."""
-    from cnn.metrics import DEFAULT_THRESHOLD, evaluate_predictions, threshold_for_sensitivity
+    from cnn.evaluation.metrics import (
+        DEFAULT_THRESHOLD,
+        evaluate_predictions,
+        threshold_for_sensitivity,
+    )
 
     threshold = threshold_for_sensitivity(*validation, target) if target else DEFAULT_THRESHOLD
     evaluation = evaluate_predictions(*test, threshold)
@@ -192,9 +196,9 @@ def score(validation, test, target: float | None) -> dict:
 
 def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> dict:
     """Train on the dataset's train split and score its test split as the pipeline does."""
-    from cnn.augmentation import with_test_time_augmentation
-    from cnn.predict import predict_split
-    from cnn.training import train_on_dataset
+    from cnn.evaluation.scoring import predict_split
+    from cnn.models.augmentation import with_test_time_augmentation
+    from cnn.training.train import train_on_dataset
 
     callbacks = [test_curve(dataset)] if curve else []
     result = train_on_dataset(dataset, variant, config, callbacks=callbacks)
@@ -315,8 +319,8 @@ def run_recipe(
     folder: Path, text: str, folds: int, fold_limit: int, scratch: Path, curve: bool = False
 ) -> dict:
     from cnn.config import IngestConfig, TrainConfig
-    from cnn.dataset import build_dataset
-    from cnn.sources import open_source
+    from cnn.ingest.build import build_dataset
+    from cnn.sources.specs import open_source
 
     variant, size, training, options = parse_recipe(text)
     from cnn.config import DEFAULT_VARIANTS

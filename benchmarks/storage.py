@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import measure, save
 
-from cnn.batches import SplitBatches
 from cnn.config import IngestConfig
-from cnn.dataset import Dataset, build_dataset, images_from_column, open_dataset
-from cnn.manifest import MANIFEST_NAME, Manifest
-from cnn.sources import open_source
-from cnn.storage import Location, location
+from cnn.data.batches import SplitBatches
+from cnn.data.dataset import Dataset, images_from_column, open_dataset
+from cnn.data.manifest import MANIFEST_NAME, Manifest
+from cnn.ingest.build import build_dataset
+from cnn.io.storage import Location, location
+from cnn.sources.specs import open_source
 from tests.integration.servers import seaweed_s3
 
 

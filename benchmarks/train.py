@@ -8,7 +8,7 @@
 2. Overhead: the whole `malaria train --dataset D --variants V --epochs E` command (Prefect,
    MLflow, evaluation, report, model logging included; on an MLflow store that exists, as a
    scheduled retrain's does) against a bare Keras script that loads the same arrays, fits the
-   same network (`cnn.models.build_model`) for the same epochs and evaluates it on the test
+   same network (`cnn.models.variants.build_model`) for the same epochs and evaluates it on the test
    split, as the lecture does. The pipeline runs the bare script's recipe (no augmentation,
    no test-time augmentation; `--recipe` sets other options), so only its machinery differs.
    One run each, for `simple` (the lecture's: little compute, so the fixed costs weigh most)
@@ -16,7 +16,7 @@
    times of its log lines.
 
 `--devices 1,2` runs the throughput part once per device count, one replica a device
-(`cnn.devices`: MirroredStrategy, or DataParallel under JAX), each replica `--batch-size`
+(`cnn.training.devices`: MirroredStrategy, or DataParallel under JAX), each replica `--batch-size`
 images a step; without GPUs the CPU is split into that many logical devices first, as the
 tests do. Saved as train_devices.json.
 
@@ -46,7 +46,7 @@ BARE_KERAS = """
 import sys, time
 import keras, numpy as np, pyarrow.parquet as pq
 from pathlib import Path
-from cnn.models import build_model
+from cnn.models.variants import build_model
 dataset, variant = Path(sys.argv[1]), sys.argv[2]
 epochs, batch = int(sys.argv[3]), int(sys.argv[4])
 table = pq.read_table(sorted(dataset.glob("*.parquet")), columns=["image", "label", "split"])
@@ -84,12 +84,12 @@ def throughput(
     loop's thread, so that share is time the accelerator waits for input)."""
     import keras
 
-    from cnn.augmentation import with_test_time_augmentation
-    from cnn.batches import SplitBatches
-    from cnn.dataset import open_dataset
-    from cnn.devices import replicated, training_devices
-    from cnn.models import VARIANTS, build_model
-    from cnn.training import compile_model, dtype_policy
+    from cnn.data.batches import SplitBatches
+    from cnn.data.dataset import open_dataset
+    from cnn.models.augmentation import with_test_time_augmentation
+    from cnn.models.variants import VARIANTS, build_model
+    from cnn.training.devices import replicated, training_devices
+    from cnn.training.train import compile_model, dtype_policy
 
     class TimedBatches(SplitBatches):
         """Counts the seconds spent making batches (reading, decoding, gathering rows)."""

@@ -53,7 +53,7 @@ class IngestConfig(BaseModel):
     @field_validator("source")
     @classmethod
     def _source_is_known(cls, value: str) -> str:
-        from cnn.sources import check_source_spec
+        from cnn.sources.specs import check_source_spec
 
         check_source_spec(value)
         return value
@@ -113,7 +113,7 @@ AugmentName = Literal[tuple(AUGMENTATIONS)]  # type: ignore[valid-type]
 
 
 VARIANT_NAMES = ("simple", "lenet5", "alexnet", "resnet", "transfer")
-"""The CNN variants that `cnn.models.VARIANTS` builds, named here so that checking a name
+"""The CNN variants that `cnn.models.variants.VARIANTS` builds, named here so that checking a name
 does not import Keras (seconds)."""
 
 

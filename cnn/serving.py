@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cnn import augmentation, models  # noqa: F401  (importing them registers the custom layers)
+from cnn.evaluation.metrics import DEFAULT_THRESHOLD, predicted_labels
+from cnn.evaluation.scoring import in_batches, parasitized_probability
 from cnn.labels import LABEL_NAMES
-from cnn.metrics import DEFAULT_THRESHOLD, predicted_labels
-from cnn.predict import in_batches, parasitized_probability
+from cnn.models import augmentation, variants  # noqa: F401  (importing them registers the custom layers)
 
 KERAS_FILE = Path("data") / "model.keras"
 """Where `mlflow.keras.save_model` puts the Keras model inside an MLflow model directory."""

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cnn.config import DASK_ADDRESS_PATTERN
 from cnn.errors import InputError
-from cnn.storage import Location, StorageError, location
+from cnn.io.storage import Location, StorageError, location
 
 ENV_PREFIX = "MALARIA_"
 MAX_IO_RETRIES = 5

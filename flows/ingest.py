@@ -3,7 +3,7 @@
 from prefect import flow
 
 from cnn.config import IngestConfig
-from cnn.dataset import DatasetRef
+from cnn.data.dataset import DatasetRef
 from flows import names
 from tasks.ingest import ingest_dataset
 

@@ -10,7 +10,7 @@ from cnn.config import (
     TrainConfig,
     VariantNames,
 )
-from cnn.dataset import DatasetRef
+from cnn.data.dataset import DatasetRef
 from flows import names
 from flows.ingest import ingest
 from flows.train import parent_run, train

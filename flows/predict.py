@@ -6,7 +6,7 @@ from prefect import flow
 from pydantic import Field
 
 from cnn.config import PREDICT_BATCH, PredictBatch
-from cnn.predict import PredictionSummary
+from cnn.prediction.batch import PredictionSummary
 from flows import names
 from tasks.predict import predict_images
 from tracking.config import DEFAULT_MODEL_URI

@@ -13,7 +13,7 @@ from cnn.config import (
     VariantNames,
     check_ensemble_size,
 )
-from cnn.ensembles import ENSEMBLE
+from cnn.models.ensembles import ENSEMBLE
 from flows import names
 from tasks.compare import compare_variants, log_parent_run
 from tasks.ensemble import log_ensemble

@@ -4,7 +4,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from cnn.config import TrainConfig
-from cnn.dataset import open_dataset
+from cnn.data.dataset import open_dataset
 from tasks.retry import IO_RETRIES
 from tracking import parents
 from tracking.registry import ChampionRef, find_champion_version, promotion_outcome

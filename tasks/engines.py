@@ -8,8 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect_dask import DaskTaskRunner
 
-from cnn.parallel import ordered_results
-from cnn.shards import ShardJob, ShardMap, ShardResult, write_shard
+from cnn.ingest.parallel import ordered_results
+from cnn.ingest.shards import ShardJob, ShardMap, ShardResult, write_shard
 from tasks.retry import IO_RETRIES
 
 CONNECT_TIMEOUT = "10s"

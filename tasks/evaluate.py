@@ -3,9 +3,9 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from cnn.dataset import open_dataset
-from cnn.metrics import evaluate_predictions
-from cnn.predict import predict_split
+from cnn.data.dataset import open_dataset
+from cnn.evaluation.metrics import evaluate_predictions
+from cnn.evaluation.scoring import predict_split
 from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_evaluation

@@ -6,9 +6,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cnn.config import IngestConfig
-from cnn.dataset import Dataset, DatasetRef, build_dataset
+from cnn.data.dataset import Dataset, DatasetRef
+from cnn.ingest.build import build_dataset
 from cnn.settings import datasets_dir, settings
-from cnn.sources import open_source
+from cnn.sources.specs import open_source
 from tasks.engines import shards_on_dask
 from tasks.locks import data_locks
 from tasks.progress import TaskProgress

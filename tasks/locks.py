@@ -18,14 +18,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
-from cnn.locks import (
+from cnn.io.locks import (
     TEMPORARY_SERVER_VARIABLE,
     Locks,
     LockTimeoutError,
     folder_locks,
     lock_file_name,
 )
-from cnn.storage import Location
+from cnn.io.storage import Location
 
 LIMIT_PREFIX = "malaria-lock-"
 """Global concurrency limits that are locks are named this and the lock's name."""
@@ -38,7 +38,7 @@ TRY_SECONDS = 2.0
 
 def data_locks(folder: Location) -> Locks:
     """The locks for writers of `folder`: the shared Prefect server's when `folder` is on
-    object storage and a server is configured, else file locks (`cnn.locks.folder_locks`)."""
+    object storage and a server is configured, else file locks (`cnn.io.locks.folder_locks`)."""
     temporary = os.environ.get(TEMPORARY_SERVER_VARIABLE) == "1"
     if folder.is_local or temporary or not PREFECT_API_URL.value():
         return folder_locks(folder)

@@ -3,7 +3,7 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from cnn.predict import PredictionSummary, predict_to_file
+from cnn.prediction.batch import PredictionSummary, predict_to_file
 from tasks.retry import IO_RETRIES
 from tracking.models import load_keras_model, model_threshold
 

@@ -4,7 +4,7 @@ from prefect import get_run_logger, task
 from prefect.events import emit_event
 
 from cnn.config import PromotionConfig
-from cnn.promotion import PromotionDecision
+from cnn.evaluation.promotion import PromotionDecision
 from cnn.settings import data_dir
 from tasks.locks import data_locks
 from tasks.retry import IO_RETRIES

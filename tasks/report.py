@@ -3,7 +3,7 @@
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from cnn.promotion import PromotionDecision
+from cnn.evaluation.promotion import PromotionDecision
 from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
 from tracking.evaluation import log_run_report, report_markdown

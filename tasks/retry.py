@@ -15,12 +15,12 @@ from typing import Any
 import requests
 from prefect.tasks import exponential_backoff
 
-from cnn.records import SourceUnavailableError
 from cnn.settings import Settings, SettingsError, settings
+from cnn.sources.records import SourceUnavailableError
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,  # includes refused and reset connections
-    TimeoutError,  # includes cnn.locks.LockTimeoutError
+    TimeoutError,  # includes cnn.io.locks.LockTimeoutError
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
     SourceUnavailableError,

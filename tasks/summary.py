@@ -3,7 +3,7 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from cnn.dataset import DatasetRef
+from cnn.data.dataset import DatasetRef
 from tasks.retry import IO_RETRIES
 from tracking.registry import ChampionRef, promotion_outcome
 from tracking.runs import VariantRun, link_to_run

@@ -4,11 +4,11 @@ from contextlib import ExitStack
 
 from prefect import get_run_logger, task
 
-from cnn.checkpoints import claim_checkpoints
 from cnn.config import TrainConfig
-from cnn.dataset import open_dataset
-from cnn.models import check_downloads
+from cnn.data.dataset import open_dataset
+from cnn.models.variants import check_downloads
 from cnn.settings import data_dir
+from cnn.training.checkpoints import claim_checkpoints
 from tasks.keys import artifact_key
 from tasks.locks import data_locks
 from tasks.progress import TaskProgress

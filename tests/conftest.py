@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn.synthetic import draw_cell
+from cnn.sources.synthetic import draw_cell
 
 LOGICAL_CPU_DEVICES = 2
 """The test processes split the CPU into this many TensorFlow devices, before TensorFlow
-starts, so that one model on several devices (`cnn.devices`) is tested without GPUs; training
-uses one of them unless a test asks for more."""
+starts, so that one model on several devices (`cnn.training.devices`) is tested without GPUs;
+training uses one of them unless a test asks for more."""
 
 
 def _split_the_cpu() -> None:

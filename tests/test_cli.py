@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from cnn.synthetic import draw_cell
+from cnn.sources.synthetic import draw_cell
 
 
 def test_variants_lists_each_variant_with_its_parameter_count(capsys):
@@ -257,7 +257,7 @@ def test_ingest_imports_the_splitters_while_the_server_starts(monkeypatch, data_
     task, with every worker waiting for it; the command now spends it while its server starts.
     (The pipeline's flow imports scikit-learn as it is imported, also while the server starts.)"""
     import app.commands
-    from cnn.splits import import_splitters
+    from cnn.ingest.splits import import_splitters
 
     handed_over = {}
 

@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cnn.promotion import CHAMPION
+from cnn.evaluation.promotion import CHAMPION
 
 
 class TrackingConfig(BaseModel):

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import mlflow
 
 from cnn.config import TrainConfig
-from cnn.dataset import open_dataset
-from cnn.ensembles import ENSEMBLE, build_ensemble
-from cnn.training import operating_threshold
+from cnn.data.dataset import open_dataset
+from cnn.models.ensembles import ENSEMBLE, build_ensemble
+from cnn.training.train import operating_threshold
 from tracking.models import load_keras_model, log_served_model, validation_sample
 from tracking.runs import TrainedModel, VariantRun
 from tracking.training import dataset_input, log_dataset_inputs

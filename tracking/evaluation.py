@@ -10,12 +10,17 @@ import numpy as np
 import pandas as pd
 
 from cnn.config import AUGMENTATIONS
-from cnn.dataset import Dataset, open_dataset
-from cnn.figures import confusion_heatmap, roc_curve_figure
-from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
-from cnn.predict import SplitScores, fit_images, model_image_size, split_images
-from cnn.promotion import PromotionDecision
-from cnn.reports import build_run_report, report_cell_positions
+from cnn.data.dataset import Dataset, open_dataset
+from cnn.evaluation.metrics import (
+    CONFUSION_COLUMNS,
+    CONFUSION_ROWS,
+    BinaryEvaluation,
+    evaluate_predictions,
+)
+from cnn.evaluation.promotion import PromotionDecision
+from cnn.evaluation.scoring import SplitScores, fit_images, model_image_size, split_images
+from cnn.reports.figures import confusion_heatmap, roc_curve_figure
+from cnn.reports.report import build_run_report, report_cell_positions
 from tracking.models import load_keras_model, model_threshold
 from tracking.runs import run_link
 from tracking.training import (

@@ -18,15 +18,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import MLMODEL_FILE_NAME, ModelInfo
 
-from cnn.batches import SplitBatches
-from cnn.checkpoints import CheckpointStore
 from cnn.config import TrainConfig
-from cnn.dataset import Dataset
+from cnn.data.batches import SplitBatches
+from cnn.data.dataset import Dataset
 from cnn.errors import InputError
+from cnn.io.storage import Location
+from cnn.io.writes import writing
 from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
-from cnn.storage import Location
-from cnn.writes import writing
+from cnn.training.checkpoints import CheckpointStore
 from tracking.store import first_line
 
 LOADED_MODELS_KEPT = 2

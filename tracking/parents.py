@@ -8,7 +8,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 
 from cnn.config import TrainConfig
-from cnn.dataset import Dataset
+from cnn.data.dataset import Dataset
 from tracking.registry import ChampionRef, promotion_outcome
 from tracking.runs import VariantRun
 from tracking.training import dataset_input, flatten_params, log_dataset_inputs

@@ -7,10 +7,10 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from cnn.config import PromotionConfig
-from cnn.dataset import open_dataset
-from cnn.locks import Locks
-from cnn.predict import evaluate_split
-from cnn.promotion import CHAMPION, PromotionDecision, decide_promotion
+from cnn.data.dataset import open_dataset
+from cnn.evaluation.promotion import CHAMPION, PromotionDecision, decide_promotion
+from cnn.evaluation.scoring import evaluate_split
+from cnn.io.locks import Locks
 from tracking.models import load_keras_model, model_threshold
 
 PROMOTION_LOCK_SECONDS = 600

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pydantic import BaseModel, Field
 
-from cnn.locks import process_alive
+from cnn.io.locks import process_alive
 from tracking.store import ensure_experiment, require_tracking_server
 
 HOST_TAG, PID_TAG = "host", "pid"

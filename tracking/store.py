@@ -10,7 +10,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cnn.locks import exclusive_lock
+from cnn.io.locks import exclusive_lock
 from cnn.settings import settings, sqlite_path
 
 DEFAULT_STORE_DIR = Path("mlflow") / "store"

@@ -14,12 +14,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from cnn.augmentation import augmentation_preview
-from cnn.checkpoints import CheckpointStore
 from cnn.config import AUGMENTATIONS, TrainConfig
-from cnn.dataset import Dataset
+from cnn.data.dataset import Dataset
+from cnn.models.augmentation import augmentation_preview
 from cnn.progress import Progress
-from cnn.training import TrainingResult, train_on_dataset
+from cnn.training.checkpoints import CheckpointStore
+from cnn.training.train import TrainingResult, train_on_dataset
 from tracking.models import ModelNotLoggedError, keep_model, log_served_model, validation_sample
 from tracking.store import first_line, tracking_uri
 

@@ -2,7 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from cnn.augmentation import (
+from cnn.config import AUGMENTATIONS, AugmentationPolicy, TrainConfig
+from cnn.models.augmentation import (
     DIHEDRAL_VIEWS,
     augmentation_preview,
     build_augmenter,
@@ -12,8 +13,7 @@ from cnn.augmentation import (
     with_test_time_augmentation,
     without_test_time_augmentation,
 )
-from cnn.config import AUGMENTATIONS, AugmentationPolicy, TrainConfig
-from cnn.models import build_model
+from cnn.models.variants import build_model
 
 
 def _cell(side: int = 32) -> np.ndarray:

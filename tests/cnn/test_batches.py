@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from cnn.batches import SplitBatches
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset, load_split
-from cnn.sources import SyntheticSource
+from cnn.data.batches import SplitBatches
+from cnn.data.dataset import load_split
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import SyntheticSource
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_shuffled_epochs_cover_every_row_once_in_new_seeded_orders(dataset):
 
 
 def test_only_a_window_of_row_groups_is_held(dataset):
-    from cnn.batches import SHUFFLE_WINDOW
+    from cnn.data.batches import SHUFFLE_WINDOW
 
     batches = SplitBatches(dataset, "train", batch_size=64, shuffle=True, seed=1)
     for index in range(len(batches)):

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from cnn.checkpoints import checkpoint_dir, claim_checkpoints
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.locks import folder_locks
-from cnn.sources import SyntheticSource
-from cnn.storage import location
+from cnn.ingest.build import build_dataset
+from cnn.io.locks import folder_locks
+from cnn.io.storage import location
+from cnn.sources.specs import SyntheticSource
+from cnn.training.checkpoints import checkpoint_dir, claim_checkpoints
 
 LOGGER = logging.getLogger("test-train-checkpoints")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn.checkpoints import CheckpointStore
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.sources import SyntheticSource
-from cnn.storage import location
-from cnn.training import train_on_dataset
+from cnn.ingest.build import build_dataset
+from cnn.io.storage import location
+from cnn.sources.specs import SyntheticSource
+from cnn.training.checkpoints import CheckpointStore
+from cnn.training.train import train_on_dataset
 
 
 class Interrupted(Exception):

@@ -6,20 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from cnn.config import IngestConfig
-from cnn.dataset import (
-    MANIFEST_NAME,
-    DatasetError,
-    build_dataset,
-    dataset_fingerprint,
-    load_split,
-    open_dataset,
-    select_subset,
-)
-from cnn.files import FolderSource
-from cnn.locks import LOCKS_DIR
-from cnn.manifest import LEGACY_MANIFEST_NAME
-from cnn.records import CellRecord
-from cnn.sources import SyntheticSource
+from cnn.data.dataset import load_split, open_dataset
+from cnn.data.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME, DatasetError
+from cnn.ingest.build import build_dataset, dataset_fingerprint, select_subset
+from cnn.io.locks import LOCKS_DIR
+from cnn.sources.files import FolderSource
+from cnn.sources.records import CellRecord
+from cnn.sources.specs import SyntheticSource
 
 
 def _ingest(source, tmp_path, **settings):
@@ -208,7 +201,7 @@ def test_subset_is_balanced_and_seeded():
 
 @pytest.mark.parametrize("spec", ["synthetic", "folder", "zip"])
 def test_worker_processes_write_exactly_what_one_process_writes(spec, tmp_path):
-    from cnn.sources import open_source
+    from cnn.sources.specs import open_source
     from tests.conftest import write_nih_folder, write_nih_zip
 
     if spec == "synthetic":

@@ -1,4 +1,4 @@
-"""One model on several devices (`cnn.devices`): here the two logical CPU devices that
+"""One model on several devices (`cnn.training.devices`): here the two logical CPU devices that
 `tests/conftest.py` makes, standing in for a host's GPUs; and under JAX, two host devices."""
 
 import json
@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn.checkpoints import CheckpointStore
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.devices import DevicesError, training_devices
-from cnn.metrics import predicted_labels
-from cnn.predict import predict_split
-from cnn.sources import open_source
-from cnn.storage import location
-from cnn.training import train_on_dataset
+from cnn.evaluation.metrics import predicted_labels
+from cnn.evaluation.scoring import predict_split
+from cnn.ingest.build import build_dataset
+from cnn.io.storage import location
+from cnn.sources.specs import open_source
+from cnn.training.checkpoints import CheckpointStore
+from cnn.training.devices import DevicesError, training_devices
+from cnn.training.train import train_on_dataset
 from tests.cnn.test_checkpoints import _interrupted, _resumed
 from tests.conftest import write_easy_folder
 
@@ -99,9 +99,9 @@ import json, sys
 from pathlib import Path
 import keras
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.sources import open_source
-from cnn.training import train_on_dataset
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import open_source
+from cnn.training.train import train_on_dataset
 from tests.conftest import write_easy_folder
 
 root = Path(sys.argv[1])

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from cnn.locks import LockTimeoutError, exclusive_lock
+from cnn.io.locks import LockTimeoutError, exclusive_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from cnn.locks import exclusive_lock
+from cnn.io.locks import exclusive_lock
 with exclusive_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)

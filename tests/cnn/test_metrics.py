@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from cnn.labels import PARASITIZED, UNINFECTED
-from cnn.metrics import (
+from cnn.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     BinaryEvaluation,
     evaluate_predictions,
     predicted_labels,
     threshold_for_sensitivity,
 )
+from cnn.labels import PARASITIZED, UNINFECTED
 
 
 def test_the_lectures_confusion_matrix_gives_its_766_accuracy():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cnn.config import VARIANT_NAMES
-from cnn.models import (
+from cnn.models.variants import (
     VARIANTS,
     WeightsUnavailableError,
     build_model,
@@ -83,7 +83,7 @@ def test_unknown_variant_is_named():
 
 
 def test_per_image_standardization_removes_a_slides_tint_and_brightness(tmp_path):
-    from cnn.models import PerImageStandardization
+    from cnn.models.variants import PerImageStandardization
 
     rng = np.random.default_rng(0)
     cell = rng.integers(40, 200, size=(1, 16, 16, 3)).astype("float32")

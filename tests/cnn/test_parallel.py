@@ -1,6 +1,6 @@
 import os
 
-from cnn.parallel import PARALLEL_THRESHOLD, YIELDING_NICENESS, parallel_map
+from cnn.ingest.parallel import PARALLEL_THRESHOLD, YIELDING_NICENESS, parallel_map
 
 
 def worker_niceness(_: int) -> tuple[int, int]:

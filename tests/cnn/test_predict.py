@@ -9,25 +9,23 @@ import pytest
 from PIL import Image
 
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset, load_split
+from cnn.data.dataset import load_split
+from cnn.evaluation.scoring import fit_images, parasitized_probability, predict_split, split_images
 from cnn.images import decode_and_resize
+from cnn.ingest.build import build_dataset
+from cnn.ingest.parallel import PARALLEL_THRESHOLD
+from cnn.io.writes import OutputPathError
 from cnn.labels import PARASITIZED
-from cnn.parallel import PARALLEL_THRESHOLD
-from cnn.predict import (
+from cnn.prediction.batch import (
     InputReport,
     PredictionInputError,
-    fit_images,
     iter_input_batches,
-    parasitized_probability,
-    predict_split,
     score_batches,
-    split_images,
     write_predictions,
 )
-from cnn.records import MAX_ENCODED_BYTES
-from cnn.sources import SyntheticSource
-from cnn.synthetic import draw_cell
-from cnn.writes import OutputPathError
+from cnn.sources.records import MAX_ENCODED_BYTES
+from cnn.sources.specs import SyntheticSource
+from cnn.sources.synthetic import draw_cell
 
 
 def constant_model(size: int, value: float) -> keras.Model:

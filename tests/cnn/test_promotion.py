@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from cnn.config import PromotionConfig
-from cnn.promotion import CHALLENGER, CHAMPION, decide_promotion
+from cnn.evaluation.promotion import CHALLENGER, CHAMPION, decide_promotion
 
 
 @pytest.mark.parametrize(

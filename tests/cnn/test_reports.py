@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cnn.figures import (
+from cnn.evaluation.metrics import (
+    CONFUSION_COLUMNS,
+    CONFUSION_ROWS,
+    BinaryEvaluation,
+    evaluate_predictions,
+)
+from cnn.images import resize_square
+from cnn.labels import PARASITIZED, UNINFECTED
+from cnn.models.variants import build_model
+from cnn.reports.figures import (
     MOSAIC_GAP,
     confusion_heatmap,
     learning_curves,
@@ -19,8 +28,7 @@ from cnn.figures import (
     unit_range,
     worst_mistakes,
 )
-from cnn.images import resize_square
-from cnn.inspection import (
+from cnn.reports.inspection import (
     FEATURE_MAP_GAP,
     GRAD_CAM_METHODS,
     GRAD_CAM_SMOOTHING_PIXELS,
@@ -32,11 +40,8 @@ from cnn.inspection import (
     grad_cam_figure,
     grad_cam_target,
 )
-from cnn.labels import PARASITIZED, UNINFECTED
-from cnn.metrics import CONFUSION_COLUMNS, CONFUSION_ROWS, BinaryEvaluation, evaluate_predictions
-from cnn.models import build_model
-from cnn.reports import PNG_SIGNATURE, array_png, confusion_table, figure_png, html_report
-from cnn.synthetic import draw_cell
+from cnn.reports.report import PNG_SIGNATURE, array_png, confusion_table, figure_png, html_report
+from cnn.sources.synthetic import draw_cell
 
 SIDE = 32
 

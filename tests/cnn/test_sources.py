@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from cnn.files import FolderSource
-from cnn.records import SourceError, SourceUnavailableError, patient_group
-from cnn.sources import SyntheticSource, check_source_spec, open_source
-from cnn.tfds_source import TfdsSource
+from cnn.sources.files import FolderSource
+from cnn.sources.records import SourceError, SourceUnavailableError, patient_group
+from cnn.sources.specs import SyntheticSource, check_source_spec, open_source
+from cnn.sources.tfds_source import TfdsSource
 
 
 @pytest.mark.parametrize("spec", ["tfds", "synthetic", "folder:/some/where"])
@@ -80,8 +80,8 @@ def test_tfds_offline_fails_fast_and_suggests_the_folder_source(tmp_path):
 def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
     nih_folder, tmp_path, monkeypatch
 ):
-    import cnn.files
-    from cnn.records import Unreadable
+    import cnn.sources.files
+    from cnn.sources.records import Unreadable
 
     outside = tmp_path / "outside.png"
     outside.write_bytes((nih_folder / "Parasitized").iterdir().__next__().read_bytes())
@@ -92,7 +92,7 @@ def test_links_out_of_the_folder_and_huge_files_are_skipped_and_reported(
         {"source_id": "Parasitized/C1P1_IMG_link_cell_1.png", "reason": "links outside the source"}
     ]
     record = source.list_records()[0]
-    monkeypatch.setattr(cnn.files, "MAX_ENCODED_BYTES", 100)
+    monkeypatch.setattr(cnn.sources.files, "MAX_ENCODED_BYTES", 100)
     ((_, payload),) = source.iter_payloads([record])
     assert isinstance(payload, Unreadable) and "too large" in payload.reason
 
@@ -117,7 +117,7 @@ def test_a_folder_image_is_read_without_a_buffer_of_the_size_limit(nih_folder):
 
 def test_a_file_longer_than_its_size_said_is_read_on_up_to_the_limit(tmp_path):
     """A file that grew after its size was taken is read on, but never past the limit."""
-    from cnn.files import _read_at_most
+    from cnn.sources.files import _read_at_most
 
     path = tmp_path / "growing.png"
     path.write_bytes(bytes(range(256)) * 800)  # 204,800 bytes

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cnn.splits import SplitError, assign_splits
+from cnn.ingest.splits import SplitError, assign_splits
 
 
 def _patients(count: int, cells_per_patient: int = 20):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from cnn.synthetic import draw_cell
+from cnn.sources.synthetic import draw_cell
 
 
 def _purple_share(image: np.ndarray) -> float:

@@ -3,8 +3,8 @@
 import pytest
 
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
-from cnn.tfds_source import TfdsSource
+from cnn.ingest.build import build_dataset
+from cnn.sources.tfds_source import TfdsSource
 from tests.conftest import write_nih_folder
 
 

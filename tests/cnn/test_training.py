@@ -2,12 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from cnn.batches import SplitBatches
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset, load_split
-from cnn.predict import in_batches, parasitized_probability
-from cnn.sources import SyntheticSource
-from cnn.training import (
+from cnn.data.batches import SplitBatches
+from cnn.data.dataset import load_split
+from cnn.evaluation.scoring import in_batches, parasitized_probability
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import SyntheticSource
+from cnn.training.train import (
     fit_inputs,
     train_on_dataset,
     training_batch_size,

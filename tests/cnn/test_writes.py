@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cnn.shards import write_shard
-from cnn.sources import SyntheticSource
-from cnn.storage import location
-from cnn.writes import OutputPathError, WriteError, check_output_file, writing
+from cnn.ingest.shards import write_shard
+from cnn.io.storage import location
+from cnn.io.writes import OutputPathError, WriteError, check_output_file, writing
+from cnn.sources.specs import SyntheticSource
 
 FULL_DISK = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not FULL_DISK.exists(), reason="no /dev/full here")

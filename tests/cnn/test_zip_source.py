@@ -3,10 +3,10 @@ import zipfile
 import pytest
 
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
-from cnn.files import ZipSource
-from cnn.records import SourceError
-from cnn.sources import open_source
+from cnn.ingest.build import build_dataset
+from cnn.sources.files import ZipSource
+from cnn.sources.records import SourceError
+from cnn.sources.specs import open_source
 from tests.conftest import write_nih_zip
 
 

@@ -30,10 +30,12 @@ import pytest
 
 from app.cli import main
 from cnn.config import IngestConfig
-from cnn.dataset import Dataset, DatasetError, build_dataset
-from cnn.files import FolderSource
-from cnn.records import MAX_ENCODED_BYTES, SourceError, Unreadable
-from cnn.sources import open_source
+from cnn.data.dataset import Dataset
+from cnn.data.manifest import DatasetError
+from cnn.ingest.build import build_dataset
+from cnn.sources.files import FolderSource
+from cnn.sources.records import MAX_ENCODED_BYTES, SourceError, Unreadable
+from cnn.sources.specs import open_source
 from tests.conftest import NIH_PATIENTS, write_nih_folder, write_nih_zip
 
 DEADLINE_SECONDS = 60
@@ -466,7 +468,7 @@ def test_the_largest_seed_is_accepted_by_the_split_and_keras():
     import keras
 
     from cnn.config import MAX_SEED, TrainConfig
-    from cnn.splits import assign_splits
+    from cnn.ingest.splits import assign_splits
 
     labels = [0, 1] * 10
     splits = assign_splits(labels, labels, "random", 0.2, 0.1, IngestConfig(seed=MAX_SEED).seed)
@@ -572,7 +574,7 @@ PREDICT_FOLDER_CASES = [case for case in FOLDER_CASES if case[0] != "y.png"]
 @pytest.fixture(scope="module")
 def hostile_folder_predict_report(hostile_folder):
     """The hostile folder as `predict` reads it: the ids it would score, and its report."""
-    from cnn.predict import InputReport, iter_input_batches
+    from cnn.prediction.batch import InputReport, iter_input_batches
 
     report = InputReport()
     with deadline():
@@ -773,7 +775,7 @@ def test_a_synthetic_limit_too_large_to_list_is_refused_at_once():
 def test_too_few_images_for_a_random_split_are_named(tmp_path):
     """Was: scikit-learn's 'The test_size = 1 should be greater or equal to the number of
     classes', with nothing saying that there were too few images."""
-    from cnn.splits import SplitError
+    from cnn.ingest.splits import SplitError
 
     root = write_nih_folder(tmp_path / "cells", per_class=5)
     config = IngestConfig(source=f"folder:{root}", image_size=16, split="random")
@@ -849,7 +851,7 @@ def test_a_malformed_manifest_is_named(tmp_path, content, message, capsys, data_
 
 
 def test_a_well_formed_manifest_passes_the_structure_check(tmp_path):
-    from cnn.dataset import open_dataset
+    from cnn.data.dataset import open_dataset
 
     (tmp_path / "manifest.json").write_text(json.dumps(VALID_MANIFEST))
     assert open_dataset(tmp_path).rows == 0

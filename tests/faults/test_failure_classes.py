@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cnn.dataset import open_dataset
+from cnn.data.dataset import open_dataset
 from tests.conftest import write_nih_folder, write_nih_zip
 from tests.faults.harness import run_malaria, tiny_pipeline
 from tests.faults.test_bad_input import assert_one_line_error, deadline, malaria

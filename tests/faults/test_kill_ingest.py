@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cnn.dataset import DatasetError, open_dataset
-from cnn.locks import LOCKS_DIR
+from cnn.data.dataset import open_dataset
+from cnn.data.manifest import DatasetError
+from cnn.io.locks import LOCKS_DIR
 from tests.conftest import write_nih_folder
 
 pytestmark = pytest.mark.slow
@@ -22,8 +23,8 @@ INGEST = """
 import sys
 from pathlib import Path
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
-from cnn.sources import open_source
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import open_source
 config = IngestConfig(source=sys.argv[1], image_size=48)
 dataset, _ = build_dataset(open_source(config.source), config, Path(sys.argv[2]), workers=2)
 print(dataset.rows)

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnn import augmentation, models  # noqa: F401  (registers the kept model's custom layers)
+from cnn.models import augmentation, variants  # noqa: F401  (registers the kept model's custom layers)
 from tests.faults.conftest import data_dir_of
 from tests.faults.harness import (
     DroppingProxy,

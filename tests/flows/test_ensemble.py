@@ -6,9 +6,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset, load_split
-from cnn.ensembles import ENSEMBLE
-from cnn.sources import SyntheticSource
+from cnn.data.dataset import load_split
+from cnn.ingest.build import build_dataset
+from cnn.models.ensembles import ENSEMBLE
+from cnn.sources.specs import SyntheticSource
 from flows.train import train
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnn.augmentation import without_test_time_augmentation
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import load_split, open_dataset
+from cnn.data.dataset import load_split, open_dataset
+from cnn.evaluation.metrics import predicted_labels, threshold_for_sensitivity
+from cnn.evaluation.scoring import in_batches, parasitized_probability, predict_split
 from cnn.labels import PARASITIZED
-from cnn.metrics import predicted_labels, threshold_for_sensitivity
-from cnn.predict import in_batches, parasitized_probability, predict_split
+from cnn.models.augmentation import without_test_time_augmentation
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train_variant

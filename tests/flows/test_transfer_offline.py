@@ -4,9 +4,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.models import WeightsUnavailableError
-from cnn.sources import SyntheticSource
+from cnn.ingest.build import build_dataset
+from cnn.models.variants import WeightsUnavailableError
+from cnn.sources.specs import SyntheticSource
 from flows.train import train
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -7,12 +7,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cnn.augmentation import without_test_time_augmentation
 from cnn.config import AUGMENTATIONS, IngestConfig, TrainConfig
-from cnn.dataset import build_dataset, open_dataset
-from cnn.models import VARIANTS, count_parameters
-from cnn.sources import SyntheticSource
-from cnn.training import train_on_dataset
+from cnn.data.dataset import open_dataset
+from cnn.ingest.build import build_dataset
+from cnn.models.augmentation import without_test_time_augmentation
+from cnn.models.variants import VARIANTS, count_parameters
+from cnn.sources.specs import SyntheticSource
+from cnn.training.train import train_on_dataset
 from flows.train import train_variant
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 from distributed import Client
 
 from app.stack_settings import QUIET_ENVIRONMENT
-from cnn.dataset import open_dataset
-from cnn.manifest import MANIFEST_NAME
+from cnn.data.dataset import open_dataset
+from cnn.data.manifest import MANIFEST_NAME
 from tasks.engines import DaskUnavailableError, shards_on_dask
 from tests.conftest import write_nih_folder
 from tests.integration.servers import BIN, REPO, background, free_port

@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.stack_settings import QUIET_ENVIRONMENT
-from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import IngestConfig
-from cnn.dataset import DatasetError, dataset_fingerprint, open_dataset
-from cnn.manifest import MANIFEST_NAME, Manifest
-from cnn.sources import open_source
-from cnn.storage import Location, location
+from cnn.data.dataset import open_dataset
+from cnn.data.manifest import MANIFEST_NAME, DatasetError, Manifest
+from cnn.ingest.build import dataset_fingerprint
+from cnn.io.storage import Location, location
+from cnn.sources.specs import open_source
+from cnn.training.checkpoints import CheckpointStore, TrainingState
 from tests.conftest import write_nih_folder
 from tests.integration.servers import BIN, REPO, malaria_in
 
@@ -135,8 +136,8 @@ def test_checkpoints_and_a_kept_model_live_in_the_bucket(s3, tmp_path):
 INGEST = """
 import sys
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
-from cnn.sources import open_source
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import open_source
 config = IngestConfig(source=sys.argv[1], image_size=24)
 dataset, _ = build_dataset(open_source(config.source), config, sys.argv[2], workers=2)
 print(dataset.rows)

@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnn.config import IngestConfig, TrainConfig
-from cnn.dataset import build_dataset
-from cnn.sources import SyntheticSource
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import SyntheticSource
 from flows.names import dataset_label
 from tests.integration.servers import BIN, REPO, background, mlflow_server
 from tracking.config import TrackingConfig

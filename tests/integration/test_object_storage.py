@@ -13,11 +13,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from cnn.batches import SHUFFLE_WINDOW, SplitBatches
 from cnn.config import IngestConfig
-from cnn.dataset import Dataset, DatasetError, build_dataset, load_split, open_dataset
-from cnn.sources import SyntheticSource
-from cnn.storage import StorageError, StorageUnavailableError, location
+from cnn.data.batches import SHUFFLE_WINDOW, SplitBatches
+from cnn.data.dataset import Dataset, load_split, open_dataset
+from cnn.data.manifest import DatasetError
+from cnn.ingest.build import build_dataset
+from cnn.io.storage import StorageError, StorageUnavailableError, location
+from cnn.sources.specs import SyntheticSource
 from tests.faults.harness import run_malaria
 from tests.faults.test_bad_input import deadline
 from tests.integration.servers import seaweed_s3

@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from app.team import BUCKET, POSTGRES_BIN_DIRS, free_port_with_grpc
-from cnn.dataset import open_dataset
-from cnn.storage import location
+from cnn.data.dataset import open_dataset
+from cnn.io.storage import location
 from tests.integration.servers import (
     BIN,
     background,

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cnn.locks import TEMPORARY_SERVER_VARIABLE, LockTimeoutError
-from cnn.storage import location
+from cnn.io.locks import TEMPORARY_SERVER_VARIABLE, LockTimeoutError
+from cnn.io.storage import location
 from tasks.locks import LEASE_SECONDS, data_locks, server_lock
 from tests.integration.servers import BIN, REPO, background, free_port, wait_until_healthy
 

@@ -10,11 +10,11 @@ import requests
 from mlflow.exceptions import MlflowException
 from prefect import flow, task
 
-from cnn.dataset import DatasetError
-from cnn.locks import LockTimeoutError
-from cnn.records import SourceError, SourceUnavailableError
+from cnn.data.manifest import DatasetError
+from cnn.io.locks import LockTimeoutError
+from cnn.io.storage import StorageError, StorageUnavailableError
 from cnn.settings import SettingsError, settings
-from cnn.storage import StorageError, StorageUnavailableError
+from cnn.sources.records import SourceError, SourceUnavailableError
 from tasks.retry import IO_RETRIES, is_transient
 from tracking.store import TrackingUnavailableError
 

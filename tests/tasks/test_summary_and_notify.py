@@ -3,7 +3,7 @@
 import logging
 import socket
 
-from cnn.dataset import DatasetRef
+from cnn.data.dataset import DatasetRef
 from tasks.notify import WEBHOOK_ENV, post_notification
 from tasks.summary import retrain_markdown
 from tracking.registry import ChampionRef, promoted, promotion_outcome

@@ -5,8 +5,8 @@ import threading
 import mlflow
 
 from cnn.config import IngestConfig
-from cnn.dataset import build_dataset
-from cnn.sources import SyntheticSource
+from cnn.ingest.build import build_dataset
+from cnn.sources.specs import SyntheticSource
 from tracking.training import dataset_input, log_dataset_inputs
 
 RUNS = 8

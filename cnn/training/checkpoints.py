@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from cnn.config import TrainConfig
-from cnn.dataset import Dataset
-from cnn.locks import Locks, LockTimeoutError
-from cnn.storage import Location
+from cnn.data.dataset import Dataset
+from cnn.io.locks import Locks, LockTimeoutError
+from cnn.io.storage import Location
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -119,7 +119,7 @@ def checkpoint_dir(root: Location, dataset: Dataset, variant: str, config: Train
     """Where one training's checkpoints live under `root`: by dataset, variant and a digest of
     the settings and of how many devices train it (an identical training finds them; a changed
     one, or one on another number of GPUs with its other global batch, starts anew)."""
-    from cnn.devices import training_devices  # imports Keras: only where a model trains
+    from cnn.training.devices import training_devices  # imports Keras: only where a model trains
 
     trained_by = config.model_dump(mode="json", exclude=AFTER_TRAINING_SETTINGS)
     trained_by["devices"] = len(training_devices(config.devices))

@@ -4,7 +4,7 @@ their counters, and the callback that writes a `TrainingState` after every epoch
 import keras
 import numpy as np
 
-from cnn.checkpoints import CheckpointStore, TrainingState
+from cnn.training.checkpoints import CheckpointStore, TrainingState
 
 
 class ResumableCounters:

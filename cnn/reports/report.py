@@ -11,25 +11,25 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cnn.augmentation import without_test_time_augmentation
-from cnn.ensembles import ensemble_members
-from cnn.figures import (
-    confusion_heatmap,
-    learning_curves,
-    misclassified_gallery,
-    roc_curve_figure,
-    worst_mistakes,
-)
-from cnn.images import PNG_SIGNATURE
-from cnn.inspection import feature_maps, filter_grid, grad_cam_figure
-from cnn.labels import PARASITIZED, UNINFECTED
-from cnn.metrics import (
+from cnn.evaluation.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
     DEFAULT_THRESHOLD,
     BinaryEvaluation,
     evaluate_predictions,
 )
+from cnn.images import PNG_SIGNATURE
+from cnn.labels import PARASITIZED, UNINFECTED
+from cnn.models.augmentation import without_test_time_augmentation
+from cnn.models.ensembles import ensemble_members
+from cnn.reports.figures import (
+    confusion_heatmap,
+    learning_curves,
+    misclassified_gallery,
+    roc_curve_figure,
+    worst_mistakes,
+)
+from cnn.reports.inspection import feature_maps, filter_grid, grad_cam_figure
 
 Cell = str | float | int
 

@@ -1,5 +1,5 @@
 """A folder source on object storage (`folder:s3://bucket/cells`): the NIH layout under a
-prefix, listed and read through `cnn.storage`, so hosts without the images on disk ingest
+prefix, listed and read through `cnn.io.storage`, so hosts without the images on disk ingest
 them. Object stores hold no links or special files, so only the sizes need guarding."""
 
 import hashlib
@@ -9,8 +9,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from cnn.io.storage import Location
 from cnn.labels import CLASS_FOLDERS
-from cnn.records import (
+from cnn.sources.records import (
     IMAGE_SUFFIXES,
     MAX_ENCODED_BYTES,
     CellRecord,
@@ -20,7 +21,6 @@ from cnn.records import (
     Unreadable,
     patient_group,
 )
-from cnn.storage import Location
 
 READ_THREADS = 16
 """Objects requested at once: a request's latency, not its bytes, bounds a cell's read."""

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cnn.labels import CLASS_FOLDERS
-from cnn.records import (
+from cnn.sources.records import (
     IMAGE_SUFFIXES,
     MAX_ENCODED_BYTES,
     CellRecord,

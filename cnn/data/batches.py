@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 
-from cnn.dataset import Dataset, images_from_column
+from cnn.data.dataset import Dataset, images_from_column
 
 SHUFFLE_WINDOW = 4
 """Row groups whose rows are mixed together when shuffling."""

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cnn.errors import InputError
-from cnn.writes import writing
+from cnn.io.writes import writing
 
 S3_CONNECT_SECONDS = 5.0
 S3_REQUEST_SECONDS = 20.0

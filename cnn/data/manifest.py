@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from cnn.errors import InputError
-from cnn.storage import Location
+from cnn.io.storage import Location
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"

@@ -11,8 +11,6 @@ import numpy as np
 from cnn.config import MAX_SEED, SplitStrategy
 from cnn.errors import InputError
 
-SPLITS: tuple[str, str, str] = ("train", "validation", "test")
-
 
 def import_splitters() -> None:
     """Import scikit-learn's splitters now (a second or more that the first split would

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,28 +17,28 @@ import keras
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from pyarrow.fs import FileType
 from pydantic import BaseModel
 
-from cnn.batches import SplitBatches
-from cnn.config import PREDICT_BATCH
-from cnn.dataset import Dataset, images_from_column, open_dataset
+from cnn.data.dataset import Dataset, images_from_column, open_dataset
+from cnn.data.manifest import manifest_path
 from cnn.errors import InputError
-from cnn.files import image_entries, read_folder_entry
-from cnn.images import fit_encoded, resize_square
-from cnn.labels import LABEL_NAMES, PARASITIZED
-from cnn.manifest import manifest_path
-from cnn.metrics import (
+from cnn.evaluation.metrics import (
     DEFAULT_THRESHOLD,
-    BinaryEvaluation,
-    evaluate_predictions,
     predicted_labels,
 )
-from cnn.parallel import parallel_map
-from cnn.records import Unreadable
-from cnn.storage import Location, location
-from cnn.writes import OutputPathError, check_output_file
+from cnn.evaluation.scoring import (
+    fit_images,
+    model_image_size,
+    parasitized_probability,
+)
+from cnn.images import fit_encoded
+from cnn.ingest.parallel import parallel_map
+from cnn.io.storage import Location, location
+from cnn.io.writes import OutputPathError, check_output_file
+from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.sources.files import image_entries, read_folder_entry
+from cnn.sources.records import Unreadable
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -75,33 +75,8 @@ class InputReport:
         return notes
 
 
-@dataclass(frozen=True)
-class SplitScores:
-    """A model's outputs on one dataset split."""
-
-    labels: np.ndarray
-    parasitized_probability: np.ndarray
-    resized_from: int | None
-    """The dataset's image size when the images had to be resized for the model."""
-
-
 Batch = tuple[list[str], np.ndarray]
 """Source ids and their uint8 images (N × size × size × 3)."""
-
-
-def model_image_size(model: keras.Model) -> int:
-    """The side of the square images the model takes."""
-    _, height, width, channels = model.input_shape
-    if height != width or channels != 3:
-        raise ValueError(f"model {model.name!r} takes {model.input_shape[1:]}, not square RGB")
-    return int(height)
-
-
-def fit_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 images resized to `image_size` (returned as they are when they fit already)."""
-    if images.shape[1:3] == (image_size, image_size):
-        return images
-    return np.stack([resize_square(Image.fromarray(image), image_size) for image in images])
 
 
 def iter_input_batches(
@@ -371,60 +346,3 @@ def _raw_pixel_batches(
         if tuple(image_shape[:2]) != (image_size, image_size):
             report.resized += len(images)
         yield record_batch.column("source_id").to_pylist(), fit_images(images, image_size)
-
-
-def parasitized_probability(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """P(parasitized) for every image of `batches` (uint8 arrays), in order: the one way
-    every stage scores images, and the one place that reads the model's output, which is
-    P(uninfected) (label 1 in the TFDS order of `cnn.labels`). A batch shorter than the first
-    is padded to its size, so that the model's prediction function, traced for the first, is
-    not traced again."""
-    outputs, full_size = [], None
-    for images in batches:
-        count = len(images)
-        full_size = full_size or count
-        if count < full_size:
-            padding = np.zeros((full_size - count, *images.shape[1:]), images.dtype)
-            images = np.concatenate([images, padding])
-        uninfected = np.asarray(model.predict_on_batch(images), dtype=np.float32).reshape(-1)
-        outputs.append(1.0 - uninfected[:count])
-    return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
-
-
-def in_batches(images: np.ndarray, size: int = PREDICT_BATCH) -> Iterator[np.ndarray]:
-    """`images` in consecutive slices of at most `size`."""
-    for start in range(0, len(images), size):
-        yield images[start : start + size]
-
-
-def predict_split(model: keras.Model, dataset: Dataset, split: str = "test") -> SplitScores:
-    """P(parasitized) for every image of a dataset split, in the split's order,
-    with images resized when the model takes another size than the dataset holds."""
-    batches = SplitBatches(dataset, split, PREDICT_BATCH)
-    image_size = model_image_size(model)
-    images = (fit_images(batches[index][0], image_size) for index in range(len(batches)))
-    return SplitScores(
-        labels=batches.labels,
-        parasitized_probability=parasitized_probability(model, images),
-        resized_from=None if dataset.image_shape[0] == image_size else dataset.image_shape[0],
-    )
-
-
-def evaluate_split(
-    model: keras.Model, dataset: Dataset, threshold: float, split: str = "test"
-) -> BinaryEvaluation:
-    """The model's scores on a dataset split at `threshold`."""
-    scores = predict_split(model, dataset, split)
-    return evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
-
-
-def split_images(dataset: Dataset, split: str, positions: Sequence[int]) -> np.ndarray:
-    """The images at `positions` of a split, in the order `predict_split` scores them."""
-    batches = SplitBatches(dataset, split, PREDICT_BATCH)
-    wanted = np.asarray(positions, dtype=int)
-    images = np.empty((len(wanted), *dataset.image_shape), dtype=np.uint8)
-    for index in np.unique(wanted // PREDICT_BATCH):
-        batch, _ = batches[int(index)]
-        chosen = wanted // PREDICT_BATCH == index
-        images[chosen] = batch[wanted[chosen] % PREDICT_BATCH]
-    return images

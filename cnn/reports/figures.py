@@ -12,8 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
 
-from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
-from cnn.metrics import (
+from cnn.evaluation.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
     DEFAULT_THRESHOLD,
@@ -21,6 +20,7 @@ from cnn.metrics import (
     evaluate_predictions,
     predicted_labels,
 )
+from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
 
 TILE_INCHES = 1.3
 MOSAIC_GAP = 1

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cnn.data.dataset import SPLITS
 from cnn.images import UnreadableImageError, decode_image, resize_square
+from cnn.ingest.parallel import parallel_map, worker_count
+from cnn.io.storage import Location
+from cnn.io.writes import writing
 from cnn.labels import LABEL_NAMES
-from cnn.parallel import parallel_map, worker_count
 from cnn.progress import Progress
-from cnn.records import CellRecord, CellSource, Payload, Unreadable
-from cnn.splits import SPLITS
-from cnn.storage import Location
-from cnn.writes import writing
+from cnn.sources.records import CellRecord, CellSource, Payload, Unreadable
 
 ROWS_PER_SHARD = 1024
 """At most this many rows a shard: one worker's unit of work (about 30 MB at 100 px)."""

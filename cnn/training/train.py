@@ -9,17 +9,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from cnn.augmentation import named_augmenter, with_augmentation, with_test_time_augmentation
-from cnn.batches import SplitBatches
-from cnn.checkpoints import CheckpointStore, TrainingState
 from cnn.config import PREDICT_BATCH, TrainConfig
-from cnn.dataset import Dataset, load_split
-from cnn.devices import devices_of_kind, replicated, training_devices
-from cnn.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
-from cnn.models import build_model, unfreeze_top_layers
-from cnn.predict import predict_split
+from cnn.data.batches import SplitBatches
+from cnn.data.dataset import Dataset, load_split
+from cnn.evaluation.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
+from cnn.evaluation.scoring import predict_split
+from cnn.models.augmentation import named_augmenter, with_augmentation, with_test_time_augmentation
+from cnn.models.variants import build_model, unfreeze_top_layers
 from cnn.progress import Progress
-from cnn.resumable import (
+from cnn.training.checkpoints import CheckpointStore, TrainingState
+from cnn.training.devices import devices_of_kind, replicated, training_devices
+from cnn.training.resumable import (
     EpochCheckpoint,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
@@ -165,7 +165,7 @@ def train_on_dataset(
 
     On several devices (`config.devices`, or every GPU visible) one replica trains on each,
     `batch_size` images a replica a step, at the peak rate times the replicas
-    (`cnn.devices`).
+    (`cnn.training.devices`).
 
     With `checkpoints`, every epoch ends with a checkpoint there, and training starts from
     the newest one found (`TrainingResult.resumed_epochs` says how many epochs it skipped).

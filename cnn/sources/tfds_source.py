@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from cnn.records import CellRecord, CellSource, Payload, SourceUnavailableError
+from cnn.sources.records import CellRecord, CellSource, Payload, SourceUnavailableError
 
 TFDS_DOWNLOAD_URL = "https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip"
 

@@ -9,12 +9,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from cnn.figures import mosaic, mosaic_figure, mosaic_origin, tile_grid, unit_range
-from cnn.labels import LABEL_NAMES
-from cnn.metrics import (
+from cnn.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     predicted_labels,
 )
+from cnn.labels import LABEL_NAMES
+from cnn.reports.figures import mosaic, mosaic_figure, mosaic_origin, tile_grid, unit_range
 
 FEATURE_MAP_LIMIT = 32
 FEATURE_MAP_COLUMNS = 4

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from cnn import synthetic
-from cnn.files import FolderSource, ZipSource
-from cnn.records import CellRecord, CellSource, Payload, SourceError
-from cnn.storage import location
-from cnn.stored_folder import StoredFolderSource
-from cnn.tfds_source import TfdsSource
+from cnn.io.storage import location
+from cnn.sources import synthetic
+from cnn.sources.files import FolderSource, ZipSource
+from cnn.sources.records import CellRecord, CellSource, Payload, SourceError
+from cnn.sources.stored_folder import StoredFolderSource
+from cnn.sources.tfds_source import TfdsSource
 
 SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH", "zip:PATH")
 SYNTHETIC_DEFAULT_COUNT = 2_500
@@ -62,7 +62,7 @@ def open_source(
 
 
 class SyntheticSource(CellSource):
-    """Procedurally drawn cells (see `cnn.synthetic`), balanced, in synthetic patients."""
+    """Procedurally drawn cells (see `cnn.sources.synthetic`), balanced, in synthetic patients."""
 
     kind = "synthetic"
 

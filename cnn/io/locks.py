@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from cnn.storage import Location
+from cnn.io.storage import Location
 
 POLL_SECONDS = 0.2
 LOCKS_DIR = ".locks"
