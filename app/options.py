@@ -1,5 +1,5 @@
 """Command-line options made from the config models: each option's name, type, choices,
-default and help come from its `Field` in `cnn.config` (or `tracking.store`), written once.
+default and help come from its `Field` in `cnn.config` (or `tracking.config`), written once.
 
 `--image-size` is the field `image_size`; a field that several configs share (`seed`) is one
 option that sets them all. An option left out keeps the config's default, which its help

@@ -37,7 +37,7 @@ REPORT_DIR = "report"
 
 
 def confusion_frame(evaluation: BinaryEvaluation) -> pd.DataFrame:
-    """The confusion matrix with the lecture's row and column names."""
+    """The confusion matrix, rows true:yes / true:no and columns pred:yes / pred:no."""
     return pd.DataFrame(
         evaluation.confusion_matrix, index=list(CONFUSION_ROWS), columns=list(CONFUSION_COLUMNS)
     ).reset_index(names="actual")

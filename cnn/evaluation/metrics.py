@@ -1,4 +1,5 @@
-"""Test metrics with parasitized as the positive class and the lecture's confusion layout."""
+"""Test metrics with parasitized as the positive class; the confusion matrix has rows true:yes /
+true:no and columns pred:yes / pred:no (yes = parasitized)."""
 
 from dataclasses import asdict, dataclass
 

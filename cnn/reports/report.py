@@ -60,7 +60,7 @@ class Table:
 
 
 def confusion_table(evaluation: BinaryEvaluation) -> Table:
-    """The confusion matrix as a report table, in the lecture's layout."""
+    """The confusion matrix as a report table (rows true:yes / no, columns pred:yes / no)."""
     rows = [
         [name, *counts]
         for name, counts in zip(CONFUSION_ROWS, evaluation.confusion_matrix, strict=True)

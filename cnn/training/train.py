@@ -1,4 +1,6 @@
-"""Training and scoring helpers: the lecture's recipe (Adam, binary cross-entropy, early stop)."""
+"""Training one model: AdamW on a warm-up + cosine schedule with binary cross-entropy, the
+lowest-val_loss epoch kept, augmentation around the model while it trains, an optional
+fine-tuning phase, and the operating point chosen on validation."""
 
 import time
 from collections.abc import Callable, Iterator, Sequence
