@@ -122,25 +122,17 @@ def make_prefect_home() -> None:
 def connect_prefect() -> PrefectApi:
     """The server Prefect is configured with (`PREFECT_API_URL` in the environment or the
     active profile), if it answers; else a temporary one (starting: `wait_ready` before use)
-    that Prefect is pointed at.
-
-    Without `PREFECT_API_URL` in the environment, the temporary server starts before Prefect
-    is imported here (a second of the seconds it takes), and stops again if Prefect's settings
-    name a server after all.
-    """
+    that Prefect is pointed at."""
     make_prefect_home()
-    early = None if os.environ.get(API_URL_VARIABLE) else _start_temporary_server()
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
     configured = get_current_settings().api.url
     if configured:
-        if early is not None:
-            early.stop()
         if not answers(configured):
             raise PrefectApiError(f"{API_URL_VARIABLE} {configured} does not answer")
         return PrefectApi(configured)
-    api = early or _start_temporary_server()
+    api = _start_temporary_server()
     # Registered after Prefect's import but before its log and event workers start, so it
     # runs after their exit handlers have sent the last logs and events to the server.
     atexit.register(api.stop)

@@ -55,9 +55,9 @@ print(len(psutil.Process().children()))
 """
 
 
-def test_a_profiles_url_wins_over_the_temporary_server_started_early(tmp_path):
-    """Without `PREFECT_API_URL` in the environment the temporary server starts before Prefect
-    is imported; a URL in the active profile then wins, and that server is stopped again."""
+def test_a_profiles_url_wins_and_no_temporary_server_starts(tmp_path):
+    """A URL in the active profile (not in the environment) is the server to use: it is
+    checked, and no temporary server is started beside it."""
     url = f"http://127.0.0.1:{free_port()}/api"
     home = tmp_path / "prefect-home"
     home.mkdir()
