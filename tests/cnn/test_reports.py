@@ -416,3 +416,42 @@ def test_html_report_is_one_self_contained_escaped_page():
 def test_html_report_refuses_a_section_that_is_not_a_png():
     with pytest.raises(ValueError, match="'broken'"):
         html_report("run", {}, [("broken", b"GIF89a")])
+
+
+GRAD_CAM_UNDER_JAX = """
+import sys
+import numpy as np
+import keras
+import cnn.models.variants  # registers the custom layers
+from cnn.reports.inspection import grad_cam
+model = keras.saving.load_model(sys.argv[1])
+np.save(sys.argv[3], grad_cam(model, np.load(sys.argv[2])))
+print(keras.backend.backend())
+"""
+
+
+@pytest.mark.slow
+def test_grad_cam_under_jax_draws_what_tensorflow_draws(tmp_path):
+    """The JAX gradient path (`KERAS_BACKEND=jax`, as on GPU hosts without TensorFlow) on the
+    same saved model and cells: the same heatmaps as TensorFlow's."""
+    import os
+    import subprocess
+    import sys
+
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet", (32, 32, 3), base_filters=4)
+    model.save(tmp_path / "model.keras")
+    cells = [draw_cell(np.random.default_rng(seed), parasitized=True) for seed in range(3)]
+    images = np.stack([resize_square(Image.fromarray(cell), 32) for cell in cells])
+    np.save(tmp_path / "cells.npy", images)
+    files = [str(tmp_path / name) for name in ("model.keras", "cells.npy", "jax.npy")]
+    ran = subprocess.run(
+        [sys.executable, "-c", GRAD_CAM_UNDER_JAX, *files],
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip().splitlines()[-1] == "jax"
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), grad_cam(model, images), atol=1e-3)
