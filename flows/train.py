@@ -21,7 +21,7 @@ from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
 from tasks.registry import find_champion, promote_model
 from tasks.report import render_report
-from tasks.train import check_variant_downloads, find_variant_run, read_variant_run, train_model
+from tasks.train import check_variant_downloads, train_model, variant_run, variant_run_of
 from tracking.config import TrackingConfig
 from tracking.runs import TrainedModel, VariantRun, tracked_run
 from tracking.store import require_tracking_server
@@ -45,7 +45,7 @@ def train_variant(
         with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:
             model = train_model(dataset, variant, training, run_id, tracking.registered_model)
             _evaluate_promote_report(model, dataset, variant, run_id, tracking, promotion)
-        return read_variant_run(run_id)
+        return variant_run(run_id)
 
 
 @flow(name="train-ensemble", flow_run_name=names.train_ensemble_run_name, log_prints=True)
@@ -63,7 +63,7 @@ def train_ensemble(
     with tracked_run(tracking.experiment, ENSEMBLE, tags, parent_run_id) as run_id:
         model = log_ensemble(dataset, candidates, training, run_id, tracking.registered_model)
         _evaluate_promote_report(model, dataset, ENSEMBLE, run_id, tracking, promotion)
-    return read_variant_run(run_id)
+    return variant_run(run_id)
 
 
 def _evaluate_promote_report(
@@ -163,4 +163,4 @@ def _train_variants(
         for variant in variants
     ]
     flow_run_ids = [future.result() for future in submitted]
-    return [find_variant_run(flow_run_id, tracking.experiment) for flow_run_id in flow_run_ids]
+    return [variant_run_of(flow_run_id, tracking.experiment) for flow_run_id in flow_run_ids]

@@ -68,12 +68,12 @@ def _training_progress(variant: str, epochs: int, run_id: str) -> TaskProgress:
 
 
 @task(name="read-variant-run", **IO_RETRIES)
-def read_variant_run(run_id: str) -> VariantRun:
+def variant_run(run_id: str) -> VariantRun:
     """The finished run's summary, read back from MLflow (the record every worker shares)."""
     return runs.read_variant_run(run_id)
 
 
 @task(name="find-variant-run", retries=3, retry_delay_seconds=2)
-def find_variant_run(flow_run_id: str, experiment: str) -> VariantRun:
+def variant_run_of(flow_run_id: str, experiment: str) -> VariantRun:
     """The MLflow run that the `train-variant` flow run `flow_run_id` made, wherever it ran."""
     return runs.find_variant_run(flow_run_id, experiment)
