@@ -9,7 +9,10 @@ temporary store: the weights do not change the cost of scoring), then times, in 
    scoring the folder's images already decoded into memory, in the pipeline's batches, the
    way `predict` calls it (`cnn.evaluation.scoring.parasitized_probability`), after a warm-up batch;
 2. the whole `malaria predict --input FOLDER` command, and its task's own rate (listing,
-   reading, decoding, resizing, scoring and writing the Parquet file).
+   reading, decoding, resizing, scoring and writing the Parquet file);
+3. the decode workers' priority, A/B: the task's rate with them at the lowest priority
+   (`cnn.ingest.parallel.YIELDING_NICENESS`, today's) and at the caller's, alternating
+   (`--niceness-rounds`, 0 to skip).
 
 Prints and saves benchmarks/results/predict.json.
 """
@@ -30,6 +33,7 @@ from _measure import measure, save
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True, help="a folder of cell images")
+    parser.add_argument("--niceness-rounds", type=int, default=2)
     args = parser.parse_args()
     folder = args.folder.resolve()
     malaria = str(Path(sys.executable).with_name("malaria"))
@@ -80,6 +84,8 @@ def main() -> None:
             sys.exit(f"malaria predict failed:\n{command.stderr[-3000:]}")
         summary = json.loads(command.stdout.strip().splitlines()[-1])
         task_rate = summary["rows"] / summary["seconds"]
+        predict = ["predict", "--model", run["model_uri"], "--input", str(folder), "--json"]
+        niceness = _niceness_ab(predict, scratch, args.niceness_rounds)
         save(
             "predict",
             {
@@ -93,8 +99,31 @@ def main() -> None:
                 "predict_task_share_of_model_rate": round(task_rate / model_rate, 3),
                 "predict_command_seconds": round(command.seconds, 2),
                 "predict_command_peak_rss_gib": command.peak_rss_gib,
+                "predict_task_images_per_second_by_worker_niceness": niceness,
             },
         )
+
+
+NICENESS_RUN = (
+    "import sys, cnn.ingest.parallel as parallel; parallel.YIELDING_NICENESS = int(sys.argv[1]); "
+    "from app.cli import run; sys.argv = ['malaria', *sys.argv[2:]]; run()"
+)
+
+
+def _niceness_ab(predict: list[str], scratch: Path, rounds: int) -> dict[str, list[float]]:
+    """The predict task's images/s with its decode workers at the lowest priority (19,
+    today's) and at the caller's (0), alternating."""
+    rates: dict[str, list[float]] = {"19": [], "0": []}
+    for round_ in range(rounds):
+        for level in rates:
+            output = ["--output", str(scratch / f"niceness-{level}-{round_}.parquet")]
+            run = measure([sys.executable, "-c", NICENESS_RUN, level, *predict, *output])
+            if run.returncode != 0:
+                sys.exit(f"malaria predict failed:\n{run.stderr[-3000:]}")
+            summary = json.loads(run.stdout.strip().splitlines()[-1])
+            rates[level].append(round(summary["rows"] / summary["seconds"], 1))
+    print(f"predict task images/s by decode workers' niceness: {rates}", flush=True)
+    return rates
 
 
 def _model_rate(model_uri: str, folder: Path) -> float:
