@@ -1,7 +1,7 @@
 """Engines a team already runs, driven through Prefect: the ingest's shards on a Dask cluster."""
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -51,16 +51,15 @@ def shards_on_dask(address: str) -> ShardMap:
 def _connected(address: str) -> Iterator[tuple[DaskTaskRunner, int]]:
     """prefect-dask's task runner on the scheduler at `address`, for the block, and the
     threads of the cluster's workers."""
-    runner = DaskTaskRunner(address=address, client_kwargs={"timeout": CONNECT_TIMEOUT})
-    try:
-        runner.__enter__()
-        threads = sum(runner.client.nthreads().values())  # the client connects here
-    except OSError as error:
-        raise DaskUnavailableError(
-            f"Dask scheduler {address!r} (--dask-address, MALARIA_DASK_ADDRESS) did not "
-            f"answer: {error}"
-        ) from error
-    try:
+    with ExitStack() as stack:  # leaves the runner however the block or the connection ends
+        try:
+            runner = stack.enter_context(
+                DaskTaskRunner(address=address, client_kwargs={"timeout": CONNECT_TIMEOUT})
+            )
+            threads = sum(runner.client.nthreads().values())  # the client connects here
+        except OSError as error:
+            raise DaskUnavailableError(
+                f"Dask scheduler {address!r} (--dask-address, MALARIA_DASK_ADDRESS) did not "
+                f"answer: {error}"
+            ) from error
         yield runner, threads
-    finally:
-        runner.__exit__(None, None, None)

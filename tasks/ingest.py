@@ -30,7 +30,12 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     with TaskProgress("ingest-progress", "ingest", written) as progress:
         folder = datasets_dir()
         dataset, cache_hit = build_dataset(
-            source, config, folder, None, progress, data_locks(folder), map_shards
+            source,
+            config,
+            folder,
+            on_progress=progress,
+            locks=data_locks(folder),
+            map_shards=map_shards,
         )
         progress.finish()
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)
