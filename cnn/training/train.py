@@ -175,76 +175,56 @@ def train_on_dataset(
     fine-tuning; early stopping ends it short of 1.0).
     """
     devices = training_devices(config.devices)
-    with replicated(devices):
-        return _train(
-            dataset,
-            variant,
-            config,
-            devices,
-            on_epoch_end,
-            on_progress,
-            verbose,
-            callbacks,
-            checkpoints,
+    with replicated(devices):  # one replica a device; nothing changes for one
+        keras.utils.set_random_seed(config.seed)
+        on_gpu = gpu_present()
+        batch_size = training_batch_size(config, on_gpu) * len(devices)  # the global batch
+        with dtype_policy(config.mixed_precision):
+            model = build_model(
+                variant, dataset.image_shape, **config.variant_options.get(variant, {})
+            )
+            augmenter = named_augmenter(config.augment, seed=config.seed)
+        steps_per_epoch = -(-_split_rows(dataset, "train") // batch_size)
+        reporters = [EpochReporter(on_epoch_end)] if on_epoch_end else []
+        if on_progress is not None:
+            phase_count = 2 if config.fine_tune_layers else 1
+            reporters.append(
+                BatchProgress(on_progress, config.epochs * phase_count, steps_per_epoch)
+            )
+        phases = _Phases(
+            model=model,
+            trainer_of=lambda: with_augmentation(model, augmenter),
+            config=config,
+            learning_rate=config.learning_rate * len(devices),  # the linear scaling rule
+            inputs=fit_inputs(dataset, batch_size, config),
+            steps_per_epoch=steps_per_epoch,
+            checkpoints=checkpoints,
+            resumed=checkpoints.latest() if checkpoints else None,
+            callbacks=[*reporters, *callbacks],
+            verbose=verbose,
         )
-
-
-def _train(
-    dataset: Dataset,
-    variant: str,
-    config: TrainConfig,
-    devices: list[str],
-    on_epoch_end: EpochReport | None,
-    on_progress: Progress | None,
-    verbose: int,
-    callbacks: Sequence[keras.callbacks.Callback],
-    checkpoints: CheckpointStore | None,
-) -> TrainingResult:
-    keras.utils.set_random_seed(config.seed)
-    on_gpu = gpu_present()
-    batch_size = training_batch_size(config, on_gpu) * len(devices)  # the global batch
-    with dtype_policy(config.mixed_precision):
-        model = build_model(variant, dataset.image_shape, **config.variant_options.get(variant, {}))
-        augmenter = named_augmenter(config.augment, seed=config.seed)
-    steps_per_epoch = -(-_split_rows(dataset, "train") // batch_size)
-    reporters = [EpochReporter(on_epoch_end)] if on_epoch_end else []
-    if on_progress is not None:
-        phase_count = 2 if config.fine_tune_layers else 1
-        reporters.append(BatchProgress(on_progress, config.epochs * phase_count, steps_per_epoch))
-    phases = _Phases(
-        model=model,
-        trainer_of=lambda: with_augmentation(model, augmenter),
-        config=config,
-        learning_rate=config.learning_rate * len(devices),  # the linear scaling rule
-        inputs=fit_inputs(dataset, batch_size, config),
-        steps_per_epoch=steps_per_epoch,
-        checkpoints=checkpoints,
-        resumed=checkpoints.latest() if checkpoints else None,
-        callbacks=[*reporters, *callbacks],
-        verbose=verbose,
-    )
-    started = time.perf_counter()
-    history, head = _train_head(phases)
-    fine_tuned_layers = unfreeze_top_layers(model, config.fine_tune_layers)
-    if fine_tuned_layers:
-        history = _fine_tune(phases, history, head)
-    seconds = time.perf_counter() - started
-    losses = history["val_loss"]
-    served = with_test_time_augmentation(model) if config.test_time_augmentation else model
-    return TrainingResult(
-        served=served,
-        threshold=operating_threshold(served, dataset, config.target_sensitivity),
-        model=model,
-        history=history,
-        epochs_run=len(losses),
-        best_epoch=int(np.argmin(losses)) + 1,
-        seconds=seconds,
-        batch_size=batch_size,
-        device="gpu" if on_gpu else "cpu",
-        devices=len(devices),
-        fine_tuned_layers=fine_tuned_layers,
-        resumed_epochs=phases.resumed.epochs_done if phases.resumed is not None else 0,
-    )
+        started = time.perf_counter()
+        history, head = _train_head(phases)
+        fine_tuned_layers = unfreeze_top_layers(model, config.fine_tune_layers)
+        if fine_tuned_layers:
+            history = _fine_tune(phases, history, head)
+        seconds = time.perf_counter() - started
+        losses = history["val_loss"]
+        served = with_test_time_augmentation(model) if config.test_time_augmentation else model
+        return TrainingResult(
+            served=served,
+            threshold=operating_threshold(served, dataset, config.target_sensitivity),
+            model=model,
+            history=history,
+            epochs_run=len(losses),
+            best_epoch=int(np.argmin(losses)) + 1,
+            seconds=seconds,
+            batch_size=batch_size,
+            device="gpu" if on_gpu else "cpu",
+            devices=len(devices),
+            fine_tuned_layers=fine_tuned_layers,
+            resumed_epochs=phases.resumed.epochs_done if phases.resumed is not None else 0,
+        )
 
 
 HEAD, FINE_TUNE = 0, 1
