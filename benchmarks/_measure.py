@@ -1,7 +1,9 @@
-"""Shared helpers of the benchmark scripts: run a command, time it, sample its peak memory."""
+"""Shared helpers of the benchmark scripts: run a command, time it, sample its peak memory;
+a free port for a server they start."""
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -84,3 +86,10 @@ def save(name: str, result: dict) -> Path:
     print(json.dumps(result, indent=2))
     print(f"saved {path}")
     return path
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure, save
+from _measure import free_port, measure, save
 
 LECTURE_LOOP = """
 import sys, time
@@ -266,9 +265,7 @@ def _ingest(command: list[str], env: dict[str, str]) -> dict:
 @contextmanager
 def _prefect_server(home: Path, env: dict[str, str]):
     """`prefect server start` on a free port until the block ends: `{"PREFECT_API_URL": …}`."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     prefect = str(Path(sys.executable).with_name("prefect"))
     server = subprocess.Popen(
         [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -325,9 +322,7 @@ def _dask_cluster(workers: int, logs: Path):
     """`dask scheduler` and `workers` single-thread `dask worker` processes on 127.0.0.1."""
     from distributed import Client
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).with_name("dask"))
     logs.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _measure import measure, save
+from _measure import free_port, measure, save
 
 from app.team import free_port_with_grpc
 
 BIN = Path(sys.executable).parent
 VARIANTS = "simple,lenet5,alexnet,resnet"
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _malaria(root: Path, env: dict[str, str], *arguments: str) -> dict:
@@ -91,8 +84,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="malaria-team-bench-"))
     root.chmod(0o755)  # the postgres account reaches its data folder
     env = {"PREFECT_HOME": str(root / "prefect-home")}
-    ports = ["--prefect-port", _free_port(), "--mlflow-port", _free_port()]
-    ports += ["--postgres-port", _free_port(), "--object-store-port", free_port_with_grpc()]
+    ports = ["--prefect-port", free_port(), "--mlflow-port", free_port()]
+    ports += ["--postgres-port", free_port(), "--object-store-port", free_port_with_grpc()]
     up = ["stack", "up", "--profile", "team", *map(str, ports), "--mlflow-workers", "1"]
     state = _malaria(root, env, *up)
     results: dict = {}
