@@ -8,8 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect_dask import DaskTaskRunner
 
+from cnn.config import IngestConfig
 from cnn.ingest.parallel import ordered_results
 from cnn.ingest.shards import ShardJob, ShardMap, ShardResult, write_shard
+from cnn.settings import settings
 from tasks.retry import IO_RETRIES
 
 CONNECT_TIMEOUT = "10s"
@@ -26,6 +28,13 @@ class DaskUnavailableError(ConnectionError):
 def write_shard_task(job: ShardJob) -> ShardResult:
     """Read, decode, resize and write one shard's images, on whichever Dask worker runs it."""
     return write_shard(*job)
+
+
+def shard_engine(config: IngestConfig) -> ShardMap | None:
+    """Where the ingest's shards are written: the Dask cluster the config or
+    `MALARIA_DASK_ADDRESS` names, else None (this host's worker processes)."""
+    address = config.dask_address or settings().dask_address
+    return shards_on_dask(address) if address else None
 
 
 def shards_on_dask(address: str) -> ShardMap:

@@ -8,9 +8,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from cnn.config import IngestConfig
 from cnn.data.dataset import Dataset, DatasetRef
 from cnn.ingest.build import build_dataset
-from cnn.settings import datasets_dir, settings
+from cnn.settings import datasets_dir
 from cnn.sources.specs import open_source
-from tasks.engines import shards_on_dask
+from tasks.engines import shard_engine
 from tasks.locks import data_locks
 from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
@@ -25,17 +25,15 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
     started = time.perf_counter()
     source = open_source(config.source, limit=config.limit)
     written = f"Images of {config.source} written"
-    address = config.dask_address or settings().dask_address
-    map_shards = shards_on_dask(address) if address else None  # else this host's processes
     with TaskProgress("ingest-progress", "ingest", written) as progress:
-        folder = datasets_dir()
+        folder, engine = datasets_dir(), shard_engine(config)
         dataset, cache_hit = build_dataset(
             source,
             config,
             folder,
             on_progress=progress,
             locks=data_locks(folder),
-            map_shards=map_shards,
+            map_shards=engine,
         )
         progress.finish()
     ref = DatasetRef.of(dataset, cache_hit, time.perf_counter() - started)
@@ -44,13 +42,17 @@ def ingest_dataset(config: IngestConfig) -> DatasetRef:
         *("Reused" if cache_hit else "Wrote", ref.path, ref.rows, ref.seconds),
         dataset.manifest.split_note,
     )
-    shown = ref.skipped[:MAX_LOGGED_SKIPS]
-    for skipped in shown:
-        logger.warning("Skipped %s: %s", skipped["source_id"], skipped["reason"])
-    if len(ref.skipped) > len(shown):
-        logger.warning("… and %d more skipped (see the manifest)", len(ref.skipped) - len(shown))
+    _log_skips(logger, ref.skipped)
     _dataset_artifacts(ref, dataset)
     return ref
+
+
+def _log_skips(logger, skipped: list[dict[str, str]]) -> None:
+    """The first `MAX_LOGGED_SKIPS` images skipped, each with its reason, and how many more."""
+    for entry in skipped[:MAX_LOGGED_SKIPS]:
+        logger.warning("Skipped %s: %s", entry["source_id"], entry["reason"])
+    if len(skipped) > MAX_LOGGED_SKIPS:
+        logger.warning("… and %d more skipped (see the manifest)", len(skipped) - MAX_LOGGED_SKIPS)
 
 
 def _dataset_artifacts(ref: DatasetRef, dataset: Dataset) -> None:
