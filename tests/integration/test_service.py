@@ -143,6 +143,7 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
         json={"parameters": longer},
         timeout=10,
     )
+    assert created.status_code == 201, created.text  # once seen failing under a loaded suite
     killed = _kill_when_running(api, created.json()["id"], state["processes"]["worker-cpu"])
     alert = webhook.wait_for(lambda body: body["event"] == "failed")
     assert killed["name"] in alert["text"] and "Crashed" in alert["text"]
