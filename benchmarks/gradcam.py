@@ -122,7 +122,7 @@ def main() -> None:
     from cnn.models.variants import build_model  # also registers the variants' custom layers
     from cnn.reports import inspection
     from cnn.sources.specs import open_source
-    from cnn.training.train import train_on_dataset
+    from cnn.training.train import fit_variant
 
     variant = DEFAULT_VARIANTS[0]
     ingest = IngestConfig(source=f"folder:{args.folder.resolve()}")
@@ -133,7 +133,7 @@ def main() -> None:
         if args.model:
             model = keras.saving.load_model(args.model)
         else:
-            result = train_on_dataset(dataset, variant, config)
+            result = fit_variant(dataset, variant, config)
             model = result.model
             MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
             model.save(MODEL_PATH)

@@ -12,7 +12,7 @@ key is a variant option (e.g. `resnet@64:base_filters=16`).
 `--folds 5`: patient-grouped stratified 5-fold cross-validation (`StratifiedGroupKFold`;
 each fold's validation split is a further patient-grouped tenth of its training patients);
 every recipe sees the same folds. `--folds 0`: the pipeline's own fixed patient split, for
-quick ablations. Each recipe trains as the pipeline does (`cnn.training.train.train_on_dataset`),
+quick ablations. Each recipe trains as the pipeline does (`cnn.training.train.fit_variant`),
 chooses its threshold on validation, and is scored on the held-out patients with and without
 test-time augmentation. Prints and saves benchmarks/results/<output>.json and .md.
 """
@@ -198,10 +198,10 @@ def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> 
     """Train on the dataset's train split and score its test split as the pipeline does."""
     from cnn.evaluation.scoring import predict_split
     from cnn.models.augmentation import with_test_time_augmentation
-    from cnn.training.train import train_on_dataset
+    from cnn.training.train import fit_variant
 
     callbacks = [test_curve(dataset)] if curve else []
-    result = train_on_dataset(dataset, variant, config, callbacks=callbacks)
+    result = fit_variant(dataset, variant, config, callbacks=callbacks)
     scored, probabilities = {}, {}
     for tta, model in (
         (False, result.model),

@@ -15,7 +15,7 @@ from tasks.progress import TaskProgress
 from tasks.retry import IO_RETRIES
 from tracking import runs
 from tracking.runs import TrainedModel, VariantRun
-from tracking.training import train_and_log
+from tracking.training import fit_and_register
 
 
 @task(name="check-downloads")
@@ -45,7 +45,7 @@ def train_model(
             folder / "checkpoints", dataset, variant, config, held, logger, locks
         )
         with _training_progress(variant, config.epochs, run_id) as progress:
-            result, info = train_and_log(
+            result, info = fit_and_register(
                 dataset, variant, config, run_id, registered_model, checkpoints, logger, progress
             )
             progress.finish()

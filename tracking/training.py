@@ -19,7 +19,7 @@ from cnn.data.dataset import Dataset
 from cnn.models.augmentation import augmentation_preview
 from cnn.progress import Progress
 from cnn.training.checkpoints import CheckpointStore
-from cnn.training.train import TrainingResult, train_on_dataset
+from cnn.training.train import TrainingResult, fit_variant
 from tracking.models import ModelNotLoggedError, keep_model, log_served_model, validation_sample
 from tracking.store import first_line, tracking_uri
 
@@ -33,7 +33,7 @@ def augmentation_preview_path(policy: str) -> str:
     return f"{AUGMENTATION_DIR}/{policy}.png"
 
 
-def train_and_log(
+def fit_and_register(
     dataset: Dataset,
     variant: str,
     config: TrainConfig,
@@ -59,7 +59,7 @@ def train_and_log(
             )
             log_dataset_inputs(run_id, dataset_input(dataset, "training"))
             mlflow.log_dict(dataset.manifest.model_dump(mode="json"), "dataset/manifest.json")
-            result = train_on_dataset(
+            result = fit_variant(
                 dataset,
                 variant,
                 config,

@@ -146,7 +146,7 @@ def compile_model(
     return model
 
 
-def train_on_dataset(
+def fit_variant(
     dataset: Dataset,
     variant: str,
     config: TrainConfig,

@@ -11,7 +11,7 @@ from cnn.ingest.build import build_dataset
 from cnn.io.storage import location
 from cnn.sources.specs import SyntheticSource
 from cnn.training.checkpoints import CheckpointStore
-from cnn.training.train import train_on_dataset
+from cnn.training.train import fit_variant
 
 
 class Interrupted(Exception):
@@ -36,7 +36,7 @@ def _interrupt_after(epoch: int):
 def _interrupted(dataset, variant: str, config, store, after_epoch: int) -> None:
     """Train until the checkpoint of `after_epoch` is written, then stop as a kill would."""
     with pytest.raises(Interrupted):
-        train_on_dataset(
+        fit_variant(
             dataset, variant, config, on_epoch_end=_interrupt_after(after_epoch), checkpoints=store
         )
 
@@ -44,7 +44,7 @@ def _interrupted(dataset, variant: str, config, store, after_epoch: int) -> None
 def _resumed(dataset, variant: str, config, store):
     """Train again from `store`; the result, and the epochs this call trained."""
     reported = []
-    result = train_on_dataset(
+    result = fit_variant(
         dataset,
         variant,
         config,
@@ -78,7 +78,7 @@ def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset,
 def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
     store = CheckpointStore(location(tmp_path / "checkpoints"))
     config = TrainConfig(epochs=40, batch_size=32, patience=0, learning_rate=0.5)
-    first = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
+    first = fit_variant(tiny_dataset, "simple", config, checkpoints=store)
     assert first.epochs_run < 40 and store.latest().phase_finished  # stopped early
 
     again, reported = _resumed(tiny_dataset, "simple", config, store)
@@ -93,10 +93,10 @@ def test_early_stopping_counts_on_across_a_resume(tiny_dataset, tmp_path):
     # A learning rate of ~0 keeps val_loss flat: epoch 2 is no improvement, so patience 1
     # stops training there.
     config = TrainConfig(epochs=40, batch_size=32, patience=1, learning_rate=1e-9)
-    uninterrupted = train_on_dataset(tiny_dataset, "simple", config)
+    uninterrupted = fit_variant(tiny_dataset, "simple", config)
     assert (uninterrupted.best_epoch, uninterrupted.epochs_run) == (1, 2)
     _interrupted(tiny_dataset, "simple", config, store, after_epoch=1)
-    resumed = train_on_dataset(tiny_dataset, "simple", config, checkpoints=store)
+    resumed = fit_variant(tiny_dataset, "simple", config, checkpoints=store)
     # Epoch 1's val_loss came back as the best so far: a forgotten best would take epoch 2
     # as an improvement and train a third epoch.
     assert resumed.epochs_run == 2 and resumed.best_epoch == 1

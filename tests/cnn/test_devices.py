@@ -18,7 +18,7 @@ from cnn.io.storage import location
 from cnn.sources.specs import open_source
 from cnn.training.checkpoints import CheckpointStore
 from cnn.training.devices import DevicesError, training_devices
-from cnn.training.train import train_on_dataset
+from cnn.training.train import fit_variant
 from tests.cnn.test_checkpoints import _interrupted, _resumed
 from tests.conftest import write_easy_folder
 
@@ -59,10 +59,10 @@ def _config(devices: int, batch_size: int, learning_rate: float, **settings) -> 
 
 
 def test_two_replicas_train_the_model_one_device_trains_on_the_same_global_batch(small_dataset):
-    two = train_on_dataset(small_dataset, "simple", _config(2, PER_DEVICE_BATCH, 1e-3))
+    two = fit_variant(small_dataset, "simple", _config(2, PER_DEVICE_BATCH, 1e-3))
     assert two.devices == 2 and two.batch_size == 2 * PER_DEVICE_BATCH
     assert two.history["loss"][-1] < two.history["loss"][0]  # it learns
-    one = train_on_dataset(small_dataset, "simple", _config(1, 2 * PER_DEVICE_BATCH, 2e-3))
+    one = fit_variant(small_dataset, "simple", _config(1, 2 * PER_DEVICE_BATCH, 2e-3))
     assert one.devices == 1 and one.batch_size == two.batch_size
     assert two.history["val_loss"] == pytest.approx(
         one.history["val_loss"], abs=SAME_MODEL_TOLERANCE
@@ -73,7 +73,7 @@ def test_two_replicas_train_the_model_one_device_trains_on_the_same_global_batch
 
 def test_models_of_different_shapes_train_on_two_devices_one_after_another(small_dataset):
     for variant in ("simple", "lenet5"):  # as a train flow runs its variants in turn
-        result = train_on_dataset(small_dataset, variant, _config(2, PER_DEVICE_BATCH, 1e-3))
+        result = fit_variant(small_dataset, variant, _config(2, PER_DEVICE_BATCH, 1e-3))
         assert result.devices == 2 and len(result.history["loss"]) == EPOCHS
 
 
@@ -88,7 +88,7 @@ def test_a_training_on_two_devices_resumes_from_its_checkpoint(small_dataset, tm
     _interrupted(small_dataset, "simple", config, store, after_epoch=2)
     result, reported = _resumed(small_dataset, "simple", config, store)
     assert reported == [3, 4] and result.resumed_epochs == 2 and result.devices == 2
-    uninterrupted = train_on_dataset(small_dataset, "simple", config)
+    uninterrupted = fit_variant(small_dataset, "simple", config)
     assert result.history["val_loss"][-1] == pytest.approx(
         uninterrupted.history["val_loss"][-1], abs=SAME_MODEL_TOLERANCE
     )
@@ -101,7 +101,7 @@ import keras
 from cnn.config import IngestConfig, TrainConfig
 from cnn.ingest.build import build_dataset
 from cnn.sources.specs import open_source
-from cnn.training.train import train_on_dataset
+from cnn.training.train import fit_variant
 from tests.conftest import write_easy_folder
 
 root = Path(sys.argv[1])
@@ -112,7 +112,7 @@ for devices, batch, rate in ((2, 16, 1e-3), (1, 32, 2e-3)):
     training = TrainConfig(
         epochs=3, batch_size=batch, learning_rate=rate, devices=devices, augment="none"
     )
-    result = train_on_dataset(dataset, "simple", training)
+    result = fit_variant(dataset, "simple", training)
     runs[devices] = {"devices": result.devices, "val_loss": result.history["val_loss"]}
 print(json.dumps({"backend": keras.backend.backend(), "runs": runs}))
 """

@@ -10,7 +10,7 @@ from cnn.ingest.build import build_dataset
 from cnn.sources.specs import SyntheticSource
 from cnn.training.train import (
     fit_inputs,
-    train_on_dataset,
+    fit_variant,
     training_batch_size,
 )
 
@@ -25,7 +25,7 @@ def tiny_dataset(tmp_path_factory):
 @pytest.mark.parametrize("in_memory_limit_mb", [512, 0], ids=["in-memory", "streamed"])
 def test_training_reports_each_epoch_and_returns_probabilities(tiny_dataset, in_memory_limit_mb):
     reported = []
-    result = train_on_dataset(
+    result = fit_variant(
         tiny_dataset,
         "simple",
         TrainConfig(epochs=3, batch_size=32, patience=10, in_memory_limit_mb=in_memory_limit_mb),
@@ -42,7 +42,7 @@ def test_training_reports_each_epoch_and_returns_probabilities(tiny_dataset, in_
 
 
 def test_early_stopping_ends_training_before_the_epoch_budget(tiny_dataset):
-    result = train_on_dataset(
+    result = fit_variant(
         tiny_dataset, "simple", TrainConfig(epochs=40, batch_size=32, patience=0, learning_rate=0.5)
     )
     assert result.epochs_run < 40
@@ -62,14 +62,14 @@ def test_small_splits_train_from_memory_and_larger_ones_stream(tiny_dataset):
 @pytest.mark.parametrize("in_memory_limit_mb", [512, 0], ids=["in-memory", "streamed"])
 def test_training_is_reproducible_with_a_seed(tiny_dataset, in_memory_limit_mb):
     config = TrainConfig(epochs=1, batch_size=32, seed=3, in_memory_limit_mb=in_memory_limit_mb)
-    first = train_on_dataset(tiny_dataset, "simple", config)
-    again = train_on_dataset(tiny_dataset, "simple", config)
+    first = fit_variant(tiny_dataset, "simple", config)
+    again = fit_variant(tiny_dataset, "simple", config)
     assert first.history["loss"] == pytest.approx(again.history["loss"], rel=1e-4)
 
 
 @pytest.mark.slow
 def test_mixed_precision_computes_in_float16_and_outputs_float32(tiny_dataset):
-    result = train_on_dataset(
+    result = fit_variant(
         tiny_dataset, "simple", TrainConfig(epochs=1, batch_size=32, mixed_precision=True)
     )
     conv = result.model.get_layer("conv1")
@@ -96,7 +96,7 @@ def test_transfer_fine_tunes_the_backbone_top_in_a_second_phase(tiny_dataset):
         variant_options={"transfer": {"weights": None}},
     )
     reported = []
-    result = train_on_dataset(
+    result = fit_variant(
         tiny_dataset, "transfer", config, on_epoch_end=lambda epoch, _: reported.append(epoch)
     )
     assert reported == [1, 2]  # head, then fine-tuning, numbered on
@@ -108,7 +108,7 @@ def test_transfer_fine_tunes_the_backbone_top_in_a_second_phase(tiny_dataset):
 
 
 def test_fine_tuning_is_ignored_by_variants_without_a_backbone(tiny_dataset):
-    result = train_on_dataset(
+    result = fit_variant(
         tiny_dataset, "simple", TrainConfig(epochs=1, batch_size=32, fine_tune_layers=5)
     )
     assert (result.epochs_run, result.fine_tuned_layers) == (1, 0)

@@ -13,7 +13,7 @@ from cnn.ingest.build import build_dataset
 from cnn.models.augmentation import without_test_time_augmentation
 from cnn.models.variants import VARIANTS, count_parameters
 from cnn.sources.specs import SyntheticSource
-from cnn.training.train import train_on_dataset
+from cnn.training.train import fit_variant
 from flows.train import train_variant
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def _random_layers(model) -> list[str]:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_an_epoch_and_serves_without_augmentation(variant, small_dataset):
-    result = train_on_dataset(open_dataset(small_dataset), variant, TRAINING)
+    result = fit_variant(open_dataset(small_dataset), variant, TRAINING)
     assert result.epochs_run == 1 and len(result.history["val_loss"]) == 1
     assert result.model.count_params() == count_parameters(variant, (32, 32, 3))
     assert _random_layers(result.served) == []
