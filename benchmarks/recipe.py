@@ -4,7 +4,7 @@
         [--recipes "default lecture resnet@64:augment=none"] [--folds 5] [--fold-limit K]
 
 A recipe is `default` (the pipeline's own settings), `lecture` (the lecture's recipe),
-`before` (the default of 2026-11-26), or `variant@image_size[:key=value,...]` over the
+`before` (the previous default), or `variant@image_size[:key=value,...]` over the
 pipeline's defaults. Keys: `epochs`, `lr`, `batch`, `wd`, `schedule`, `warmup`, `patience`
 (0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), and any other
 key is a variant option (e.g. `resnet@64:base_filters=16`).
@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _folds import ATYPICAL, atypical_patients, fold_splits, with_splits
 from _measure import RESULTS_DIR
 
 TRAINING_KEYS = {
@@ -44,6 +45,7 @@ TRAINING_KEYS = {
     "augment": "augment",
     "tta": "test_time_augmentation",
     "target": "target_sensitivity",
+    "seed": "seed",
 }
 NAMED_RECIPES = {
     "default": "",
@@ -52,8 +54,8 @@ NAMED_RECIPES = {
     "base_filters=32,per_image=0",
 }
 METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
-PRIVATE = ("probabilities", "labels")
-"""Per-run scores kept in memory for `--ensembles`, not saved."""
+PRIVATE = ("predictions",)
+"""Per-run predictions: kept in memory for `--ensembles`, saved as Parquet, not in the JSON."""
 VALIDATION_TARGETS = (0.95, 0.97, 0.98, 0.99, 0.995)
 """Target sensitivities on validation whose thresholds are also scored on test."""
 
@@ -84,58 +86,6 @@ def _number(value: str) -> int | float | None:
     if value == "none":
         return None
     return float(value) if "." in value or "e" in value else int(value)
-
-
-def fold_splits(dataset, folds: int, seed: int) -> list[np.ndarray]:
-    """Each fold's split name per row (in the dataset's row order), patient-grouped."""
-    import pyarrow.parquet as pq
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    table = pq.read_table(dataset.shard_paths, columns=["label", "group"])
-    labels, groups = table["label"].to_numpy(), table["group"].to_numpy(zero_copy_only=False)
-    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    assignments = []
-    for rest, test in outer.split(labels, labels, groups):
-        splits = np.full(len(labels), "train", dtype=object)
-        splits[test] = "test"
-        inner = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
-        _, validation = next(inner.split(rest, labels[rest], groups[rest]))
-        splits[rest[validation]] = "validation"
-        assignments.append(splits)
-    return assignments
-
-
-def with_splits(dataset, splits: np.ndarray, path: Path):
-    """A copy of `dataset` at `path` whose rows carry `splits` (one shard, new counts)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cnn.data.dataset import open_dataset
-    from cnn.data.manifest import MANIFEST_NAME, Shard
-
-    table = pq.read_table(dataset.shard_paths)
-    column = table.schema.get_field_index("split")
-    table = table.set_column(column, "split", pa.array(splits.astype(str)).dictionary_encode())
-    path.mkdir(parents=True)
-    pq.write_table(table, path / "part-0.parquet", row_group_size=256, compression="zstd")
-    names = dataset.manifest.label_names
-    labels = table["label"].to_numpy()
-    counts = {
-        split: {
-            name: int(np.sum((splits == split) & (labels == i))) for i, name in enumerate(names)
-        }
-        for split in ("train", "validation", "test")
-    }
-    manifest = dataset.manifest.model_copy(
-        update={
-            "name": path.name,
-            "shards": [Shard(file="part-0.parquet", rows=table.num_rows)],
-            "counts": counts,
-            "split_note": "benchmark fold",
-        }
-    )
-    manifest.write(path / MANIFEST_NAME)
-    return open_dataset(path)
 
 
 def test_curve(dataset):
@@ -195,38 +145,29 @@ def score(validation, test, target: float | None) -> dict:
 
 
 def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> dict:
-    """Train on the dataset's train split and score its test split as the pipeline does."""
+    """Train on the dataset's train split and score its test split (and its `atypical`
+    patients, when it has some) as the pipeline does."""
     from cnn.evaluation.scoring import predict_split
     from cnn.models.augmentation import with_test_time_augmentation
     from cnn.training.train import fit_variant
 
     callbacks = [test_curve(dataset)] if curve else []
     result = fit_variant(dataset, variant, config, callbacks=callbacks)
-    scored, probabilities = {}, {}
+    splits = ["validation", "test"] + ([ATYPICAL] if ATYPICAL in dataset.manifest.counts else [])
+    scored, predictions = {}, {}
     for tta, model in (
         (False, result.model),
         (True, with_test_time_augmentation(result.model)),
     ):
-        validation = predict_split(model, dataset, "validation")
-        test = predict_split(model, dataset, "test")
+        scores = {split: predict_split(model, dataset, split) for split in splits}
+        pairs = {s: (each.labels, each.parasitized_probability) for s, each in scores.items()}
         served = "tta" if tta else "plain"
-        scored[served] = score(
-            (validation.labels, validation.parasitized_probability),
-            (test.labels, test.parasitized_probability),
-            config.target_sensitivity,
-        )
+        target = config.target_sensitivity
+        scored[served] = score(pairs["validation"], pairs["test"], target)
+        if ATYPICAL in pairs:
+            scored[served][ATYPICAL] = score(pairs["validation"], pairs[ATYPICAL], target)
         if tta == config.test_time_augmentation:
-            probabilities = {
-                split: dict(
-                    zip(
-                        split_source_ids(dataset, split),
-                        scores.parasitized_probability,
-                        strict=True,
-                    )
-                )
-                for split, scores in (("validation", validation), ("test", test))
-            }
-            labels = {"validation": validation.labels, "test": test.labels}
+            predictions = {s: split_predictions(dataset, s, *pairs[s]) for s in splits}
     run = {
         "fold": label,
         "epochs_run": result.epochs_run,
@@ -239,16 +180,22 @@ def run_once(dataset, variant: str, config, label: str, curve: bool = False) -> 
         **scored,
     }
     print(label, json.dumps({k: v for k, v in run.items() if k != "val_accuracy"}), flush=True)
-    return {**run, "probabilities": probabilities, "labels": labels}
+    return {**run, "predictions": predictions}
 
 
-def split_source_ids(dataset, split: str) -> list[str]:
-    """The source ids of a split's rows, in the order `predict_split` scores them."""
+def split_predictions(dataset, split: str, labels, probabilities) -> dict[str, np.ndarray]:
+    """A split's rows in the order `predict_split` scores them: source id, patient, label and
+    the served model's P(parasitized)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(dataset.shard_paths, columns=["source_id", "split"])
-    splits = table["split"].to_pylist()
-    return [i for i, s in zip(table["source_id"].to_pylist(), splits, strict=True) if s == split]
+    table = pq.read_table(dataset.shard_paths, columns=["source_id", "group", "split"])
+    rows = np.asarray(table["split"].to_pylist()) == split
+    return {
+        "source_id": np.asarray(table["source_id"].to_pylist())[rows],
+        "group": np.asarray(table["group"].to_pylist())[rows],
+        "label": labels,
+        "probability": probabilities,
+    }
 
 
 def ensemble_result(results: list[dict], size: int, target: float | None) -> dict:
@@ -258,13 +205,14 @@ def ensemble_result(results: list[dict], size: int, target: float | None) -> dic
     for fold in range(len(results[0]["runs"])):
         members = sorted((r["runs"][fold] for r in results), key=lambda r: r["best_val_loss"])
         members = members[:size]
-        labels, mean = members[0]["labels"], {}
-        for split in ("validation", "test"):
-            ids = list(members[0]["probabilities"][split])
-            mean[split] = np.mean([[m["probabilities"][split][i] for i in ids] for m in members], 0)
-        scores = score(
-            (labels["validation"], mean["validation"]), (labels["test"], mean["test"]), target
-        )
+        first = members[0]["predictions"]
+        mean = {}
+        for split, rows in first.items():
+            aligned = [_aligned(m["predictions"][split], rows["source_id"]) for m in members]
+            mean[split] = (rows["label"], np.mean(aligned, axis=0))
+        scores = score(mean["validation"], mean["test"], target)
+        if ATYPICAL in mean:
+            scores[ATYPICAL] = score(mean["validation"], mean[ATYPICAL], target)
         members_text = " + ".join(m["fold"] for m in members)
         print(f"ensemble of {size}: {members_text}", json.dumps(scores), flush=True)
         runs.append(
@@ -285,27 +233,18 @@ def ensemble_result(results: list[dict], size: int, target: float | None) -> dic
     }
 
 
+def _aligned(rows: dict, source_ids: np.ndarray) -> np.ndarray:
+    """`rows`' probabilities in the order of `source_ids`."""
+    order = dict(zip(rows["source_id"], rows["probability"], strict=True))
+    return np.array([order[i] for i in source_ids])
+
+
 def summarise(runs: list[dict], served: str) -> dict:
-    """Mean and std over folds of each score of the `served` (tta/plain) predictions."""
-    summary = {}
-    for name in (*METRICS, "threshold"):
-        values = np.array([run[served][name] for run in runs])
-        summary[name] = {
-            "mean": round(float(values.mean()), 4),
-            "std": round(float(values.std()), 4),
-        }
-    summary["at_validation_targets"] = {
-        target: {
-            name: round(
-                float(
-                    np.mean([run[served]["at_validation_targets"][target][name] for run in runs])
-                ),
-                4,
-            )
-            for name in ("accuracy", "sensitivity", "specificity")
-        }
-        for target in runs[0][served]["at_validation_targets"]
-    }
+    """Mean and std over folds of each score of the `served` (tta/plain) predictions, of the
+    atypical patients' scores when there are some, and of epochs and training time."""
+    summary = _mean_std([run[served] for run in runs])
+    if ATYPICAL in runs[0][served]:
+        summary[ATYPICAL] = _mean_std([run[served][ATYPICAL] for run in runs])
     for name in ("epochs_run", "train_seconds"):
         values = np.array([run[name] for run in runs])
         summary[name] = {
@@ -315,9 +254,37 @@ def summarise(runs: list[dict], served: str) -> dict:
     return summary
 
 
+def _mean_std(scores: list[dict]) -> dict:
+    """Mean and std of each score, at the recipe's threshold and at each validation target."""
+
+    def spread(values: list[float]) -> dict:
+        return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+
+    summary = {
+        name: spread([each[name] for each in scores])
+        for name in (*METRICS, "threshold", "accuracy_at_0.5", "sensitivity_at_0.5")
+    }
+    summary["at_validation_targets"] = {
+        target: {
+            name: spread([each["at_validation_targets"][target][name] for each in scores])
+            for name in ("accuracy", "sensitivity", "specificity")
+        }
+        for target in scores[0]["at_validation_targets"]
+    }
+    return summary
+
+
 def run_recipe(
-    folder: Path, text: str, folds: int, fold_limit: int, scratch: Path, curve: bool = False
+    folder: Path,
+    text: str,
+    folds: int,
+    fold_limit: int,
+    scratch: Path,
+    curve: bool = False,
+    held_out: list[str] | float = 0.0,
 ) -> dict:
+    """Train and score one recipe on every fold; `held_out`: the atypical patients, or the
+    share of patients to choose as such."""
     from cnn.config import IngestConfig, TrainConfig
     from cnn.ingest.build import build_dataset
     from cnn.sources.specs import open_source
@@ -331,9 +298,12 @@ def run_recipe(
     config = TrainConfig(
         **training, checkpoints=False, variant_options={variant: options} if options else {}
     )
+    if isinstance(held_out, float):
+        held_out = atypical_patients(dataset, held_out) if folds else []
     if folds:
         runs = []
-        for index, splits in enumerate(fold_splits(dataset, folds, ingest.seed)[:fold_limit]):
+        assignments = fold_splits(dataset, folds, ingest.seed, held_out)
+        for index, splits in enumerate(assignments[:fold_limit]):
             fold = with_splits(
                 dataset, splits, scratch / f"{dataset.name}-fold{index}-{time.time_ns()}"
             )
@@ -348,6 +318,7 @@ def run_recipe(
         "training": config.model_dump(mode="json", exclude={"variant_options", "checkpoints"}),
         "variant_options": options,
         "folds": folds or "fixed",
+        "atypical_patients": held_out,
         "served": served,
         "summary": summarise(runs, served),
         "summary_other": summarise(runs, "plain" if served == "tta" else "tta"),
@@ -356,30 +327,40 @@ def run_recipe(
 
 
 def markdown(results: list[dict]) -> str:
-    """One row per recipe: mean ± std of each score, epochs and training time."""
+    """One row per recipe: mean ± std of each score (and of the atypical patients' when held
+    out), epochs and training time."""
     lines = [
-        "| recipe | folds | accuracy | ROC-AUC | sensitivity | specificity | threshold | "
-        "epochs | training s | accuracy (other TTA) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| recipe | folds | accuracy at 0.5 | ROC-AUC | threshold | sensitivity | specificity "
+        "| atypical: accuracy at 0.5 | ROC-AUC | sensitivity | epochs | training s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
-        s, other = result["summary"], result["summary_other"]
+        summary = result["summary"]
 
-        def pm(name: str, percent: bool = True, source: dict = s) -> str:
+        def pm(name: str, percent: bool = True, source: dict = summary) -> str:
+            if name not in source:
+                return ""
             mean, std = source[name]["mean"], source[name]["std"]
             return f"{100 * mean:.2f} ± {100 * std:.2f}%" if percent else f"{mean:g} ± {std:g}"
 
+        atypical = summary.get(ATYPICAL, {})
         lines.append(
-            f"| `{result['recipe']}` ({result['served']}) | {result['folds']} | {pm('accuracy')} | "
-            f"{pm('roc_auc', False)} | {pm('sensitivity')} | {pm('specificity')} | "
-            f"{pm('threshold', False)} | {pm('epochs_run', False)} | "
-            f"{pm('train_seconds', False)} | {pm('accuracy', source=other)} |"
+            f"| `{result['recipe']}` ({result['served']}) | {result['folds']} | "
+            f"{pm('accuracy_at_0.5')} | {pm('roc_auc', False)} | {pm('threshold', False)} | "
+            f"{pm('sensitivity')} | {pm('specificity')} | "
+            f"{pm('accuracy_at_0.5', source=atypical)} | {pm('roc_auc', False, atypical)} | "
+            f"{pm('sensitivity', source=atypical)} | "
+            f"{pm('epochs_run', False)} | {pm('train_seconds', False)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def save(results: list[dict], args: argparse.Namespace) -> str:
-    """Write the results so far (without the scores kept for ensembles); the Markdown table."""
+    """Write the results so far: the JSON (scores), the Markdown table, and every run's
+    predictions as Parquet (one row per scored image: recipe, fold, split, source id,
+    patient, label, P(parasitized)) for the analyses that read them."""
+    import pandas as pd
+
     table = markdown(results)
     kept = [
         {
@@ -402,6 +383,14 @@ def save(results: list[dict], args: argparse.Namespace) -> str:
             indent=1,
         )
     )
+    frames = [
+        pd.DataFrame({"recipe": result["recipe"], "fold": fold, "split": split, **rows})
+        for result in results
+        for fold, run in enumerate(result["runs"], start=1)
+        for split, rows in run.get("predictions", {}).items()
+    ]
+    if frames:
+        pd.concat(frames).to_parquet(RESULTS_DIR / f"{args.output}.predictions.parquet")
     return table
 
 
@@ -419,6 +408,13 @@ def main() -> None:
         'lowest validation loss (e.g. "2 3"; recipes must share folds and image ids)',
     )
     parser.add_argument(
+        "--atypical-share",
+        type=float,
+        default=0.1,
+        help="with --folds: hold this share of patients, those of the most atypical mean cell "
+        "colour, out of every fold's training and score them apart (0: none)",
+    )
+    parser.add_argument(
         "--test-curve",
         action="store_true",
         help="fixed split: also score the test split after every epoch (slower)",
@@ -427,9 +423,12 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.recipes.split():
+            held_out = results[0]["atypical_patients"] if results else args.atypical_share
             results.append(
                 run_recipe(
-                    args.folder, text, args.folds, args.fold_limit, Path(scratch), args.test_curve
+                    *(args.folder, text, args.folds, args.fold_limit, Path(scratch)),
+                    curve=args.test_curve,
+                    held_out=held_out,
                 )
             )
             print(json.dumps({"recipe": text, **results[-1]["summary"]}), flush=True)
