@@ -6,8 +6,8 @@
 A recipe is `default` (the pipeline's own settings), `lecture` (the lecture's recipe),
 `before` (the previous default), or `variant@image_size[:key=value,...]` over the
 pipeline's defaults. Keys: `epochs`, `lr`, `batch`, `wd`, `schedule`, `warmup`, `patience`
-(0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), and any other
-key is a variant option (e.g. `resnet@64:base_filters=16`).
+(0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), `seed`, `ema`
+(a momentum), and any other key is a variant option (e.g. `resnet@64:base_filters=16`).
 
 `--folds 5`: patient-grouped stratified 5-fold cross-validation (`StratifiedGroupKFold`;
 each fold's validation split is a further patient-grouped tenth of its training patients);
@@ -46,6 +46,7 @@ TRAINING_KEYS = {
     "tta": "test_time_augmentation",
     "target": "target_sensitivity",
     "seed": "seed",
+    "ema": "ema_momentum",
 }
 NAMED_RECIPES = {
     "default": "",

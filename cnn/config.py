@@ -38,6 +38,14 @@ class IngestConfig(BaseModel):
     split: SplitStrategy = Field(
         "patient", description="patient: no patient in two splits; random: the lecture's split"
     )
+    ema_momentum: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights with this momentum per "
+        "step; validation, the best epoch and the model kept use the averaged weights "
+        "(unset: the raw weights)",
+    )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the subset and the split")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of images held out")
     validation_fraction: float = Field(
@@ -84,6 +92,13 @@ class AugmentationPolicy(BaseModel):
         lt=1.0,
         description="Scale each colour channel by exp(± this) (stain tint shifts hue)",
     )
+    hed: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Stain jitter in haematoxylin-eosin-DAB space: each stain's density "
+        "scaled by 1 ± this and shifted by ± this / 10 (after Tellez et al. 2018)",
+    )
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = Field(
         "nearest", description="How pixels moved in from outside the image are filled"
     )
@@ -99,6 +114,7 @@ _LECTURE = {
 }
 _MILD_AFFINE = {"zoom": 0.1, "width_shift": 0.05, "height_shift": 0.05, "fill_mode": "reflect"}
 _STAIN = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.15, "stain": 0.05}
+_HED = {"hed": 0.1}
 AUGMENTATIONS: dict[str, AugmentationPolicy] = {
     "none": AugmentationPolicy(),
     "lecture": AugmentationPolicy(**_LECTURE),
@@ -106,6 +122,8 @@ AUGMENTATIONS: dict[str, AugmentationPolicy] = {
     "dihedral+affine": AugmentationPolicy(dihedral=True, **_MILD_AFFINE),
     "dihedral+stain": AugmentationPolicy(dihedral=True, **_STAIN),
     "dihedral+affine+stain": AugmentationPolicy(dihedral=True, **_MILD_AFFINE, **_STAIN),
+    "dihedral+hed": AugmentationPolicy(dihedral=True, **_HED),
+    "dihedral+stain+hed": AugmentationPolicy(dihedral=True, **_STAIN, **_HED),
 }
 """The named policies: the lecture's ImageDataGenerator values, and the ones measured on
 malaria-dev (docs/model.md: the ablation table)."""
@@ -206,6 +224,14 @@ class TrainConfig(BaseModel):
         ge=0,
         description="transfer only: after the new head has trained, unfreeze this many of the "
         "backbone's top convolution layers and train again at a tenth of the learning rate",
+    )
+    ema_momentum: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights with this momentum per "
+        "step; validation, the best epoch and the model kept use the averaged weights "
+        "(unset: the raw weights)",
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of weights, shuffling and dropout")
     in_memory_limit_mb: int = Field(

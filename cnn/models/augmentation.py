@@ -9,6 +9,7 @@ opposite: deterministic, part of the saved model, and the same for every caller.
 import keras
 import numpy as np
 from keras import layers, ops
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 from cnn.config import AUGMENTATIONS, AugmentationPolicy, AugmentName
 
@@ -87,6 +88,41 @@ class RandomStain(layers.Layer):
         return {**super().get_config(), **{name: getattr(self, name) for name in names}}
 
 
+LOG_FLOOR = float(np.log(1e-6))
+"""scikit-image's optical-density floor: `rgb2hed` takes log(max(pixel, 1e-6)) / this."""
+
+
+@keras.saving.register_keras_serializable(package="malaria")
+class RandomHED(layers.Layer):
+    """Per-image stain jitter in haematoxylin-eosin-DAB space (training only), as
+    scikit-image's `rgb2hed`/`hed2rgb` separate and recombine stains: each stain's density
+    scaled by 1 ± `spread` and shifted by ± `spread` / 10, then back to 0..255 pixels."""
+
+    def __init__(self, spread: float = 0.0, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spread, self.seed = spread, seed
+        self._generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training or not self.spread:
+            return images
+        shape = (ops.shape(images)[0], 1, 1, 3)
+        scale = 1.0 + keras.random.uniform(shape, -self.spread, self.spread, seed=self._generator)
+        shift = keras.random.uniform(shape, -self.spread, self.spread, seed=self._generator) / 10
+        pixels = ops.maximum(ops.cast(images, "float32") / 255.0, 1e-6)
+        stains = ops.matmul(
+            ops.log(pixels) / LOG_FLOOR, ops.convert_to_tensor(hed_from_rgb, "float32")
+        )
+        stains = stains * scale + shift
+        rgb = ops.exp(
+            ops.matmul(stains * LOG_FLOOR, ops.convert_to_tensor(rgb_from_hed, "float32"))
+        )
+        return ops.clip(rgb * 255.0, 0.0, 255.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "spread": self.spread, "seed": self.seed}
+
+
 def build_augmenter(policy: AugmentationPolicy, seed: int | None = None) -> keras.Sequential | None:
     """The policy's layers (geometry first, in the lecture's order, then colour), or None
     when the policy changes nothing."""
@@ -111,6 +147,8 @@ def build_augmenter(policy: AugmentationPolicy, seed: int | None = None) -> kera
     }
     if any(colour.values()):
         steps.append(RandomStain(**colour, seed=seed))
+    if policy.hed:
+        steps.append(RandomHED(policy.hed, seed=seed))
     return keras.Sequential(steps, name="augmentation") if steps else None
 
 

@@ -128,11 +128,14 @@ def learning_rate_schedule(
 
 
 def make_optimizer(config: TrainConfig, peak: float, steps_per_epoch: int):
-    """AdamW (decoupled weight decay) on the configured schedule; Adam without decay."""
+    """AdamW (decoupled weight decay) on the configured schedule; Adam without decay; either
+    keeping a moving average of the weights when `config.ema_momentum` is set."""
     rate = learning_rate_schedule(config, peak, steps_per_epoch)
+    averaging = {"use_ema": True, "ema_momentum": config.ema_momentum}
+    options = averaging if config.ema_momentum else {}
     if config.weight_decay:
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(rate)
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **options)
+    return keras.optimizers.Adam(rate, **options)
 
 
 def compile_model(
@@ -298,11 +301,15 @@ class _Phases:
                     **carried,
                 )
             )
+        # the averaged weights in the model from each epoch's end: validated, kept, saved
+        averaged = (
+            [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
+        )
         fitted = trainer.fit(
             **self.inputs,
             initial_epoch=len(history.get("loss", [])),
             epochs=phase_start + config.epochs,
-            callbacks=[early_stopping, *schedule, *saving, *self.callbacks],
+            callbacks=[*averaged, early_stopping, *schedule, *saving, *self.callbacks],
             verbose=self.verbose,
         )
         return _joined(history, fitted.history)
