@@ -1,10 +1,11 @@
-"""Ingest benchmark: the whole `malaria ingest` command against the lecture's loop.
+"""Ingest benchmark: the whole `malaria ingest` command against the original course's loop.
 
     python benchmarks/ingest.py --folder ../shared/data/malaria-sample --replicate-to 27558
 
-The lecture's loop reads one image at a time with scikit-image (`imread`, then `resize` to
-100×100) and appends it to a list. Both run on the same files in the same run, each as its
-own process, timed whole, with the peak memory of its process tree sampled every 0.1 s.
+That loop (`LECTURE_LOOP`) reads one image at a time with scikit-image (`imread`, then
+`resize` to 100×100) and appends it to a list. Both run on the same files in the same run,
+each as its own process, timed whole, with the peak memory of its process tree sampled every
+0.1 s.
 `--replicate-to N` hard-links the folder's files under new patient ids until there are N.
 
 Before them, one image's path is split into its steps on one core (read, decode, to Pillow,

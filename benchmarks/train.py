@@ -9,11 +9,10 @@
    MLflow, evaluation, report, model logging included; on an MLflow store that exists, as a
    scheduled retrain's does) against a bare Keras script that loads the same arrays, fits the
    same network (`cnn.models.variants.build_model`) for the same epochs and evaluates it on the test
-   split, as the lecture does. The pipeline runs the bare script's recipe (no augmentation,
-   no test-time augmentation; `--recipe` sets other options), so only its machinery differs.
-   One run each, for `simple` (the lecture's: little compute, so the fixed costs weigh most)
-   and `resnet` (the default recipe's). The pipeline's seconds are split into phases by the
-   times of its log lines.
+   split. The pipeline runs the bare script's recipe (no augmentation, no test-time
+   augmentation; `--recipe` sets other options), so only its machinery differs. One run each,
+   for `simple` (little compute, so the fixed costs weigh most) and `resnet` (the default
+   recipe's). The pipeline's seconds are split into phases by the times of its log lines.
 
 `--devices 1,2` runs the throughput part once per device count, one replica a device
 (`cnn.training.devices`: MirroredStrategy, or DataParallel under JAX), each replica `--batch-size`
@@ -63,7 +62,7 @@ started = time.perf_counter()
 model.fit(x, y, batch_size=batch, epochs=epochs, validation_data=validation, verbose=0)
 fit_seconds = time.perf_counter() - started
 test_x, test_y = split("test")
-model.evaluate(test_x, test_y, batch_size=batch, verbose=0)  # as the lecture does
+model.evaluate(test_x, test_y, batch_size=batch, verbose=0)  # a bare script ends on its test score
 print(fit_seconds)
 """
 CREATE_STORE = "import mlflow, sys; mlflow.MlflowClient(sys.argv[1]).search_experiments()"

@@ -7,8 +7,8 @@
 Runs `malaria pipeline` (ingest, train, evaluate, log, report) on the replicated folder (or,
 with `--images 0`, the folder itself) with its own defaults, except for the options given, and
 samples, every 0.1 s, the resident memory of the training process itself and of its whole
-process tree (the Prefect server it starts, decode workers). For scale, the lecture's recipe
-holds every image as float32: 27,558 × 100 × 100 × 3 × 4 bytes = 3.1 GiB before training.
+process tree (the Prefect server it starts, decode workers). For scale, every image held as
+float32 arrays takes 27,558 × 100 × 100 × 3 × 4 bytes = 3.1 GiB before training.
 Prints and saves benchmarks/results/train_memory.json.
 """
 

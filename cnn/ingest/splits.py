@@ -34,7 +34,7 @@ def assign_splits(
 
     `test_fraction` of all records go to test; `validation_fraction` of the rest to validation
     (as Keras' `validation_split`). `patient` keeps every group inside one split and stratifies
-    by label as far as the groups allow; `random` is the lecture's stratified random split.
+    by label as far as the groups allow; `random` is a stratified random split of the records.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)

@@ -52,7 +52,7 @@ def _uninfected_probability(x: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
-    """The lecture's network: 56,257 parameters at 100×100×3."""
+    """Two conv + max-pool blocks, dropout and one sigmoid: 56,257 parameters at 100×100×3."""
     inputs, x = _inputs(input_shape)
     x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
     x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -65,7 +65,7 @@ def build_simple(input_shape: tuple[int, int, int]) -> keras.Model:
 
 
 def build_lenet5(input_shape: tuple[int, int, int], per_image: bool = True) -> keras.Model:
-    """The lecture's Keras LeNet-5 on RGB input with one sigmoid output. `per_image`
+    """LeNet-5 (tanh, average pooling) on RGB input with one sigmoid output. `per_image`
     standardizes each image (zero mean, unit variance: what its tanh units need to learn
     here) instead of scaling to [0, 1]."""
     inputs, x = _inputs(input_shape, per_image)
@@ -265,7 +265,9 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> int:
 
 
 VARIANTS: dict[str, Variant] = {
-    "simple": Variant(build_simple, "the lecture's network: 2 conv + 2 max-pool, dropout, sigmoid"),
+    "simple": Variant(
+        build_simple, "the course's original network: 2 conv + 2 max-pool, dropout, sigmoid"
+    ),
     "lenet5": Variant(
         build_lenet5,
         "LeNet-5: conv 6, avg-pool, conv 16, avg-pool, dense 120, 84; per-image standardized input",

@@ -28,8 +28,8 @@ MOSAIC_GAP = 1
 
 
 def confusion_heatmap(evaluation: BinaryEvaluation) -> Figure:
-    """The 2×2 counts in the lecture's layout (rows true:yes/no, columns pred:yes/no; yes =
-    parasitized), each annotated with its count and its share of the row."""
+    """The 2×2 counts (rows true:yes/no, columns pred:yes/no; yes = parasitized), each
+    annotated with its count and its share of the row."""
     counts = np.array(evaluation.confusion_matrix)
     figure = Figure(figsize=(4.2, 3.6), layout="constrained")
     ax = figure.add_subplot()
@@ -97,7 +97,7 @@ def roc_curve_figure(
 
 
 def learning_curves(history: dict[str, list[float]]) -> Figure:
-    """Keras' history as the lecture plots it: one panel for loss, one for accuracy, each with
+    """Keras' history as learning curves: one panel for loss, one for accuracy, each with
     its validation curve when there is one; x is the epoch, from 1."""
     metrics = [name for name in ("loss", "accuracy") if name in history or f"val_{name}" in history]
     if not metrics:

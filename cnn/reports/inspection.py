@@ -1,5 +1,5 @@
-"""Looking inside a network: the first layer's filters and feature maps (as in the lecture)
-and Grad-CAM heatmaps, for any variant, nested backbones and ensembles included."""
+"""Looking inside a network: the first layer's filters, its feature maps and Grad-CAM
+heatmaps, for any variant, nested backbones and ensembles included."""
 
 from collections.abc import Iterator
 
@@ -18,7 +18,7 @@ from cnn.reports.figures import mosaic, mosaic_figure, mosaic_origin, tile_grid,
 
 FEATURE_MAP_LIMIT = 32
 FEATURE_MAP_COLUMNS = 4
-"""The lecture's 8×4 grid of the first layer's 32 feature maps."""
+"""Feature maps to a row in the first layer's picture: its 32 maps make an 8×4 grid."""
 FEATURE_MAP_INCHES = 1.1
 """Width of one feature map in the picture, whatever its pixels."""
 FEATURE_MAP_GAP = 2
@@ -41,9 +41,9 @@ def first_conv_layer(model: keras.Model) -> keras.layers.Layer:
 
 
 def filter_grid(model: keras.Model, filters_per_row: int = 1) -> Figure:
-    """The first conv layer's filters as in the lecture: one small image per input channel
-    (R, G, B) for each filter, each scaled to its own range for display, in one mosaic
-    (`filter_mosaic`); each filter's number left of its first channel.
+    """The first conv layer's filters: one small image per input channel (R, G, B) for each
+    filter, each scaled to its own range for display, in one mosaic (`filter_mosaic`); each
+    filter's number left of its first channel.
 
     One filter per row by default; `filters_per_row` puts several side by side.
     """
@@ -101,7 +101,7 @@ def first_conv_activations(model: keras.Model, images: np.ndarray) -> np.ndarray
 
 
 def feature_maps(model: keras.Model, image: np.ndarray) -> Figure:
-    """The first conv layer's activation maps for one cell: the lecture's 8×4 grid of 32 (fewer
+    """The first conv layer's activation maps for one cell: an 8×4 grid of 32 (fewer
     filters: all of them, four to a row; more: the first 32), each map in its own range."""
     maps = first_conv_activations(model, image[None])[0]
     shown = min(maps.shape[-1], FEATURE_MAP_LIMIT)

@@ -20,7 +20,7 @@ from cnn.sources.tfds_source import TfdsSource
 
 SOURCE_KINDS = ("tfds", "synthetic", "folder:PATH", "zip:PATH")
 SYNTHETIC_DEFAULT_COUNT = 2_500
-"""The lecture's dataset size; `--limit` draws a balanced subset of it."""
+"""A synthetic source's size when no `--limit` is given; a `--limit` sets it instead."""
 SYNTHETIC_MAX_COUNT = 1_000_000
 """36× the NIH set: a larger `--limit` is a typo, and listing it alone would exhaust memory."""
 SYNTHETIC_CELLS_PER_PATIENT = 10
