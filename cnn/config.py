@@ -255,6 +255,11 @@ class TrainConfig(BaseModel):
         description="The registered model averages its output over the 8 flips and quarter "
         "turns of each image",
     )
+    calibrate: bool = Field(
+        True,
+        description="Fit a temperature on the validation split so that P(parasitized) means "
+        "what it says; the registered model applies it, the threshold is chosen after it",
+    )
     target_sensitivity: float | None = Field(
         0.97,
         gt=0.0,

@@ -27,6 +27,7 @@ from cnn.io.writes import writing
 from cnn.serving import LOADER_MODULE, ServedModel, threshold_of
 from cnn.settings import data_dir
 from cnn.training.checkpoints import CheckpointStore
+from cnn.training.train import OperatingPoint
 from tracking.store import first_line
 
 LOADED_MODELS_KEPT = 2
@@ -120,15 +121,20 @@ def validation_sample(dataset: Dataset, count: int = 8) -> np.ndarray:
 
 
 def log_served_model(
-    sample: np.ndarray,
-    model: keras.Model,
-    threshold: float,
-    config: TrainConfig,
-    registered_model: str,
+    sample: np.ndarray, point: OperatingPoint, config: TrainConfig, registered_model: str
 ) -> ModelInfo:
-    """Log and register `model` with its operating point to the active run, its signature
-    and input example from `sample` (uint8 images); tag the run with where it went."""
-    mlflow.log_metric("operating_threshold", threshold)
+    """Log and register the operating point's model with its threshold, temperature and
+    validation error rates (the model's metadata) to the active run, its signature and input
+    example from `sample` (uint8 images); tag the run with where it went."""
+    model, threshold = point.served, point.threshold
+    mlflow.log_metrics(
+        {
+            "operating_threshold": threshold,
+            "temperature": point.temperature or 1.0,
+            "validation_sensitivity": point.sensitivity,
+            "validation_specificity": point.specificity,
+        }
+    )
     with warnings.catch_warnings():  # the predicted label is an integer never missing
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
         signature = infer_signature(sample, ServedModel(model, threshold).predict(sample))
@@ -142,7 +148,7 @@ def log_served_model(
         registered_model_name=registered_model,
         pip_requirements=model_requirements(),
         metadata={
-            "threshold": threshold,
+            **point.metadata(),
             "target_sensitivity": config.target_sensitivity,
             "test_time_augmentation": config.test_time_augmentation,
         },

@@ -78,7 +78,8 @@ def fit_and_register(
             epoch_log.flush()
             return result, _log_trained_model(dataset, config, result, registered_model)
     except Exception as error:
-        kept = keep_model(result.served if result else None, checkpoints, run_id)
+        served = result.operating_point.served if result else None
+        kept = keep_model(served, checkpoints, run_id)
         if kept is None:  # nothing trained yet
             raise
         raise ModelNotLoggedError(
@@ -114,7 +115,7 @@ def _log_trained_model(
         if policy != "none":  # every named policy's preview, so runs can be compared
             preview = augmentation_preview(sample[0], AUGMENTATIONS[policy], seed=config.seed)
             mlflow.log_image(preview, augmentation_preview_path(policy))
-    return log_served_model(sample, result.served, result.threshold, config, registered_model)
+    return log_served_model(sample, result.operating_point, config, registered_model)
 
 
 class EpochMetricLog:

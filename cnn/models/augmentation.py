@@ -217,21 +217,65 @@ class ViewMean(layers.Layer):
         return (batch, *input_shape[1:])
 
 
+@keras.saving.register_keras_serializable(package="malaria")
+class Temperature(layers.Layer):
+    """Divides the logit of a probability by `temperature` (fitted on validation so that the
+    probabilities mean what they say; it keeps their order)."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probability):
+        p = ops.clip(ops.cast(probability, "float32"), 1e-7, 1.0 - 1e-7)
+        return ops.sigmoid((ops.log(p) - ops.log1p(-p)) / self.temperature)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature}
+
+
 TTA_SUFFIX = "_tta"
+CALIBRATED_SUFFIX = "_calibrated"
 
 
 def with_test_time_augmentation(model: keras.Model) -> keras.Model:
     """A model whose output is `model`'s mean over the 8 dihedral views of each input image;
     it shares every weight with `model`, and saves and loads as one Keras model."""
-    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
-    views = DihedralViews(name="views")(inputs)
-    outputs = ViewMean(name="view_mean", dtype="float32")(model(views))
-    return keras.Model(inputs, outputs, name=f"{model.name}{TTA_SUFFIX}")
+    return serving_model(model, test_time_augmentation=True)
 
 
-def without_test_time_augmentation(model: keras.Model) -> keras.Model:
-    """The network inside a test-time-augmented model (for pictures of its layers); any other
-    model as it is."""
-    if not any(isinstance(layer, DihedralViews) for layer in model.layers):
+def serving_model(
+    network: keras.Model, test_time_augmentation: bool, temperature: float | None = None
+) -> keras.Model:
+    """`network` as it is registered: averaged over the 8 dihedral views of each image when
+    `test_time_augmentation`, its probability tempered by `temperature` when given (a model
+    that shares every weight with `network` and saves as one Keras model); `network` itself
+    when neither applies."""
+    if not test_time_augmentation and temperature is None:
+        return network
+    inputs = keras.Input(shape=network.input_shape[1:], name="pixels")
+    name = network.name
+    if test_time_augmentation:
+        views = DihedralViews(name="views")(inputs)
+        outputs = ViewMean(name="view_mean", dtype="float32")(network(views))
+        name += TTA_SUFFIX
+    else:
+        outputs = network(inputs)
+    if temperature is not None:
+        outputs = Temperature(temperature, name="temperature", dtype="float32")(outputs)
+        name += CALIBRATED_SUFFIX
+    return keras.Model(inputs, outputs, name=name)
+
+
+def model_temperature(model: keras.Model) -> float:
+    """The temperature a registered model applies to its output (1.0: none)."""
+    layer = next((each for each in model.layers if isinstance(each, Temperature)), None)
+    return 1.0 if layer is None else layer.temperature
+
+
+def inner_network(model: keras.Model) -> keras.Model:
+    """The network inside a model built by `serving_model` (for pictures of its layers); any
+    other model as it is."""
+    if not any(isinstance(layer, DihedralViews | Temperature) for layer in model.layers):
         return model
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))

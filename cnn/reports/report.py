@@ -20,7 +20,7 @@ from cnn.evaluation.metrics import (
 )
 from cnn.images import PNG_SIGNATURE
 from cnn.labels import PARASITIZED, UNINFECTED
-from cnn.models.augmentation import without_test_time_augmentation
+from cnn.models.augmentation import inner_network
 from cnn.models.ensembles import ensemble_members
 from cnn.reports.figures import (
     confusion_heatmap,
@@ -192,7 +192,7 @@ def build_run_report(
     labels = np.asarray(labels).ravel()
     parasitized_probability = np.asarray(parasitized_probability).ravel()
     evaluation = evaluate_predictions(labels, parasitized_probability, threshold)
-    model = without_test_time_augmentation(ensemble_members(model)[0])
+    model = inner_network(ensemble_members(inner_network(model))[0])
 
     def shown(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images = np.stack([cells[int(position)] for position in positions])

@@ -14,9 +14,14 @@ import numpy as np
 from cnn.config import PREDICT_BATCH, TrainConfig
 from cnn.data.batches import SplitBatches
 from cnn.data.dataset import Dataset, load_split
-from cnn.evaluation.metrics import DEFAULT_THRESHOLD, threshold_for_sensitivity
+from cnn.evaluation.calibration import fit_temperature, with_temperature
+from cnn.evaluation.metrics import (
+    DEFAULT_THRESHOLD,
+    evaluate_predictions,
+    threshold_for_sensitivity,
+)
 from cnn.evaluation.scoring import predict_split
-from cnn.models.augmentation import named_augmenter, with_augmentation, with_test_time_augmentation
+from cnn.models.augmentation import named_augmenter, serving_model, with_augmentation
 from cnn.models.variants import build_model, unfreeze_top_layers
 from cnn.progress import Progress
 from cnn.training.checkpoints import CheckpointStore, TrainingState
@@ -46,11 +51,30 @@ class TrainingResult:
     fine_tuned_layers: int = 0
     resumed_epochs: int = 0
     """Epochs taken from a checkpoint rather than trained in this call."""
-    served: keras.Model | None = None
-    """The model to register: `model`, averaged over the 8 dihedral views when test-time
-    augmentation is on (it shares `model`'s weights)."""
-    threshold: float = DEFAULT_THRESHOLD
-    """The operating point on P(parasitized), chosen on the validation split."""
+    operating_point: "OperatingPoint | None" = None
+    """The model to register and how it decides (chosen on the validation split)."""
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A model to register and how it decides, all from the validation split: its threshold
+    on (calibrated) P(parasitized), the temperature that calibrates it, and its sensitivity
+    and specificity there at that threshold (what a per-patient parasitemia corrects for)."""
+
+    served: keras.Model
+    threshold: float
+    temperature: float | None
+    sensitivity: float
+    specificity: float
+
+    def metadata(self) -> dict[str, float | None]:
+        """What the registered model's metadata records of it."""
+        return {
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "validation_sensitivity": self.sensitivity,
+            "validation_specificity": self.specificity,
+        }
 
 
 LR_REDUCTION = 0.2
@@ -213,10 +237,8 @@ def fit_variant(
             history = _fine_tune(phases, history, head)
         seconds = time.perf_counter() - started
         losses = history["val_loss"]
-        served = with_test_time_augmentation(model) if config.test_time_augmentation else model
         return TrainingResult(
-            served=served,
-            threshold=operating_threshold(served, dataset, config.target_sensitivity),
+            operating_point=operating_point(model, dataset, config, config.test_time_augmentation),
             model=model,
             history=history,
             epochs_run=len(losses),
@@ -376,13 +398,34 @@ def fit_inputs(dataset: Dataset, batch_size: int, config: TrainConfig) -> dict[s
     }
 
 
-def operating_threshold(model: keras.Model, dataset: Dataset, target: float | None) -> float:
-    """The threshold on P(parasitized) that finds `target` of the validation split's
-    parasitized cells (`DEFAULT_THRESHOLD` when no target is set)."""
-    if target is None:
-        return DEFAULT_THRESHOLD
-    validation = predict_split(model, dataset, "validation")
-    return threshold_for_sensitivity(validation.labels, validation.parasitized_probability, target)
+def operating_point(
+    network: keras.Model, dataset: Dataset, config: TrainConfig, test_time_augmentation: bool
+) -> OperatingPoint:
+    """The model to register (`network`, with test-time augmentation if asked, calibrated by
+    a temperature fitted on the validation split when `config.calibrate`), its threshold for
+    `config.target_sensitivity` on the calibrated validation scores (`DEFAULT_THRESHOLD`
+    when no target is set), and its validation sensitivity and specificity there."""
+    validation = predict_split(
+        serving_model(network, test_time_augmentation), dataset, "validation"
+    )
+    labels, probability = validation.labels, validation.parasitized_probability
+    temperature = fit_temperature(labels, probability) if config.calibrate else None
+    if temperature is not None:
+        probability = with_temperature(probability, temperature)
+    target = config.target_sensitivity
+    threshold = (
+        DEFAULT_THRESHOLD
+        if target is None
+        else threshold_for_sensitivity(labels, probability, target)
+    )
+    rates = evaluate_predictions(labels, probability, threshold)
+    return OperatingPoint(
+        served=serving_model(network, test_time_augmentation, temperature),
+        threshold=threshold,
+        temperature=temperature,
+        sensitivity=rates.sensitivity,
+        specificity=rates.specificity,
+    )
 
 
 def _split_rows(dataset: Dataset, split: str) -> int:

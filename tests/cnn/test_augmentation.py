@@ -3,15 +3,19 @@ import numpy as np
 import pytest
 
 from cnn.config import AUGMENTATIONS, AugmentationPolicy, TrainConfig
+from cnn.evaluation.calibration import with_temperature
 from cnn.models.augmentation import (
     DIHEDRAL_VIEWS,
+    RandomHED,
     augmentation_preview,
     build_augmenter,
     dihedral_views,
+    inner_network,
+    model_temperature,
     named_augmenter,
+    serving_model,
     with_augmentation,
     with_test_time_augmentation,
-    without_test_time_augmentation,
 )
 from cnn.models.variants import build_model
 
@@ -83,7 +87,7 @@ def test_each_policy_is_never_in_the_saved_model(name, tmp_path):
     path = tmp_path / "model.keras"
     served.save(path)
     reloaded = keras.models.load_model(path)
-    inner = without_test_time_augmentation(reloaded)
+    inner = inner_network(reloaded)
     layer_types = {type(layer).__name__ for layer in [*reloaded.layers, *inner.layers]}
     assert not any(name.startswith("Random") for name in layer_types), layer_types
 
@@ -132,7 +136,7 @@ def test_test_time_augmentation_is_the_mean_of_the_8_views_and_survives_saving(t
     served.save(path)
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-6)
-    assert without_test_time_augmentation(reloaded).count_params() == model.count_params()
+    assert inner_network(reloaded).count_params() == model.count_params()
 
 
 def test_preview_shows_the_original_then_ten_different_copies():
@@ -150,3 +154,32 @@ def test_preview_shows_the_original_then_ten_different_copies():
 
 def test_a_policy_of_defaults_builds_nothing():
     assert build_augmenter(AugmentationPolicy()) is None
+
+
+def test_a_calibrated_model_tempers_its_output_and_keeps_it_through_saving(tmp_path):
+    model = build_model("simple", (32, 32, 3))
+    images = _cells(count=6).astype("uint8")
+    raw = np.asarray(with_test_time_augmentation(model).predict(images, verbose=0))
+    served = serving_model(model, test_time_augmentation=True, temperature=2.5)
+    expected = with_temperature(raw, 2.5)
+    np.testing.assert_allclose(served.predict(images, verbose=0), expected, atol=1e-5)
+    path = tmp_path / "calibrated.keras"
+    served.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
+    assert model_temperature(reloaded) == 2.5
+    assert inner_network(reloaded).count_params() == model.count_params()
+    assert model_temperature(with_test_time_augmentation(model)) == 1.0
+    assert serving_model(model, test_time_augmentation=False) is model
+
+
+def test_hed_jitter_changes_each_cells_stain_and_nothing_at_zero_spread():
+    image = _cell().astype("float32")
+    batch = np.repeat(image[None], 8, axis=0)
+    jittered = np.asarray(RandomHED(0.1, seed=0)(batch, training=True))
+    assert jittered.min() >= 0.0 and jittered.max() <= 255.0
+    tints = {tuple(np.round(cell[8:16, 8:24].mean(axis=(0, 1)))) for cell in jittered}
+    assert len(tints) == 8
+    unchanged = np.asarray(RandomHED(1e-9, seed=0)(batch, training=True))
+    np.testing.assert_allclose(unchanged, batch, atol=0.01)  # the stain round trip is exact
+    np.testing.assert_array_equal(np.asarray(RandomHED(0.1)(batch, training=False)), batch)

@@ -12,10 +12,15 @@ from mlflow.tracking import MlflowClient
 
 from cnn.config import IngestConfig, TrainConfig
 from cnn.data.dataset import load_split, open_dataset
-from cnn.evaluation.metrics import predicted_labels, threshold_for_sensitivity
+from cnn.evaluation.calibration import with_temperature
+from cnn.evaluation.metrics import (
+    evaluate_predictions,
+    predicted_labels,
+    threshold_for_sensitivity,
+)
 from cnn.evaluation.scoring import in_batches, parasitized_probability, predict_split
 from cnn.labels import PARASITIZED
-from cnn.models.augmentation import without_test_time_augmentation
+from cnn.models.augmentation import inner_network, model_temperature
 from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.train import train_variant
@@ -154,8 +159,15 @@ def test_the_operating_point_goes_from_validation_through_the_registry_to_labels
     chosen = threshold_for_sensitivity(
         validation.labels, validation.parasitized_probability, TrainConfig().target_sensitivity
     )
-    threshold = mlflow.models.get_model_info(model_uri).metadata["threshold"]
-    assert threshold == pytest.approx(chosen)
+    metadata = mlflow.models.get_model_info(model_uri).metadata
+    threshold = metadata["threshold"]
+    assert threshold == pytest.approx(chosen)  # chosen on the calibrated scores
+    assert metadata["temperature"] == pytest.approx(model_temperature(keras_model))
+    at_threshold = evaluate_predictions(
+        validation.labels, validation.parasitized_probability, threshold
+    )
+    assert metadata["validation_sensitivity"] == pytest.approx(at_threshold.sensitivity)
+    assert metadata["validation_specificity"] == pytest.approx(at_threshold.specificity)
     assert run.data.metrics["operating_threshold"] == pytest.approx(threshold)
     assert run_result.test_scores["threshold"] == pytest.approx(threshold)
     images, _ = load_split(dataset, "test")
@@ -175,13 +187,14 @@ def test_the_registered_model_averages_the_8_dihedral_views(finished_pipeline):
     result, uri = finished_pipeline
     mlflow.set_tracking_uri(uri)
     model = mlflow.keras.load_model(f"models:/malaria-cnn/{result.runs[0].registered_version}")
-    network = without_test_time_augmentation(model)
+    network = inner_network(model)
     assert network is not model
     images, _ = load_split(open_dataset(result.dataset.path), "test")
     views = [np.rot90(images[:4], turns, axes=(1, 2)) for turns in range(4)]
     views += [np.rot90(images[:4, :, ::-1], turns, axes=(1, 2)) for turns in range(4)]
     mean = np.mean([network.predict(view, verbose=0) for view in views], axis=0)
-    np.testing.assert_allclose(model.predict(images[:4], verbose=0), mean, atol=1e-5)
+    calibrated = with_temperature(mean, model_temperature(model))  # fitted on validation
+    np.testing.assert_allclose(model.predict(images[:4], verbose=0), calibrated, atol=1e-5)
 
 
 def logged_inputs(run: mlflow.entities.Run) -> dict[str, tuple[str, str]]:

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from cnn.config import AUGMENTATIONS, IngestConfig, TrainConfig
 from cnn.data.dataset import open_dataset
 from cnn.ingest.build import build_dataset
-from cnn.models.augmentation import without_test_time_augmentation
+from cnn.models.augmentation import inner_network
 from cnn.models.variants import VARIANTS, count_parameters
 from cnn.sources.specs import SyntheticSource
 from cnn.training.train import fit_variant
@@ -35,7 +35,7 @@ def small_dataset(tmp_path_factory) -> str:
 
 
 def _random_layers(model) -> list[str]:
-    layers = [*model.layers, *without_test_time_augmentation(model).layers]
+    layers = [*model.layers, *inner_network(model).layers]
     return [layer.name for layer in layers if type(layer).__name__.startswith("Random")]
 
 
@@ -44,7 +44,7 @@ def test_every_variant_trains_an_epoch_and_serves_without_augmentation(variant, 
     result = fit_variant(open_dataset(small_dataset), variant, TRAINING)
     assert result.epochs_run == 1 and len(result.history["val_loss"]) == 1
     assert result.model.count_params() == count_parameters(variant, (32, 32, 3))
-    assert _random_layers(result.served) == []
+    assert _random_layers(result.operating_point.served) == []
     assert math.isfinite(result.history["val_loss"][0])  # it trained, not diverged
 
 
