@@ -119,6 +119,8 @@ def _quiet_environment() -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from app.stack_settings import StackSettings
     from cnn.config import (
+        DEFAULT_FLAG_PARASITEMIA,
+        DEFAULT_GROUPING,
         PREDICT_BATCH,
         IngestConfig,
         PromotionConfig,
@@ -165,6 +167,20 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=PREDICT_BATCH,
         help=f"images scored per batch (default {PREDICT_BATCH})",
+    )
+    predict.add_argument(
+        "--group-by",
+        default=DEFAULT_GROUPING,
+        help="which cells make one patient in the per-patient table: prefix (the NIH file-name "
+        "prefix), folder (the image's folder) or column:NAME of a Parquet input "
+        f"(default {DEFAULT_GROUPING})",
+    )
+    predict.add_argument(
+        "--flag-parasitemia",
+        type=float,
+        default=DEFAULT_FLAG_PARASITEMIA,
+        help="flag a patient whose estimated parasitemia is above this share of cells "
+        f"(default {DEFAULT_FLAG_PARASITEMIA})",
     )
     predict.set_defaults(handler=commands.run_predict)
 

@@ -192,10 +192,11 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
     from pyarrow.fs import FileType
     from pydantic import TypeAdapter
 
-    from cnn.config import PredictBatch
+    from cnn.config import PredictBatch, check_grouping
     from cnn.errors import InputError
     from cnn.io.storage import location
     from cnn.io.writes import OutputPathError, check_output_file
+    from cnn.prediction.patients import patients_location
 
     try:
         found = location(args.input.removeprefix("folder:")).info().type != FileType.NotFound
@@ -207,7 +208,14 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
         lambda: TypeAdapter(PredictBatch).validate_python(args.batch_size), option="--batch-size"
     )
     try:
+        check_grouping(args.group_by)
+    except ValueError as error:
+        raise CommandError(f"--group-by: {error}") from error
+    if not 0.0 <= args.flag_parasitemia <= 1.0:
+        raise CommandError(f"--flag-parasitemia: {args.flag_parasitemia} is not a share in [0, 1]")
+    try:
         check_output_file(args.output)
+        check_output_file(patients_location(args.output))
     except OutputPathError as error:
         raise CommandError(f"--output: {error}") from error
     summary = run_flow(
@@ -217,6 +225,8 @@ def run_predict(args: argparse.Namespace) -> dict[str, Any]:
         args.output,
         args.model,
         args.batch_size,
+        args.group_by,
+        args.flag_parasitemia,
         debug=args.debug,
         meanwhile=lambda: _check_model_option(args.model),
     )

@@ -312,6 +312,24 @@ def weights_file_problem(weights: str | None) -> str | None:
     return f"weights file {weights!r} does not exist (or imagenet, none)"
 
 
+GROUPINGS = ("prefix", "folder")
+COLUMN_GROUPING = "column:"
+DEFAULT_GROUPING = "prefix"
+"""Cells of one patient (slide) by default: the NIH file-name prefix (before `_IMG_`)."""
+DEFAULT_FLAG_PARASITEMIA = 0.02
+"""A patient is flagged when the estimated share of parasitized cells is above this."""
+
+
+def check_grouping(grouping: str) -> str:
+    """`prefix` (NIH file-name prefix), `folder` (the image's parent folder), or
+    `column:NAME` (a column of a Parquet or dataset input)."""
+    if grouping in GROUPINGS or (
+        grouping.startswith(COLUMN_GROUPING) and grouping.removeprefix(COLUMN_GROUPING)
+    ):
+        return grouping
+    raise ValueError(f"grouping {grouping!r}: expected prefix, folder or column:NAME")
+
+
 PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]
 PREDICT_BATCH = 256
 """Images scored at once wherever a model predicts (evaluation, thresholds, `predict`)."""

@@ -3,9 +3,15 @@
 from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from cnn.config import PREDICT_BATCH, PredictBatch
+from cnn.config import (
+    DEFAULT_FLAG_PARASITEMIA,
+    DEFAULT_GROUPING,
+    PREDICT_BATCH,
+    PredictBatch,
+    check_grouping,
+)
 from cnn.prediction.batch import PredictionSummary
 from flows import names
 from tasks.predict import predict_images
@@ -23,7 +29,17 @@ def predict(
         str, Field(min_length=1, description="Any MLflow model URI")
     ] = DEFAULT_MODEL_URI,
     batch_size: PredictBatch = PREDICT_BATCH,
+    group_by: Annotated[
+        str,
+        AfterValidator(check_grouping),
+        Field(description="Cells of one patient: prefix (NIH file name), folder, column:NAME"),
+    ] = DEFAULT_GROUPING,
+    flag_parasitemia: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Flag a patient whose parasitemia is above this")
+    ] = DEFAULT_FLAG_PARASITEMIA,
 ) -> PredictionSummary:
-    """Write one row per image: source id, P(parasitized), predicted label."""
+    """Write one row per image (source id, P(parasitized), predicted label) and, beside it,
+    one row per patient (cells, predicted parasitized, parasitemia with its 95% interval,
+    flagged)."""
     require_tracking_server()
-    return predict_images(model_uri, input, output, batch_size)
+    return predict_images(model_uri, input, output, batch_size, group_by, flag_parasitemia)

@@ -44,6 +44,8 @@ def test_variants_lists_each_variant_with_its_parameter_count(capsys):
         (["pipeline", "--promotion-metric", "loss"], "--promotion-metric"),
         (["pipeline", "--min-margin", "-1"], "--min-margin"),
         (["predict", "--input", "/no/such/cells", "--output", "p.parquet"], "/no/such/cells"),
+        (["predict", "--input", ".", "--output", "p.parquet", "--group-by", "ward"], "--group-by"),
+        (["predict", "--input", ".", "--output", "p.parquet", "--flag-parasitemia", "2"], "--flag"),
         (["evaluate", "--model", "models:/m/1", "--dataset", "/no/such/set"], "/no/such/set"),
         (["stack", "up", "--prefect-port", "70000"], "--prefect-port"),
         (["stack", "up", "--mlflow-port", "0"], "--mlflow-port"),
@@ -203,6 +205,10 @@ def test_pipeline_runs_end_to_end_as_a_new_user_would(tmp_path, monkeypatch, pre
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["model_uri"] == "models:/malaria-cnn@champion"
         assert summary["rows"] == pq.read_table(tmp_path / "out.parquet").num_rows == 5
+        assert summary["patients"] == "out.patients.parquet"  # beside the cells, same stem
+        patients = pq.read_table(tmp_path / summary["patients"]).to_pandas()
+        assert sorted(patients["group"]) == ["0", "1", "2", "3", "4"]  # no NIH prefix: stems
+        assert patients["cells"].sum() == 5
 
         code, out, err = malaria(
             "evaluate",

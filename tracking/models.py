@@ -93,16 +93,21 @@ def load_keras_model(model_uri: str) -> keras.Model:
     return model
 
 
-def model_threshold(model_uri: str) -> float:
-    """The model's operating point on P(parasitized), from its MLmodel metadata (0.5 for
-    models logged without one)."""
+def model_metadata(model_uri: str) -> dict:
+    """The model's MLmodel metadata: its operating point, temperature, validation error rates
+    (empty for models logged without any)."""
     try:
-        metadata = mlflow.models.get_model_info(model_uri).metadata
+        return mlflow.models.get_model_info(model_uri).metadata or {}
     except (MlflowException, OSError) as error:
         raise ModelNotFoundError(
             f"model {model_uri!r} cannot be loaded: {first_line(error)}"
         ) from error
-    return threshold_of(metadata)
+
+
+def model_threshold(model_uri: str) -> float:
+    """The model's operating point on P(parasitized), from its MLmodel metadata (0.5 for
+    models logged without one)."""
+    return threshold_of(model_metadata(model_uri))
 
 
 def _names_fixed_model(model_uri: str) -> bool:

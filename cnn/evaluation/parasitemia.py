@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from cnn.config import DEFAULT_FLAG_PARASITEMIA
+
 PATIENT_COLUMNS = (
     "group",
     "cells",
@@ -17,8 +19,6 @@ PATIENT_COLUMNS = (
     "flagged",
 )
 """The per-patient table, in this order."""
-DEFAULT_FLAG_PARASITEMIA = 0.02
-"""A patient is flagged when the estimated share of parasitized cells is above this."""
 CONFIDENCE = 0.95
 
 
@@ -42,6 +42,25 @@ class ErrorRates:
             self.sensitivity + self.specificity - 1.0
         )
         return np.clip(true_share, 0.0, 1.0)
+
+
+UNCORRECTED = ErrorRates(sensitivity=1.0, specificity=1.0)
+"""A model of unknown error rates: the parasitemia is the share it calls parasitized."""
+
+
+def model_error_rates(metadata: dict | None) -> tuple[ErrorRates, str | None]:
+    """The validation sensitivity and specificity a registered model's metadata records, and
+    None; or `UNCORRECTED` and why, for models logged without them or too weak to correct."""
+    metadata = metadata or {}
+    try:
+        rates = ErrorRates(
+            float(metadata["validation_sensitivity"]), float(metadata["validation_specificity"])
+        )
+    except KeyError:
+        return UNCORRECTED, "the model records no validation error rates: parasitemia uncorrected"
+    except ValueError as error:
+        return UNCORRECTED, f"{error}: parasitemia uncorrected"
+    return rates, None
 
 
 def wilson_interval(positives: np.ndarray, totals: np.ndarray, confidence: float = CONFIDENCE):

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 from pydantic import BaseModel
 
+from cnn.config import DEFAULT_FLAG_PARASITEMIA, DEFAULT_GROUPING
 from cnn.data.dataset import Dataset, images_from_column, open_dataset
 from cnn.data.manifest import manifest_path
 from cnn.errors import InputError
@@ -27,6 +29,7 @@ from cnn.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     predicted_labels,
 )
+from cnn.evaluation.parasitemia import UNCORRECTED, ErrorRates
 from cnn.evaluation.scoring import (
     fit_images,
     model_image_size,
@@ -37,6 +40,12 @@ from cnn.ingest.parallel import parallel_map
 from cnn.io.storage import Location, location
 from cnn.io.writes import OutputPathError, check_output_file
 from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.prediction.patients import (
+    cell_groups,
+    patient_frame,
+    patient_table_bytes,
+    patients_location,
+)
 from cnn.sources.files import image_entries, read_folder_entry
 from cnn.sources.records import Unreadable
 
@@ -148,17 +157,31 @@ def write_predictions(table: pa.Table, output: str | Path, metadata: dict[str, s
 
 
 class PredictionSummary(BaseModel):
-    """Where the predictions went and what the input needed."""
+    """Where the predictions went (a row per cell, and a row per patient beside them) and
+    what the input needed."""
 
     model_uri: str
     input: str
     output: str
+    patients: str
     rows: int
     parasitized: int
+    groups: int
+    flagged_groups: list[str]
     resized: int
     converted_to_rgb: int
     skipped: list[dict[str, str]]
     seconds: float
+
+
+@dataclass(frozen=True)
+class PatientOptions:
+    """How cells make patients: the grouping (`cnn.prediction.patients`), the model's error
+    rates that correct the parasitemia, and the parasitemia above which a patient is flagged."""
+
+    grouping: str = DEFAULT_GROUPING
+    rates: ErrorRates = UNCORRECTED
+    flag_above: float = DEFAULT_FLAG_PARASITEMIA
 
 
 def predict_to_file(
@@ -168,20 +191,34 @@ def predict_to_file(
     input_path: str,
     output_path: str,
     batch_size: int,
-) -> tuple[PredictionSummary, list[str]]:
+    patients: PatientOptions = PatientOptions(),
+) -> tuple[PredictionSummary, pd.DataFrame, list[str]]:
     """Score every image of the input in batches at the model's image size, labels at
-    `threshold`; write them atomically to `output_path`. Returns the summary and notes on
-    what the input needed (resized, converted, skipped images)."""
+    `threshold`; write them atomically to `output_path`, and the per-patient table beside
+    them (`patients_location`). Returns the summary, the per-patient table and notes on what
+    the input needed (resized, converted, skipped images)."""
     started = time.perf_counter()
+    patients_output = patients_location(output_path)
+    if location(patients_output).is_local:  # refused before the scoring, not after it
+        check_output_file(location(patients_output).path)
     report = InputReport()
     batches = iter_input_batches(input_path, model_image_size(model), batch_size, report)
     table = score_batches(model, batches, threshold)
-    write_predictions(table, output_path, {"model_uri": model_uri, "input": input_path})
     labels = table.column("predicted_label").to_numpy()
+    groups = cell_groups(table.column("source_id").to_pylist(), patients.grouping, input_path)
+    per_patient = patient_frame(groups, labels == PARASITIZED, patients.rates, patients.flag_above)
+    metadata = {"model_uri": model_uri, "input": input_path}
+    write_predictions(table, output_path, metadata)
+    location(patients_output).write_bytes(
+        patient_table_bytes(per_patient, {**metadata, "grouping": patients.grouping})
+    )
     summary = PredictionSummary(
         model_uri=model_uri,
         input=input_path,
         output=output_path,
+        patients=patients_output,
+        groups=len(per_patient),
+        flagged_groups=per_patient.loc[per_patient["flagged"], "group"].tolist(),
         rows=table.num_rows,
         parasitized=int(np.sum(labels == PARASITIZED)),
         resized=report.resized,
@@ -189,7 +226,7 @@ def predict_to_file(
         skipped=report.skipped,
         seconds=round(time.perf_counter() - started, 3),
     )
-    return summary, report.notes()
+    return summary, per_patient, report.notes()
 
 
 def _folder_batches(

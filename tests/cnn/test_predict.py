@@ -10,6 +10,7 @@ from PIL import Image
 
 from cnn.config import IngestConfig
 from cnn.data.dataset import load_split
+from cnn.evaluation.parasitemia import PATIENT_COLUMNS, ErrorRates
 from cnn.evaluation.scoring import fit_images, parasitized_probability, predict_split, split_images
 from cnn.images import decode_and_resize
 from cnn.ingest.build import build_dataset
@@ -18,11 +19,14 @@ from cnn.io.writes import OutputPathError
 from cnn.labels import PARASITIZED
 from cnn.prediction.batch import (
     InputReport,
+    PatientOptions,
     PredictionInputError,
     iter_input_batches,
+    predict_to_file,
     score_batches,
     write_predictions,
 )
+from cnn.prediction.patients import GroupingError
 from cnn.sources.records import MAX_ENCODED_BYTES
 from cnn.sources.specs import SyntheticSource
 from cnn.sources.synthetic import draw_cell
@@ -221,3 +225,68 @@ def test_a_short_last_batch_is_padded_so_the_model_is_traced_once_and_scored_as_
 
     assert scores == pytest.approx(1 - images[..., 0].mean(axis=(1, 2)) / 255, abs=1e-5)
     assert {shape[0] for shape in traced_shapes} == {4}
+
+
+def nih_folder(root, patients: dict[str, int]):
+    """A folder in the NIH layout: `count` cells of each patient, all drawn parasitized."""
+    rng = np.random.default_rng(3)
+    for folder in ("Parasitized", "Uninfected"):
+        (root / folder).mkdir(parents=True)
+    for patient, count in patients.items():
+        for index in range(count):
+            name = f"{patient}_IMG_{index}_cell_{index}.png"
+            Image.fromarray(draw_cell(rng, parasitized=True)).save(root / "Parasitized" / name)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("grouping", "groups"),
+    [("prefix", {"C1P1thinF": 3, "C2P2thinF": 2}), ("folder", {"Parasitized": 5})],
+)
+def test_the_patient_table_lies_beside_the_cells_with_its_columns_and_types(
+    tmp_path, grouping, groups
+):
+    cells = nih_folder(tmp_path / "cells", {"C1P1thinF": 3, "C2P2thinF": 2})
+    output = tmp_path / "out" / "scored.parquet"
+    output.parent.mkdir()
+    options = PatientOptions(grouping, ErrorRates(0.9, 0.95), flag_above=0.5)
+    summary, table, _ = predict_to_file(
+        constant_model(24, 0.2), 0.5, "m", str(cells), str(output), 4, options
+    )  # P(parasitized) 0.8: every cell called parasitized
+    assert summary.patients == str(tmp_path / "out" / "scored.patients.parquet")
+    written = pq.read_table(summary.patients)
+    assert written.schema.names == list(PATIENT_COLUMNS)
+    assert written.schema.field("cells").type == pa.int64()
+    assert written.schema.field("parasitemia").type == pa.float64()
+    assert written.schema.field("flagged").type == pa.bool_()
+    counted = zip(written["group"].to_pylist(), written["cells"].to_pylist(), strict=True)
+    assert dict(counted) == groups
+    assert written["predicted_parasitized"].to_pylist() == list(groups.values())
+    assert written["parasitemia"].to_pylist() == pytest.approx([1.0] * len(groups))
+    assert summary.flagged_groups == sorted(groups) and summary.groups == len(groups)
+    assert table.equals(written.to_pandas())
+
+
+def test_a_dataset_is_grouped_by_a_column_and_a_missing_column_is_named(dataset, tmp_path):
+    output = tmp_path / "scored.parquet"
+    _, table, _ = predict_to_file(
+        constant_model(24, 0.9),
+        0.5,
+        "m",
+        str(dataset.path),
+        str(output),
+        16,
+        PatientOptions("column:label_name"),
+    )
+    assert sorted(table["group"]) == ["parasitized", "uninfected"]
+    assert table["cells"].sum() == dataset.rows and not table["flagged"].any()
+    with pytest.raises(GroupingError, match="no column 'ward'"):
+        predict_to_file(
+            constant_model(24, 0.9),
+            0.5,
+            "m",
+            str(dataset.path),
+            str(output),
+            16,
+            PatientOptions("column:ward"),
+        )
