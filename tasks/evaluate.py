@@ -1,14 +1,16 @@
 """Evaluate task: score a logged model on a dataset's test split, log scores and pictures."""
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from cnn.data.dataset import open_dataset
+from cnn.data.dataset import open_dataset, split_groups
+from cnn.evaluation.lab_scores import LabScores
 from cnn.evaluation.metrics import evaluate_predictions
 from cnn.evaluation.scoring import predict_split
 from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
-from tracking.evaluation import log_evaluation
+from tracking.evaluation import log_evaluation, test_lab_scores
 from tracking.models import load_keras_model, model_threshold
 from tracking.runs import link_to_run
 from tracking.store import tracking_uri
@@ -17,8 +19,10 @@ from tracking.store import tracking_uri
 @task(name="evaluate-model", task_run_name="evaluate-model {label}", **IO_RETRIES)
 def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -> dict:
     """Test-split scores of `model_uri` at its operating point, logged to the run as `test_*`
-    metrics, a confusion table (MLflow, and Prefect under `confusion-matrix-<label>`), a
-    confusion heatmap and a ROC curve; the test split is the run's evaluation input."""
+    metrics (calibration error, Brier score and per-patient parasitemia error included), a
+    confusion table and a per-patient table (MLflow, and Prefect under
+    `confusion-matrix-<label>` and `patients-<label>`), a confusion heatmap, a ROC curve and
+    a reliability diagram; the test split is the run's evaluation input."""
     logger = get_run_logger()
     model = load_keras_model(model_uri)
     dataset = open_dataset(dataset_path)
@@ -30,16 +34,35 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
         )
     threshold = model_threshold(model_uri)
     evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
-    confusion = log_evaluation(run_id, dataset, scores, evaluation, threshold)
+    lab, note = test_lab_scores(model_uri, scores, split_groups(dataset, "test"))
+    confusion = log_evaluation(run_id, dataset, scores, evaluation, threshold, lab)
     logger.info(
         "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "
         "cols pred:yes/no) %s",
         *(evaluation.accuracy, threshold, evaluation.count, evaluation.confusion_matrix),
     )
+    _publish_tables(confusion, lab, note, model_uri, run_id, label)
+    return {**evaluation.as_dict(), **lab.metrics(), "threshold": threshold}
+
+
+def _publish_tables(
+    confusion: pd.DataFrame,
+    lab: LabScores,
+    note: str | None,
+    model_uri: str,
+    run_id: str,
+    label: str,
+) -> None:
+    """The confusion matrix and the per-patient table as Prefect table artifacts."""
+    in_mlflow = f"MLflow run {link_to_run(tracking_uri(), run_id)}"
     create_table_artifact(
         key=artifact_key("confusion-matrix", label),
         table=confusion.to_dict(orient="records"),
-        description=f"Test confusion matrix of {model_uri} (yes = parasitized), MLflow run "
-        + link_to_run(tracking_uri(), run_id),
+        description=f"Test confusion matrix of {model_uri} (yes = parasitized), {in_mlflow}",
     )
-    return {**evaluation.as_dict(), "threshold": threshold}
+    create_table_artifact(
+        key=artifact_key("patients", label),
+        table=lab.patients.to_dict(orient="records"),
+        description=f"Test patients of {model_uri}: estimated vs labelled parasitemia, mean "
+        f"absolute error {lab.parasitemia_mae:.4f}{'; ' + note if note else ''}; {in_mlflow}",
+    )

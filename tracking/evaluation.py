@@ -10,18 +10,21 @@ import numpy as np
 import pandas as pd
 
 from cnn.config import AUGMENTATIONS
-from cnn.data.dataset import Dataset, open_dataset
+from cnn.data.dataset import Dataset, open_dataset, split_groups
+from cnn.evaluation.lab_scores import LabScores, lab_scores
 from cnn.evaluation.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
     BinaryEvaluation,
     evaluate_predictions,
 )
+from cnn.evaluation.parasitemia import model_error_rates
 from cnn.evaluation.promotion import PromotionDecision
 from cnn.evaluation.scoring import SplitScores, fit_images, model_image_size, split_images
-from cnn.reports.figures import confusion_heatmap, roc_curve_figure
+from cnn.reports.figures import confusion_heatmap, reliability_figure, roc_curve_figure
 from cnn.reports.report import build_run_report, report_cell_positions
-from tracking.models import load_keras_model, model_threshold
+from cnn.serving import threshold_of
+from tracking.models import load_keras_model, model_metadata, model_threshold
 from tracking.runs import run_link
 from tracking.training import (
     AUGMENTATION_DIR,
@@ -31,7 +34,9 @@ from tracking.training import (
 )
 
 TEST_PREDICTIONS = "evaluation/test_predictions.parquet"
-"""Label and P(parasitized) of every test image, in the split's order (the report reads it)."""
+"""Label, P(parasitized) and patient of every test image, in the split's order (the report
+reads it)."""
+PATIENTS_TABLE = "evaluation/patients.json"
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 REPORT_DIR = "report"
 
@@ -49,24 +54,30 @@ def log_evaluation(
     scores: SplitScores,
     evaluation: BinaryEvaluation,
     threshold: float,
+    lab: LabScores,
 ) -> pd.DataFrame:
-    """The test split as evaluation input, `test_*` metrics, the scores at the threshold, every
-    test prediction, the confusion table and heatmap, and the ROC curve with the operating
-    point; returns the table."""
+    """The test split as evaluation input, `test_*` metrics (calibration and parasitemia
+    error included), the scores at the threshold, every test prediction, the confusion
+    table and heatmap, the ROC curve with the operating point, the reliability diagram and
+    the per-patient table; returns the confusion table."""
     confusion = confusion_frame(evaluation)
     log_dataset_inputs(run_id, dataset_input(dataset, "evaluation", split="test"))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {
                 **{f"test_{name}": value for name, value in evaluation.scores().items()},
+                **{f"test_{name}": value for name, value in lab.metrics().items()},
                 "test_threshold": threshold,
             }
         )
         mlflow.log_dict(
-            {**evaluation.as_dict(), "threshold": threshold}, "evaluation/test_scores.json"
+            {**evaluation.as_dict(), **lab.metrics(), "threshold": threshold},
+            "evaluation/test_scores.json",
         )
-        _log_test_predictions(scores)
+        _log_test_predictions(scores, split_groups(dataset, "test"))
         mlflow.log_table(confusion, "evaluation/confusion_matrix.json")
+        mlflow.log_table(lab.patients, PATIENTS_TABLE)
+        mlflow.log_figure(reliability_figure(lab.curves()), "evaluation/reliability.png")
         mlflow.log_figure(confusion_heatmap(evaluation), "evaluation/confusion_matrix.png")
         mlflow.log_figure(
             roc_curve_figure(scores.labels, scores.parasitized_probability, threshold),
@@ -75,11 +86,12 @@ def log_evaluation(
     return confusion
 
 
-def _log_test_predictions(scores: SplitScores) -> None:
+def _log_test_predictions(scores: SplitScores, groups: np.ndarray) -> None:
     table = pd.DataFrame(
         {
             "label": scores.labels.astype(np.int8),
             "parasitized_probability": scores.parasitized_probability,
+            "group": groups.astype(str),
         }
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,16 +100,30 @@ def _log_test_predictions(scores: SplitScores) -> None:
         mlflow.log_artifact(str(path), str(Path(TEST_PREDICTIONS).parent))
 
 
-def load_test_predictions(artifact_uri: str) -> SplitScores:
-    """The test labels and P(parasitized) that `log_evaluation` logged to a run."""
+def load_test_predictions(artifact_uri: str) -> tuple[SplitScores, np.ndarray]:
+    """The test labels, P(parasitized) and patients that `log_evaluation` logged to a run."""
     table = pd.read_parquet(
         mlflow.artifacts.download_artifacts(f"{artifact_uri}/{TEST_PREDICTIONS}")
     )
-    return SplitScores(
+    scores = SplitScores(
         labels=table["label"].to_numpy(),
         parasitized_probability=table["parasitized_probability"].to_numpy(np.float32),
         resized_from=None,
     )
+    return scores, table["group"].to_numpy(object)
+
+
+def test_lab_scores(
+    model_uri: str, scores: SplitScores, groups: np.ndarray
+) -> tuple[LabScores, str | None]:
+    """Calibration and per-patient parasitemia of the model's test scores, from what its
+    metadata records (threshold, temperature, validation error rates); and a note when the
+    parasitemia cannot be corrected."""
+    metadata = model_metadata(model_uri)
+    rates, note = model_error_rates(metadata)
+    labels, probability = scores.labels, scores.parasitized_probability
+    threshold, temperature = threshold_of(metadata), metadata.get("temperature")
+    return lab_scores(labels, probability, groups, threshold, temperature, rates), note
 
 
 @dataclass(frozen=True)
@@ -120,7 +146,8 @@ def log_run_report(
     model = load_keras_model(model_uri)
     threshold = model_threshold(model_uri)
     dataset = open_dataset(dataset_path)
-    scores = load_test_predictions(run.info.artifact_uri)
+    scores, groups = load_test_predictions(run.info.artifact_uri)
+    lab, _ = test_lab_scores(model_uri, scores, groups)
     positions = report_cell_positions(scores.labels, scores.parasitized_probability, threshold)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
     evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
@@ -132,6 +159,7 @@ def log_run_report(
         "test images": evaluation.count,
         "threshold": round(threshold, 4),
         **{name: round(value, 4) for name, value in evaluation.scores().items()},
+        **{name: round(value, 4) for name, value in lab.metrics().items()},
     }
     if promotion is not None:
         summary["promotion"] = f"{promotion.alias}: {promotion.reason}"
@@ -146,6 +174,7 @@ def log_run_report(
         augmentation_grids=_augmentation_previews(client, run),
         augmentation_used=run.data.params.get("augment"),
         threshold=threshold,
+        lab=lab,
     )
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

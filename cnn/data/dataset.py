@@ -155,6 +155,17 @@ def _count_mismatch(manifest: Manifest, held: Counter[tuple[str, str]]) -> str |
     return None
 
 
+def split_groups(dataset: Dataset, split: str) -> np.ndarray:
+    """The patient (group) of each row of a split, in the split's order."""
+    table = pq.read_table(
+        [shard.path for shard in dataset.shards],
+        filesystem=dataset.location.filesystem,
+        columns=["group"],
+        filters=[("split", "=", split)],
+    )
+    return np.asarray(table["group"].to_pylist(), dtype=object)
+
+
 def load_split(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8, N × H × W × 3) and labels (int) of one split."""
     if split not in SPLITS:

@@ -26,6 +26,11 @@ def with_temperature(probability: np.ndarray, temperature: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit(probability) / temperature))
 
 
+def without_temperature(probability: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities a model gave before `with_temperature(…, temperature)`."""
+    return with_temperature(probability, 1.0 / temperature)
+
+
 def fit_temperature(labels: np.ndarray, parasitized_probability: np.ndarray) -> float:
     """The temperature that minimises the binary cross-entropy of P(parasitized) on these
     cells (the validation split's)."""

@@ -8,6 +8,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from cnn.config import DEFAULT_FLAG_PARASITEMIA
+from cnn.labels import PARASITIZED
 
 PATIENT_COLUMNS = (
     "group",
@@ -100,3 +101,22 @@ def patient_table(
         },
         columns=list(PATIENT_COLUMNS),
     )
+
+
+def evaluated_patients(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    predicted_parasitized: np.ndarray,
+    rates: ErrorRates,
+    flag_above: float = DEFAULT_FLAG_PARASITEMIA,
+) -> pd.DataFrame:
+    """`patient_table` with each group's labelled parasitemia beside the estimate."""
+    table = patient_table(groups, predicted_parasitized, rates, flag_above)
+    truly = pd.Series(np.asarray(labels) == PARASITIZED).groupby(np.asarray(groups, dtype=str))
+    table["labelled_parasitemia"] = truly.mean().reindex(table["group"]).to_numpy()
+    return table
+
+
+def parasitemia_error(table: pd.DataFrame) -> float:
+    """The mean absolute difference between estimated and labelled parasitemia over groups."""
+    return float(np.mean(np.abs(table["parasitemia"] - table["labelled_parasitemia"])))

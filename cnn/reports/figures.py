@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
 
+from cnn.evaluation.calibration import Reliability
 from cnn.evaluation.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
@@ -93,6 +94,31 @@ def roc_curve_figure(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right")
+    return figure
+
+
+def reliability_figure(curves: dict[str, Reliability]) -> Figure:
+    """The reliability diagram: per probability bin, the share of cells that are parasitized
+    against their mean P(parasitized), one line per named set of scores (e.g. before and
+    after calibration) with its expected calibration error and Brier score."""
+    figure = Figure(figsize=(4.5, 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for name, curve in curves.items():
+        shown = curve.counts > 0
+        ax.plot(
+            curve.mean_probability[shown],
+            curve.parasitized_share[shown],
+            "o-",
+            label=f"{name}: ECE {curve.expected_calibration_error:.3f}, "
+            f"Brier {curve.brier_score:.3f}",
+        )
+    ax.set_xlabel("mean P(parasitized) in the bin")
+    ax.set_ylabel("share of the bin's cells parasitized")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Reliability (test split)")
+    ax.legend(loc="upper left", fontsize="small")
     return figure
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cnn.evaluation.lab_scores import LabScores
 from cnn.evaluation.metrics import (
     CONFUSION_COLUMNS,
     CONFUSION_ROWS,
@@ -26,6 +27,7 @@ from cnn.reports.figures import (
     confusion_heatmap,
     learning_curves,
     misclassified_gallery,
+    reliability_figure,
     roc_curve_figure,
     worst_mistakes,
 )
@@ -66,6 +68,27 @@ def confusion_table(evaluation: BinaryEvaluation) -> Table:
         for name, counts in zip(CONFUSION_ROWS, evaluation.confusion_matrix, strict=True)
     ]
     return Table("Confusion matrix (yes = parasitized)", ["", *CONFUSION_COLUMNS], rows)
+
+
+def patients_table(lab: LabScores) -> Table:
+    """Per test patient: cells, estimated parasitemia (95% interval) and the labelled one."""
+    rows = [
+        [
+            row.group,
+            row.cells,
+            row.predicted_parasitized,
+            f"{row.parasitemia:.1%} ({row.parasitemia_low:.1%}–{row.parasitemia_high:.1%})",
+            f"{row.labelled_parasitemia:.1%}",
+            "yes" if row.flagged else "",
+        ]
+        for row in lab.patients.itertuples()
+    ]
+    caption = (
+        f"Parasitemia per test patient (mean absolute error {lab.parasitemia_mae:.1%}; "
+        "corrected for the model's validation sensitivity and specificity)"
+    )
+    columns = ["patient", "cells", "called parasitized", "estimated", "labelled", "flagged"]
+    return Table(caption, columns, rows)
 
 
 def html_report(
@@ -180,6 +203,7 @@ def build_run_report(
     augmentation_grids: dict[str, np.ndarray] | None = None,
     augmentation_used: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    lab: LabScores | None = None,
 ) -> RunReport:
     """Every picture of the report and the HTML page that embeds them.
 
@@ -205,6 +229,11 @@ def build_run_report(
             roc_curve_figure(labels, parasitized_probability, threshold),
         ),
     }
+    if lab is not None:
+        figures["reliability.png"] = (
+            "Calibration: do the probabilities mean what they say?",
+            reliability_figure(lab.curves()),
+        )
     if history:
         figures["learning_curves.png"] = ("Learning curves", learning_curves(history))
     figures["filters.png"] = ("First conv layer filters", filter_grid(model, filters_per_row=4))
@@ -237,5 +266,6 @@ def build_run_report(
         used = " (this run trained with it)" if policy == augmentation_used else ""
         headings[name] = f"Augmentation policy {policy}{used}: one cell, ten copies"
     sections = [(headings[name], png) for name, png in pictures.items()]
-    page = html_report(title, summary, sections, tables=[confusion_table(evaluation)])
+    tables = [confusion_table(evaluation), *([patients_table(lab)] if lab is not None else [])]
+    page = html_report(title, summary, sections, tables=tables)
     return RunReport(pictures=pictures, html=page)

@@ -8,6 +8,7 @@ from cnn.evaluation.calibration import (
     logit,
     reliability,
     with_temperature,
+    without_temperature,
 )
 from cnn.labels import PARASITIZED, UNINFECTED
 
@@ -46,6 +47,7 @@ def test_temperature_keeps_the_order_of_the_scores():
     assert np.all(np.diff(scaled) > 0)
     assert scaled[2] == pytest.approx(0.5)
     assert logit(scaled) == pytest.approx(logit(scores) / 2.5)
+    assert without_temperature(scaled, 2.5) == pytest.approx(scores)
 
 
 def test_reliability_bins_count_every_cell_and_give_known_errors():

@@ -7,8 +7,11 @@ import pytest
 from cnn.evaluation.parasitemia import (
     PATIENT_COLUMNS,
     ErrorRates,
+    evaluated_patients,
+    parasitemia_error,
     patient_table,
 )
+from cnn.labels import PARASITIZED, UNINFECTED
 
 
 def test_rogan_gladen_undoes_known_error_rates():
@@ -58,3 +61,13 @@ def test_the_interval_covers_the_true_parasitemia_of_simulated_patients(true_par
     covered = (table["parasitemia_low"] <= truth + 1e-12) & (truth <= table["parasitemia_high"])
     assert covered.mean() >= 0.93
     assert abs(table["parasitemia"].mean() - true_parasitemia) < 0.01
+
+
+def test_the_evaluation_puts_the_labelled_parasitemia_beside_the_estimate():
+    groups = np.array(["A"] * 4 + ["B"] * 4)
+    labels = np.array([PARASITIZED, UNINFECTED, UNINFECTED, UNINFECTED] + [UNINFECTED] * 4)
+    called = np.array([True, True, False, False] + [False] * 4)
+    table = evaluated_patients(groups, labels, called, ErrorRates(1.0, 1.0 - 1e-9))
+    assert table["labelled_parasitemia"].tolist() == pytest.approx([0.25, 0.0])
+    assert table["parasitemia"].tolist() == pytest.approx([0.5, 0.0])
+    assert parasitemia_error(table) == pytest.approx(0.125)

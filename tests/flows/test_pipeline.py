@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cnn.config import IngestConfig, TrainConfig
-from cnn.data.dataset import load_split, open_dataset
+from cnn.data.dataset import load_split, open_dataset, split_groups
 from cnn.evaluation.calibration import with_temperature
 from cnn.evaluation.metrics import (
     evaluate_predictions,
@@ -329,6 +329,7 @@ REPORT_FILES = {
     "filters.png",
     "feature_maps.png",
     "grad_cam.png",
+    "reliability.png",
     f"augmentation_{TrainConfig().augment.replace('+', '-')}.png",
     "report.html",
 }
@@ -341,7 +342,8 @@ def test_run_artifacts_hold_the_pictures_and_a_self_contained_report(finished_pi
     listed = {Path(item.path).name for item in client.list_artifacts(run_id, "report")}
     assert listed >= REPORT_FILES
     evaluation = {Path(item.path).name for item in client.list_artifacts(run_id, "evaluation")}
-    assert {"confusion_matrix.png", "roc_curve.png", "confusion_matrix.json"} <= evaluation
+    expected = {"confusion_matrix.png", "roc_curve.png", "confusion_matrix.json"}
+    assert expected | {"reliability.png", "patients.json"} <= evaluation
     local = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="report/report.html", tracking_uri=uri
     )
@@ -349,6 +351,35 @@ def test_run_artifacts_hold_the_pictures_and_a_self_contained_report(finished_pi
     assert page.count('src="data:image/png;base64,') == sum(n.endswith(".png") for n in listed)
     assert "http://" not in page and "https://" not in page
     assert f"{result.runs[0].test_accuracy:.4g}" in page
+    assert "Parasitemia per test patient" in page
+
+
+def test_the_evaluation_scores_calibration_and_each_test_patients_parasitemia(finished_pipeline):
+    result, uri = finished_pipeline
+    (run_result,) = result.runs
+    predictions = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_result.run_id,
+            artifact_path="evaluation/test_predictions.parquet",
+            tracking_uri=uri,
+        )
+    )
+    table = mlflow.artifacts.load_dict(
+        f"{MlflowClient(uri).get_run(run_result.run_id).info.artifact_uri}/evaluation/patients.json"
+    )
+    patients = pd.DataFrame(table["data"], columns=table["columns"])
+    dataset = open_dataset(result.dataset.path)
+    assert sorted(patients["group"]) == sorted(set(split_groups(dataset, "test")))
+    assert patients["cells"].sum() == len(predictions)
+    labelled = (predictions["label"] == PARASITIZED).groupby(predictions["group"]).mean()
+    assert patients.set_index("group")["labelled_parasitemia"].to_dict() == pytest.approx(
+        labelled.to_dict()
+    )
+    metrics = MlflowClient(uri).get_run(run_result.run_id).data.metrics
+    error = np.mean(np.abs(patients["parasitemia"] - patients["labelled_parasitemia"]))
+    assert metrics["test_parasitemia_mae"] == pytest.approx(error)
+    assert 0.0 <= metrics["test_ece"] <= 1.0 and "test_ece_uncalibrated" in metrics
+    assert run_result.test_scores["brier"] == pytest.approx(metrics["test_brier"])
 
 
 def test_first_model_becomes_champion_with_the_decision_tagged(finished_pipeline):
