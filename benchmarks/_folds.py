@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ATYPICAL = "atypical"
+EXCLUDED = "excluded"
 BACKGROUND_LEVEL = 30
 """A pixel whose channels sum to at most this is the black border around a cell."""
 
@@ -45,12 +46,17 @@ def atypical_patients(dataset, share: float) -> list[str]:
     return sorted(patients[np.argsort(-distance)[:count]].tolist())
 
 
-def fold_splits(dataset, folds: int, seed: int, held_out: list[str] = ()) -> list[np.ndarray]:
+def fold_splits(
+    dataset, folds: int, seed: int, held_out: list[str] = (), excluded: set[str] = frozenset()
+) -> list[np.ndarray]:
     """Each fold's split name per row (in the dataset's row order), patient-grouped; the rows
-    of the `held_out` patients are `atypical` in every fold."""
+    of the `held_out` patients are `atypical` in every fold; the `excluded` source ids are
+    left out of training and validation (`excluded`), never out of a test split. The folds
+    do not depend on `excluded`."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    table = pq.read_table(dataset.shard_paths, columns=["label", "group"])
+    table = pq.read_table(dataset.shard_paths, columns=["label", "group", "source_id"])
+    left_out = np.isin(np.asarray(table["source_id"].to_pylist()), list(excluded))
     labels, groups = table["label"].to_numpy(), table["group"].to_numpy(zero_copy_only=False)
     kept = np.flatnonzero(~np.isin(groups, list(held_out)))
     outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -63,6 +69,7 @@ def fold_splits(dataset, folds: int, seed: int, held_out: list[str] = ()) -> lis
         inner = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
         _, validation = next(inner.split(rest, labels[rest], groups[rest]))
         splits[rest[validation]] = "validation"
+        splits[left_out & np.isin(splits, ["train", "validation"])] = EXCLUDED
         assignments.append(splits)
     return assignments
 

@@ -283,6 +283,7 @@ def run_recipe(
     scratch: Path,
     curve: bool = False,
     held_out: list[str] | float = 0.0,
+    excluded: frozenset[str] = frozenset(),
 ) -> dict:
     """Train and score one recipe on every fold; `held_out`: the atypical patients, or the
     share of patients to choose as such."""
@@ -303,7 +304,7 @@ def run_recipe(
         held_out = atypical_patients(dataset, held_out) if folds else []
     if folds:
         runs = []
-        assignments = fold_splits(dataset, folds, ingest.seed, held_out)
+        assignments = fold_splits(dataset, folds, ingest.seed, held_out, excluded)
         for index, splits in enumerate(assignments[:fold_limit]):
             fold = with_splits(
                 dataset, splits, scratch / f"{dataset.name}-fold{index}-{time.time_ns()}"
@@ -320,6 +321,7 @@ def run_recipe(
         "variant_options": options,
         "folds": folds or "fixed",
         "atypical_patients": held_out,
+        "excluded_from_training": len(excluded),
         "served": served,
         "summary": summarise(runs, served),
         "summary_other": summarise(runs, "plain" if served == "tta" else "tta"),
@@ -416,12 +418,19 @@ def main() -> None:
         "colour, out of every fold's training and score them apart (0: none)",
     )
     parser.add_argument(
+        "--exclude-ids",
+        type=Path,
+        help="with --folds: a file of source ids (one a line) left out of every fold's "
+        "training and validation, never out of its test split (e.g. likely label errors)",
+    )
+    parser.add_argument(
         "--test-curve",
         action="store_true",
         help="fixed split: also score the test split after every epoch (slower)",
     )
     args = parser.parse_args()
     results = []
+    excluded = frozenset(args.exclude_ids.read_text().split()) if args.exclude_ids else frozenset()
     with tempfile.TemporaryDirectory() as scratch:
         for text in args.recipes.split():
             held_out = results[0]["atypical_patients"] if results else args.atypical_share
@@ -430,6 +439,7 @@ def main() -> None:
                     *(args.folder, text, args.folds, args.fold_limit, Path(scratch)),
                     curve=args.test_curve,
                     held_out=held_out,
+                    excluded=excluded,
                 )
             )
             print(json.dumps({"recipe": text, **results[-1]["summary"]}), flush=True)
