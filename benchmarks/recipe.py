@@ -3,7 +3,7 @@
     python benchmarks/recipe.py --folder ../shared/data/malaria-dev \
         [--recipes "default lecture resnet@64:augment=none"] [--folds 5] [--fold-limit K]
 
-A recipe is `default` (the pipeline's own settings), `lecture` (the lecture's recipe),
+A recipe is `default` (the pipeline's own settings), `lecture` (the original course's recipe),
 `before` (the previous default), or `variant@image_size[:key=value,...]` over the
 pipeline's defaults. Keys: `epochs`, `lr`, `batch`, `wd`, `schedule`, `warmup`, `patience`
 (0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), `seed`, `ema`

@@ -29,14 +29,13 @@ class IngestConfig(BaseModel):
         "tfds",
         description="tfds, synthetic, folder:PATH (a folder or a URI) or zip:PATH (NIH layout)",
     )
-    image_size: ImageSize = Field(
-        64, description="Side of the square images, pixels (the lecture's: 100)"
-    )
+    image_size: ImageSize = Field(64, description="Side of the square images, pixels")
     limit: int | None = Field(
         None, ge=20, description="Class-balanced, seeded subset of this many images (all if unset)"
     )
     split: SplitStrategy = Field(
-        "patient", description="patient: no patient in two splits; random: the lecture's split"
+        "patient",
+        description="patient: no patient in two splits; random: stratified by label only",
     )
     ema_momentum: float | None = Field(
         None,
@@ -125,8 +124,9 @@ AUGMENTATIONS: dict[str, AugmentationPolicy] = {
     "dihedral+hed": AugmentationPolicy(dihedral=True, **_HED),
     "dihedral+stain+hed": AugmentationPolicy(dihedral=True, **_STAIN, **_HED),
 }
-"""The named policies: the lecture's ImageDataGenerator values, and the ones measured on
-malaria-dev (docs/model.md: the ablation table)."""
+"""The named policies: `lecture` (rotation, zoom, shifts, shear and flip, the values the
+original course gave Keras' ImageDataGenerator), and the ones measured on malaria-dev
+(docs/model.md: the ablation table)."""
 AugmentName = Literal[tuple(AUGMENTATIONS)]  # type: ignore[valid-type]
 
 
@@ -166,7 +166,7 @@ DEFAULT_VARIANTS = ("resnet",)
 
 class TrainConfig(BaseModel):
     """How to train a CNN variant: AdamW on a warm-up + cosine schedule, augmented, with the
-    lecture's batch of 100; the decision threshold chosen for a target sensitivity."""
+    batch of 100; the decision threshold chosen for a target sensitivity."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -201,7 +201,7 @@ class TrainConfig(BaseModel):
     schedule: LearningRateSchedule = Field(
         "cosine",
         description="cosine: linear warm-up, then cosine decay to zero over `epochs`; "
-        "constant: the lecture's fixed rate",
+        "constant: one fixed rate",
     )
     warmup_epochs: int = Field(1, ge=0, description="cosine only: epochs of linear warm-up")
     label_smoothing: float = Field(

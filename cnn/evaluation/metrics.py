@@ -10,7 +10,7 @@ from cnn.labels import PARASITIZED, UNINFECTED
 
 CONFUSION_ROWS = ("true:yes", "true:no")
 CONFUSION_COLUMNS = ("pred:yes", "pred:no")
-"""The lecture's layout: yes = parasitized."""
+"""Rows are the true class, columns the predicted one; yes = parasitized."""
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class RandomHED(layers.Layer):
 
 
 def build_augmenter(policy: AugmentationPolicy, seed: int | None = None) -> keras.Sequential | None:
-    """The policy's layers (geometry first, in the lecture's order, then colour), or None
+    """The policy's layers (geometry first, then colour), or None
     when the policy changes nothing."""
     fill = {"fill_mode": policy.fill_mode}
     steps: list[layers.Layer] = []
@@ -170,7 +170,7 @@ def augmentation_preview(
 ) -> np.ndarray:
     """One cell and `copies` augmented versions of it, side by side in two rows (uint8).
 
-    The first tile is the original, as in the lecture's preview.
+    The first tile is the original.
     """
     augmenter = build_augmenter(policy, seed=seed)
     batch = np.repeat(image[None].astype("float32"), copies, axis=0)
