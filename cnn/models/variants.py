@@ -35,12 +35,33 @@ class PerImageStandardization(layers.Layer):
         return (images - mean) / keras.ops.maximum(deviation, 1.0)
 
 
+@keras.saving.register_keras_serializable(package="malaria")
+class CellStainNormalization(layers.Layer):
+    """Stain normalization inside the model: each image's cell pixels (not the black border
+    around the cell) in optical density, −log of the light let through, standardized per
+    channel to zero mean and unit variance over the cell. A slide's stain strength and hue
+    divide out, the cell's own structure stays; the border becomes 0."""
+
+    def call(self, images):
+        images = keras.ops.cast(images, "float32")
+        inside = keras.ops.cast(keras.ops.sum(images, axis=-1, keepdims=True) > 30.0, "float32")
+        density = -keras.ops.log((images + 1.0) / 256.0)
+        cells = keras.ops.maximum(keras.ops.sum(inside, axis=(1, 2), keepdims=True), 1.0)
+        mean = keras.ops.sum(density * inside, axis=(1, 2), keepdims=True) / cells
+        spread = keras.ops.sum(((density - mean) * inside) ** 2, axis=(1, 2), keepdims=True)
+        deviation = keras.ops.sqrt(spread / cells + 1e-4)
+        normalized = (density - mean) / deviation * inside
+        return keras.ops.cast(normalized, self.compute_dtype)
+
+
 def _inputs(
-    input_shape: tuple[int, int, int], per_image: bool = False
+    input_shape: tuple[int, int, int], per_image: bool = False, stain: bool = False
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """uint8-valued pixels in, scaled to [0, 1] (or standardized per image) inside the model:
-    the served model needs no preprocessing of its own."""
+    """uint8-valued pixels in, scaled to [0, 1] (or standardized per image, or
+    stain-normalized) inside the model: the served model needs no preprocessing of its own."""
     inputs = keras.Input(shape=input_shape, name="pixels")
+    if stain:
+        return inputs, CellStainNormalization(name="stain_normalize")(inputs)
     if per_image:
         return inputs, PerImageStandardization(name="standardize")(inputs)
     return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -119,17 +140,19 @@ def build_resnet(
     depth: int = 18,
     base_filters: int = 16,
     per_image: bool = True,
+    stain_normalize: bool = False,
 ) -> keras.Model:
     """A ResNet-18/34-style network of basic residual blocks (two 3×3 convs, identity or
     1×1 projection shortcut), global average pooling and one sigmoid output.
 
     `base_filters` is the first stage's width (ResNet's own is 64; narrower trains much
     cheaper). `per_image`: standardize each image's channels (stain and brightness
-    invariance) instead of scaling to [0, 1].
+    invariance) instead of scaling to [0, 1]; `stain_normalize`: instead, standardize the
+    optical density of the cell's own pixels (`CellStainNormalization`).
     """
     if depth not in RESNET_STAGES:
         raise ValueError(f"resnet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
-    inputs, x = _inputs(input_shape, per_image=bool(per_image))
+    inputs, x = _inputs(input_shape, per_image=bool(per_image), stain=bool(stain_normalize))
     x = _conv_bn(x, base_filters, 7, strides=2, name="stem")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, blocks in enumerate(RESNET_STAGES[depth]):

@@ -5,6 +5,7 @@ import pytest
 from cnn.config import VARIANT_NAMES
 from cnn.models.variants import (
     VARIANTS,
+    CellStainNormalization,
     WeightsUnavailableError,
     build_model,
     build_transfer,
@@ -98,3 +99,20 @@ def test_per_image_standardization_removes_a_slides_tint_and_brightness(tmp_path
     assert isinstance(
         keras.models.load_model(tmp_path / "model.keras").layers[1], PerImageStandardization
     )
+
+
+def test_stain_normalization_standardizes_the_cell_and_divides_out_a_darker_stain(tmp_path):
+    rng = np.random.default_rng(0)
+    cells = np.zeros((3, 32, 32, 3), dtype="float32")
+    cells[:, 4:28, 4:28] = rng.uniform(120, 230, (3, 24, 24, 3))  # a cell on a black border
+    normalized = np.asarray(CellStainNormalization()(cells))
+    inside = normalized[:, 4:28, 4:28].reshape(3, -1, 3)
+    np.testing.assert_allclose(inside.mean(axis=1), 0.0, atol=1e-3)
+    np.testing.assert_allclose(inside.std(axis=1), 1.0, atol=1e-2)
+    assert not normalized[:, :4].any()  # the border stays 0
+    darker = np.asarray(CellStainNormalization()(cells * np.float32(0.6)))
+    assert np.median(np.abs(darker - normalized)) < 0.02  # stain strength divides out
+    model = build_model("resnet", (32, 32, 3), stain_normalize=True)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(reloaded.predict(cells, verbose=0), model.predict(cells, verbose=0))
