@@ -37,14 +37,6 @@ class IngestConfig(BaseModel):
         "patient",
         description="patient: no patient in two splits; random: stratified by label only",
     )
-    ema_momentum: float | None = Field(
-        None,
-        gt=0.0,
-        lt=1.0,
-        description="Keep an exponential moving average of the weights with this momentum per "
-        "step; validation, the best epoch and the model kept use the averaged weights "
-        "(unset: the raw weights)",
-    )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the subset and the split")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of images held out")
     validation_fraction: float = Field(
