@@ -5,8 +5,10 @@ by the dataset stay right. Test cells are never left out: scores stay comparable
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cnn.curation.derived import dataset_column, derive_dataset
 from cnn.curation.folds import POOL_SPLITS
@@ -34,6 +36,34 @@ def without_label_issues(
     name); a dataset that is already such a copy is returned as it is."""
     if EXCLUDED_FIELD in (dataset.manifest.model_extra or {}):
         return dataset
+    review, reviewed, where = label_review_of(dataset, data_dir)
+    flagged = review[review["flagged"]]
+    splits = dataset_column(dataset, "split").astype(object)
+    rows = np.sort(flagged["row"].to_numpy(dtype=int))
+    rows = rows[np.isin(splits[rows], POOL_SPLITS)]  # never a test cell
+    digest = _fingerprint(dataset, rows)
+    stem = dataset.name.rpartition("-")[0] or dataset.name
+    final = datasets_dir / f"{stem}-{NAME_PART}-{digest}"
+    with (locks or folder_locks(datasets_dir))(f"dataset-{final.name}", None):
+        if manifest_path(final):
+            return open_dataset(final)
+        splits[rows] = None
+        excluded = {
+            "dataset": dataset.name,
+            "review_table": where.uri,
+            "settings": reviewed,
+            "cells": len(rows),
+            "source_ids": sorted(flagged.set_index("row").loc[rows, "source_id"].tolist()),
+        }
+        note = f"{dataset.manifest.split_note}; {len(rows)} flagged label(s) left out"
+        return derive_dataset(dataset, final, splits, digest, note, {EXCLUDED_FIELD: excluded})
+
+
+def label_review_of(
+    dataset: Dataset, data_dir: Location
+) -> tuple[pd.DataFrame, dict[str, Any], Location]:
+    """The dataset's review table, what it records of its making, and where it is; a
+    `LabelReviewMissingError` naming the command to run when there is none of this dataset."""
     where = review_location(data_dir, dataset.name)
     if not where.is_file():
         raise LabelReviewMissingError(
@@ -46,26 +76,7 @@ def without_label_issues(
             f"the label review {where.uri} is not of dataset {dataset.name!r} (its fingerprint "
             f"differs): run `malaria label-issues --dataset {dataset.uri}` again"
         )
-    flagged = review[review["flagged"]]
-    rows = np.sort(flagged["row"].to_numpy(dtype=int))
-    digest = _fingerprint(dataset, rows)
-    stem = dataset.name.rpartition("-")[0] or dataset.name
-    final = datasets_dir / f"{stem}-{NAME_PART}-{digest}"
-    with (locks or folder_locks(datasets_dir))(f"dataset-{final.name}", None):
-        if manifest_path(final):
-            return open_dataset(final)
-        splits = dataset_column(dataset, "split").astype(object)
-        rows = rows[np.isin(splits[rows], POOL_SPLITS)]  # never a test cell
-        splits[rows] = None
-        excluded = {
-            "dataset": dataset.name,
-            "review_table": where.uri,
-            "settings": reviewed,
-            "cells": len(rows),
-            "source_ids": sorted(flagged.set_index("row").loc[rows, "source_id"].tolist()),
-        }
-        note = f"{dataset.manifest.split_note}; {len(rows)} flagged label(s) left out"
-        return derive_dataset(dataset, final, splits, digest, note, {EXCLUDED_FIELD: excluded})
+    return review, reviewed, where
 
 
 def _fingerprint(dataset: Dataset, rows: np.ndarray) -> str:
