@@ -48,7 +48,8 @@ def reviewed(tmp_path_factory, prefect_harness):
     tracking = TrackingConfig(experiment="label-issues-test")
     review_config = LabelIssuesConfig(folds=2, variant="simple", gallery_size=8)
     summary = label_issues(dataset.uri, review_config, TRAINING, tracking)
-    yield dataset, summary, {f"Uninfected/{file.name}" for file in moved}, uri, tracking
+    moved_ids = {f"Uninfected/{file.name}" for file in moved}
+    yield dataset, summary, moved_ids, uri, tracking, cells
     monkeypatch.undo()
     mlflow.set_tracking_uri(None)
 
@@ -61,12 +62,13 @@ def _index(file: Path) -> int:
 def _review_run(uri: str):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("label-issues-test")
-    (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'label-issues'")
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'label-issues'")
+    run = min(runs, key=lambda found: found.info.start_time)  # the fixture's, not retrain's
     return client, run
 
 
 def test_the_mislabelled_cells_in_train_and_validation_are_flagged(reviewed):
-    dataset, summary, moved, _, _ = reviewed
+    dataset, summary, moved, *_ = reviewed
     review = pd.read_parquet(summary.review_table)
     pool = review[review["source_id"].isin(moved)]
     assert len(review) == summary.cells_checked
@@ -81,7 +83,7 @@ def test_the_mislabelled_cells_in_train_and_validation_are_flagged(reviewed):
 
 
 def test_the_review_has_its_own_mlflow_run_with_metrics_table_and_gallery(reviewed):
-    _, summary, _, uri, _ = reviewed
+    _, summary, _, uri, *_ = reviewed
     client, run = _review_run(uri)
     assert run.info.status == "FINISHED"
     params, metrics = run.data.params, run.data.metrics
@@ -102,7 +104,7 @@ def test_prefect_artifacts_list_the_flagged_cells_and_link_the_run(reviewed):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    _, summary, _, uri, _ = reviewed
+    _, summary, _, uri, *_ = reviewed
 
     async def latest(key: str):
         async with get_client() as client:
@@ -122,7 +124,7 @@ def test_prefect_artifacts_list_the_flagged_cells_and_link_the_run(reviewed):
 
 
 def test_training_with_exclusion_trains_on_the_dataset_without_them(reviewed):
-    dataset, summary, _, uri, tracking = reviewed
+    dataset, summary, _, uri, tracking, _ = reviewed
     review = pd.read_parquet(summary.review_table)
     flagged = set(review.loc[review["flagged"], "source_id"])
     training = TRAINING.model_copy(update={"epochs": 1, "exclude_label_issues": True})
@@ -139,6 +141,36 @@ def test_training_with_exclusion_trains_on_the_dataset_without_them(reviewed):
     assert set(kept["source_id"]) == set(before["source_id"]) - flagged
     assert _test_cells(kept) == _test_cells(before)  # every test cell, in order
     assert MlflowClient(uri).get_run(run.run_id).data.params["exclude_label_issues"] == "True"
+
+
+def test_retrain_can_review_the_labels_first_and_train_without_the_flagged(reviewed):
+    from flows.retrain import retrain
+
+    *_, uri, tracking, cells = reviewed
+    data = IngestConfig(source=f"folder:{cells}", image_size=28)  # a dataset of its own
+    result = retrain(
+        data,
+        ["simple"],
+        TRAINING.model_copy(update={"epochs": 2}),
+        tracking,
+        find_label_issues=True,
+        label_issues=LabelIssuesConfig(folds=2, variant="simple", gallery_size=4),
+    )
+    client = MlflowClient(uri)
+    (run,) = result.runs
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.run_id, artifact_path="dataset/manifest.json", tracking_uri=uri
+    )
+    excluded = json.loads(Path(local).read_text())[EXCLUDED_FIELD]
+    assert excluded["dataset"] == result.dataset.name
+    review_runs = client.search_runs(
+        [client.get_experiment_by_name("label-issues-test").experiment_id],
+        f"tags.stage = 'label-issues' and params.dataset = '{result.dataset.name}'",
+    )
+    (review_run,) = review_runs
+    parent = client.get_run(run.run_id).data.tags["mlflow.parentRunId"]
+    assert review_run.data.tags["mlflow.parentRunId"] == parent  # beside the variant's run
+    assert excluded["cells"] == review_run.data.metrics["flagged"]
 
 
 def _cells(dataset) -> pd.DataFrame:
