@@ -123,6 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
         DEFAULT_GROUPING,
         PREDICT_BATCH,
         IngestConfig,
+        LabelIssuesConfig,
         PromotionConfig,
         TrainConfig,
     )
@@ -153,6 +154,25 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True, help="path of an ingested dataset")
     add_config_options(evaluate, TrackingConfig, only={"experiment"})
     evaluate.set_defaults(handler=commands.run_evaluate)
+
+    review = subcommands.add_parser(
+        "label-issues", help="find likely label errors among a dataset's train and validation cells"
+    )
+    review.add_argument("--dataset", required=True, help="path of an ingested dataset")
+    not_for_folds = {"exclude_label_issues", "ensemble", "registered_model"}
+    add_config_options(
+        review,
+        LabelIssuesConfig,
+        TrainConfig,
+        TrackingConfig,
+        only={
+            *LabelIssuesConfig.model_fields,
+            *TrainConfig.model_fields,
+            *TrackingConfig.model_fields,
+        }
+        - not_for_folds,
+    )
+    review.set_defaults(handler=commands.run_label_issues)
 
     predict = subcommands.add_parser("predict", help="score images with a model, write Parquet")
     predict.add_argument(

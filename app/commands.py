@@ -151,8 +151,40 @@ def _open_dataset_option(path: str):
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     train_arguments = _train_settings(args)
     dataset = _open_dataset_option(args.dataset)
+    _check_label_review(dataset, train_arguments[1])
     runs = run_flow("flows.train", "train", dataset.uri, *train_arguments, debug=args.debug)
     return {"runs": _dump(runs)}
+
+
+def _check_label_review(dataset, training) -> None:
+    """Training without flagged labels needs the dataset's label review."""
+    from cnn.curation.exclusion import LabelReviewMissingError, label_review_of
+    from cnn.settings import data_dir
+
+    if training.exclude_label_issues:
+        try:
+            label_review_of(dataset, data_dir())
+        except LabelReviewMissingError as error:
+            raise CommandError(f"--exclude-label-issues: {error}") from error
+
+
+def run_label_issues(args: argparse.Namespace) -> dict[str, Any]:
+    """Before any flow: the options, the dataset, and enough patients for the folds."""
+    from cnn.config import LabelIssuesConfig, TrainConfig
+    from cnn.curation.folds import FoldError, assign_folds, label_pool
+    from tracking.config import TrackingConfig
+
+    config = _validated(lambda: LabelIssuesConfig(**given(args, LabelIssuesConfig)))
+    training = _validated(lambda: TrainConfig(**given(args, TrainConfig)))
+    tracking = _validated(lambda: TrackingConfig(**given(args, TrackingConfig)))
+    dataset = _open_dataset_option(args.dataset)
+    pool = label_pool(dataset)
+    try:
+        assign_folds(pool.labels, pool.groups, config.folds, config.seed)
+    except FoldError as error:
+        raise CommandError(f"--folds: {error}") from error
+    arguments = (dataset.uri, config, training, tracking)
+    return _dump(run_flow("flows.label_issues", "label_issues", *arguments, debug=args.debug))
 
 
 def _check_model_option(model_uri: str) -> None:

@@ -21,6 +21,11 @@ def print_human(command: str, result: dict[str, Any]) -> None:
         )
         if result["skipped"]:
             print(f"skipped  {len(result['skipped'])} unreadable file(s)")
+    elif command == "label-issues":
+        print(
+            f"{result['flagged']} of {result['cells_checked']} labels flagged "
+            f"({result['flagged_share']:.1%}) → {result['review_table']}"
+        )
     elif command == "evaluate":
         print(
             f"{result['model_uri']}: test accuracy {result['accuracy']:.3f}, confusion "

@@ -265,6 +265,11 @@ class TrainConfig(BaseModel):
         description="After the variants, also register one model averaging this many "
         "best of them (by validation loss); 0: none",
     )
+    exclude_label_issues: bool = Field(
+        False,
+        description="Train on a copy of the dataset without the train and validation cells "
+        "that `malaria label-issues` flagged (test cells are never removed)",
+    )
     variant_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Per-variant factory options, e.g. {"transfer": {"weights": null}}',
@@ -320,6 +325,36 @@ def check_grouping(grouping: str) -> str:
     ):
         return grouping
     raise ValueError(f"grouping {grouping!r}: expected prefix, folder or column:NAME")
+
+
+LabelIssueFilter = Literal[
+    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+]
+
+
+class LabelIssuesConfig(BaseModel):
+    """How to look for likely label errors: out-of-fold scores from patient-grouped folds of
+    the train and validation cells, then cleanlab's `find_label_issues`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    folds: int = Field(
+        5,
+        ge=2,
+        le=20,
+        description="Patient-grouped folds: each cell is scored by a model "
+        "that never saw its patient",
+    )
+    variant: VariantName = Field(
+        DEFAULT_VARIANTS[0], description="CNN variant trained on each fold's other folds"
+    )
+    filter_by: LabelIssueFilter = Field(
+        "prune_by_noise_rate", description="cleanlab's rule for which cells to flag"
+    )
+    gallery_size: int = Field(
+        24, ge=1, le=200, description="Most doubtful cells shown in the gallery"
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the folds")
 
 
 PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]

@@ -94,3 +94,7 @@ def evaluate_run_name() -> str:
 
 def predict_run_name() -> str:
     return f"predict {Path(flow_run.parameters['input']).name}"
+
+
+def label_issues_run_name() -> str:
+    return f"label-issues {dataset_label(flow_run.parameters['dataset'])}"

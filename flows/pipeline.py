@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from cnn.config import (
     DEFAULT_VARIANTS,
     IngestConfig,
+    LabelIssuesConfig,
     PromotionConfig,
     TrainConfig,
     VariantNames,
@@ -13,6 +14,7 @@ from cnn.config import (
 from cnn.data.dataset import DatasetRef
 from flows import names
 from flows.ingest import ingest
+from flows.label_issues import label_issues
 from flows.train import parent_run, train
 from tasks.registry import find_champion
 from tracking.config import TrackingConfig
@@ -46,7 +48,8 @@ def pipeline(
     Args:
         data: Where the images come from and how they become a dataset.
         variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
-        training: Epochs, schedule, augmentation, operating point, ensemble size.
+        training: Epochs, schedule, augmentation, operating point, ensemble size, and
+            whether to leave out the labels a label review flagged.
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
@@ -64,9 +67,14 @@ def run_pipeline(
     promotion: PromotionConfig,
     work_pool: str | None,
     parent_run_id: str,
+    label_review: LabelIssuesConfig | None = None,
 ) -> PipelineResult:
-    """The pipeline's steps, its variants' MLflow runs nested under `parent_run_id`."""
+    """The pipeline's steps, its variants' MLflow runs nested under `parent_run_id`; with a
+    `label_review`, the labels are reviewed after the ingest and the flagged ones left out."""
     dataset = ingest(data)
+    if label_review is not None:
+        label_issues(dataset.path, label_review, training, tracking, parent_run_id)
+        training = training.model_copy(update={"exclude_label_issues": True})
     runs = train(dataset.path, variants, training, tracking, promotion, work_pool, parent_run_id)
     best = max(runs, key=lambda run: run.test_accuracy)
     champion = find_champion(tracking.registered_model)

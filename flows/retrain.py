@@ -6,6 +6,7 @@ from prefect import flow
 from cnn.config import (
     DEFAULT_VARIANTS,
     IngestConfig,
+    LabelIssuesConfig,
     PromotionConfig,
     TrainConfig,
     VariantNames,
@@ -35,22 +36,29 @@ def retrain(
     tracking: TrackingConfig = TrackingConfig(),
     promotion: PromotionConfig = PromotionConfig(),
     work_pool: str | None = None,
+    find_label_issues: bool = False,
+    label_issues: LabelIssuesConfig = LabelIssuesConfig(),
 ) -> PipelineResult:
     """Retrain on the current data; `champion` moves only to a model that beats it.
 
     Args:
         data: Where the images come from and how they become a dataset.
         variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
-        training: Epochs, schedule, augmentation, operating point, ensemble size.
+        training: Epochs, schedule, augmentation, operating point, ensemble size, and
+            whether to leave out the labels a label review flagged.
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Train each variant on this work pool's workers (unset: here, in turn).
+        find_label_issues: Review the labels after the ingest (the label-issues stage: one
+            training per fold) and train without the flagged ones.
+        label_issues: How the labels are reviewed: folds, variant, cleanlab's filter.
     """
     require_tracking_server()
     champion_before = find_champion(tracking.registered_model)
     with parent_run(tracking, None) as parent_run_id:
+        review = label_issues if find_label_issues else None
         result = run_pipeline(
-            data, variants, training, tracking, promotion, work_pool, parent_run_id
+            data, variants, training, tracking, promotion, work_pool, parent_run_id, review
         )
         summarize_retrain(result.dataset, result.runs, champion_before, result.champion)
     if promoted(champion_before, result.champion):

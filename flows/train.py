@@ -19,6 +19,7 @@ from tasks.compare import compare_variants, log_parent_run
 from tasks.ensemble import log_ensemble
 from tasks.evaluate import evaluate_model
 from tasks.fanout import find_variant_deployment, run_variant_deployment
+from tasks.label_issues import dataset_without_label_issues
 from tasks.registry import find_champion, promote_model
 from tasks.report import render_report
 from tasks.train import check_variant_downloads, train_model, variant_run, variant_run_of
@@ -40,6 +41,7 @@ def train_variant(
     `champion` if it beats the current one (else `challenger`), and render its report; its
     MLflow run is nested under `parent_run_id` if given."""
     require_tracking_server()  # a worker's entry point: its process's MLflow client, set once
+    dataset = training_dataset(dataset, training)
     tags = {"variant": variant, "dataset": dataset, **names.mlflow_tags()}
     with names.untagged_task_runs():
         with tracked_run(tracking.experiment, variant, tags, parent_run_id) as run_id:
@@ -102,7 +104,8 @@ def train(
     Args:
         dataset: Path of an ingested dataset (`malaria ingest` prints it).
         variants: CNN variants to train, one MLflow run each (`malaria variants` lists them).
-        training: Epochs, schedule, augmentation, operating point, ensemble size.
+        training: Epochs, schedule, augmentation, operating point, ensemble size, and
+            whether to leave out the labels a label review flagged.
         tracking: MLflow experiment and registered model name.
         promotion: The score a new model must beat the champion's on, and by how much.
         work_pool: Run each variant on this work pool's workers (unset: here, in turn).
@@ -112,6 +115,7 @@ def train(
     require_tracking_server()
     check_ensemble_size(training.ensemble, variants)
     check_variant_downloads(list(variants), training)
+    dataset = training_dataset(dataset, training)
     with parent_run(tracking, parent_run_id) as parent:
         champion_before = find_champion(tracking.registered_model)
         log_parent_run(parent, dataset, list(variants), training)
@@ -120,6 +124,12 @@ def train(
             runs.append(train_ensemble(dataset, runs, training, tracking, promotion, parent))
         compare_variants(parent, runs, champion_before, tracking.registered_model)
     return runs
+
+
+def training_dataset(dataset: str, training: TrainConfig) -> str:
+    """The dataset to train on: with `training.exclude_label_issues`, the one without the
+    cells its label review flagged (`label-issues`)."""
+    return dataset_without_label_issues(dataset) if training.exclude_label_issues else dataset
 
 
 def parent_run(tracking: TrackingConfig, parent_run_id: str | None) -> AbstractContextManager[str]:

@@ -186,3 +186,20 @@ def images_from_column(column: pa.ChunkedArray, image_shape: Sequence[int]) -> n
     data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
     data = data[array.offset * width : (array.offset + len(array)) * width]
     return data.reshape(len(array), *image_shape)
+
+
+def images_at(dataset: Dataset, rows: Sequence[int]) -> np.ndarray:
+    """The images of the dataset's rows at positions `rows` (in its row order), in the order
+    given; only the shards that hold them are read."""
+    wanted = np.asarray(rows, dtype=int)
+    images = np.empty((len(wanted), *dataset.image_shape), dtype=np.uint8)
+    offset = 0
+    for shard, listed in zip(dataset.shards, dataset.manifest.shards, strict=True):
+        inside = np.flatnonzero((wanted >= offset) & (wanted < offset + listed.rows))
+        if len(inside):
+            column = shard.parquet().read(columns=["image"])["image"]
+            images[inside] = images_from_column(column, dataset.image_shape)[
+                wanted[inside] - offset
+            ]
+        offset += listed.rows
+    return images

@@ -187,6 +187,20 @@ def misclassified_gallery(
     return figure
 
 
+def label_issue_gallery(
+    images: np.ndarray, labels: np.ndarray, parasitized_probability: np.ndarray
+) -> Figure:
+    """Cells whose labels are worth a second look (most doubtful first), each titled with
+    its given label and the out-of-fold P(parasitized)."""
+    parasitized = np.asarray(parasitized_probability, dtype=np.float64).ravel()
+    figure, axes = tile_grid(max(len(images), 1), columns=6)
+    for ax, image, label, probability in zip(axes, images, labels, parasitized, strict=False):
+        ax.imshow(image)
+        ax.set_title(f"given: {LABEL_NAMES[label]}\nP(parasitized) = {probability:.2f}", fontsize=8)
+    figure.suptitle("Labels worth a second look" if len(images) else "No label flagged")
+    return figure
+
+
 def tile_grid(count: int, columns: int, inches: float = TILE_INCHES) -> tuple[Figure, list]:
     """A figure of `count` image tiles, `columns` to a row, ticks off; unused tiles hidden."""
     columns = max(1, min(columns, count))

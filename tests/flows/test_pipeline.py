@@ -450,13 +450,14 @@ def test_ingest_and_training_progress_artifacts_reach_100_percent(finished_pipel
     assert (ingest.type, ingest.data) == ("progress", 100.0)
 
 
-@pytest.mark.parametrize("entry_flow", ["pipeline", "retrain", "train"])
+@pytest.mark.parametrize("entry_flow", ["pipeline", "retrain", "train", "label-issues"])
 def test_every_parameter_of_the_ui_forms_is_described(entry_flow):
     from prefect.utilities.callables import parameter_schema
 
+    from flows.label_issues import label_issues
     from flows.retrain import retrain
     from flows.train import train
 
-    flows = {"pipeline": pipeline, "retrain": retrain, "train": train}
+    flows = {"pipeline": pipeline, "retrain": retrain, "train": train, "label-issues": label_issues}
     properties = parameter_schema(flows[entry_flow].fn).model_dump()["properties"]
     assert [name for name, field in properties.items() if not field.get("description")] == []

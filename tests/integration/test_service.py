@@ -73,6 +73,7 @@ def test_retrain_started_like_the_ui_run_button_trains_registers_and_promotes(st
         "train-variant",
         "evaluate",
         "predict",
+        "label-issues",
         "train-variant-gpu",
     }
     assert "train-variant-kubernetes" not in state["deployments"]  # no such pool in the stack
