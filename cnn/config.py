@@ -248,9 +248,10 @@ class TrainConfig(BaseModel):
         "turns of each image",
     )
     calibrate: bool = Field(
-        True,
+        False,
         description="Fit a temperature on the validation split so that P(parasitized) means "
-        "what it says; the registered model applies it, the threshold is chosen after it",
+        "what it says; the registered model applies it, the threshold is chosen after it "
+        "(off by default: the default model is calibrated already, docs/model.md)",
     )
     target_sensitivity: float | None = Field(
         0.97,

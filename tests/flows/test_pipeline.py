@@ -41,7 +41,7 @@ def finished_pipeline(tmp_path_factory, prefect_harness):
     result = pipeline(
         IngestConfig(source="synthetic", limit=200, image_size=40),
         ["simple"],
-        TrainConfig(epochs=2, batch_size=32, patience=5),
+        TrainConfig(epochs=2, batch_size=32, patience=5, calibrate=True),
         TrackingConfig(experiment="pipeline-test"),
     )
     yield result, uri
