@@ -34,6 +34,17 @@ class ResumableEarlyStopping(ResumableCounters, keras.callbacks.EarlyStopping):
             self.best_weights = self.restored_best_weights or None
 
 
+class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' swap of the averaged weights into the model from each epoch's end (so that
+    validation, the best epoch and the checkpoint see them), resumable: a checkpoint written
+    at an epoch's end holds the averaged weights in the model and the raw ones in the
+    optimizer's average, so a training resumed from one swaps them back first."""
+
+    def __init__(self, resumed: bool = False) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed  # Keras' own flag: swap back on epoch begin
+
+
 class ResumableReduceLROnPlateau(ResumableCounters, keras.callbacks.ReduceLROnPlateau):
     COUNTERS = ("wait", "best", "cooldown_counter")
 

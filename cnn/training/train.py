@@ -30,6 +30,7 @@ from cnn.training.resumable import (
     EpochCheckpoint,
     ResumableEarlyStopping,
     ResumableReduceLROnPlateau,
+    ResumableSwapEMAWeights,
     restore_callbacks,
 )
 
@@ -324,9 +325,8 @@ class _Phases:
                 )
             )
         # the averaged weights in the model from each epoch's end: validated, kept, saved
-        averaged = (
-            [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
-        )
+        resumed = state is not None
+        averaged = [ResumableSwapEMAWeights(resumed)] if config.ema_momentum else []
         fitted = trainer.fit(
             **self.inputs,
             initial_epoch=len(history.get("loss", [])),

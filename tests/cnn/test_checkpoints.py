@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -73,6 +74,34 @@ def test_an_interrupted_training_resumes_after_its_last_checkpoint(tiny_dataset,
     iterations = int(final.optimizer[0])  # Adam's step counter went on from epoch 2
     assert iterations == 4 * _steps_per_epoch(tiny_dataset, 32)
     assert final.phase_finished
+
+
+class WeightsAtEpochBegin(keras.callbacks.Callback):
+    """Records the model's weights as each epoch begins (after the averaging swap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[int, list[np.ndarray]] = {}
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.seen[epoch + 1] = [np.array(w) for w in self.model.get_weights()]
+
+
+def test_a_training_with_averaged_weights_resumes_on_its_raw_weights(tiny_dataset, tmp_path):
+    """The checkpoint holds the averaged weights in the model; the resumed epoch must start
+    from the raw ones, as the uninterrupted training's does."""
+    config = TrainConfig(epochs=3, batch_size=32, ema_momentum=0.9, checkpoints=True)
+    whole = WeightsAtEpochBegin()
+    fit_variant(tiny_dataset, "simple", config, callbacks=[whole])
+    store = CheckpointStore(location(tmp_path / "checkpoints"))
+    _interrupted(tiny_dataset, "simple", config, store, after_epoch=2)
+    resumed = WeightsAtEpochBegin()
+    fit_variant(tiny_dataset, "simple", config, callbacks=[resumed], checkpoints=store)
+    assert list(resumed.seen) == [3]
+    for after_resume, uninterrupted in zip(resumed.seen[3], whole.seen[3], strict=True):
+        np.testing.assert_allclose(after_resume, uninterrupted, rtol=1e-5, atol=1e-6)
+    averaged = store.latest().weights  # the checkpoint's model: the averaged weights, not these
+    assert any(not np.allclose(a, b) for a, b in zip(averaged, whole.seen[3], strict=True))
 
 
 def test_a_finished_phase_is_not_trained_again(tiny_dataset, tmp_path):
