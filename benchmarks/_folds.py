@@ -10,7 +10,6 @@ model, so that their score says how the recipe holds on a stain it has not seen.
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 ATYPICAL = "atypical"
@@ -75,30 +74,8 @@ def fold_splits(
 
 
 def with_splits(dataset, splits: np.ndarray, path: Path):
-    """A copy of `dataset` at `path` whose rows carry `splits` (one shard, new counts)."""
-    from cnn.data.dataset import open_dataset
-    from cnn.data.manifest import MANIFEST_NAME, Shard
+    """A copy of `dataset` at `path` whose rows carry `splits` (new counts)."""
+    from cnn.curation.derived import derive_dataset
+    from cnn.io.storage import location
 
-    table = pq.read_table(dataset.shard_paths)
-    column = table.schema.get_field_index("split")
-    table = table.set_column(column, "split", pa.array(splits.astype(str)).dictionary_encode())
-    path.mkdir(parents=True)
-    pq.write_table(table, path / "part-0.parquet", row_group_size=256, compression="zstd")
-    names = dataset.manifest.label_names
-    labels = table["label"].to_numpy()
-    counts = {
-        split: {
-            name: int(np.sum((splits == split) & (labels == i))) for i, name in enumerate(names)
-        }
-        for split in dict.fromkeys(("train", "validation", "test", *splits))
-    }
-    manifest = dataset.manifest.model_copy(
-        update={
-            "name": path.name,
-            "shards": [Shard(file="part-0.parquet", rows=table.num_rows)],
-            "counts": counts,
-            "split_note": "benchmark fold",
-        }
-    )
-    manifest.write(path / MANIFEST_NAME)
-    return open_dataset(path)
+    return derive_dataset(dataset, location(path), splits, path.name, "benchmark fold")
