@@ -120,14 +120,53 @@ def gallery(issues: pd.DataFrame, folder: Path, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def averaged(predictions: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
+    """The mean P(parasitized) of each cell over the runs (same folds, other seeds or
+    recipes): one recipe, `ensemble of N`."""
+    runs = [predictions, *(pd.read_parquet(path) for path in others)]
+    keys = ["fold", "split", "source_id"]
+    merged = pd.concat(runs).groupby(keys, sort=False)
+    mean = merged.agg(group=("group", "first"), label=("label", "first"))
+    mean["probability"] = merged["probability"].mean()
+    return mean.reset_index().assign(recipe=f"ensemble of {len(runs)}")
+
+
+def ensemble_scores(rows: pd.DataFrame, target: float | None) -> dict:
+    """The recipe benchmark's scores of the averaged runs, fold by fold, and their mean ± std."""
+    from recipe import _mean_std, score
+
+    folds = []
+    for _, fold in rows.groupby("fold"):
+        pairs = {
+            s: (c.label.to_numpy(), c.probability.to_numpy()) for s, c in fold.groupby("split")
+        }
+        scored = score(pairs["validation"], pairs["test"], target)
+        if "atypical" in pairs:
+            scored["atypical"] = score(pairs["validation"], pairs["atypical"], target)
+        folds.append(scored)
+    summary = _mean_std(folds)
+    if "atypical" in folds[0]:
+        summary["atypical"] = _mean_std([fold["atypical"] for fold in folds])
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", required=True, type=Path)
     parser.add_argument("--folder", required=True, type=Path, help="the images' NIH folder")
     parser.add_argument("--output", default="lab")
     parser.add_argument("--target", type=float, default=0.95, help="validation sensitivity")
+    parser.add_argument(
+        "--ensemble-with",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other runs' predictions on the same folds: analyse the mean of all",
+    )
     args = parser.parse_args()
     predictions = pd.read_parquet(args.predictions)
+    if args.ensemble_with:
+        predictions = averaged(predictions, args.ensemble_with)
     results = {}
     for recipe, rows in predictions.groupby("recipe", sort=False):
         folds = [fold_scores(fold, args.target) for _, fold in rows.groupby("fold")]
@@ -135,6 +174,7 @@ def main() -> None:
         issues = label_issues(test)
         kept = test[~test.source_id.isin(issues.source_id)]
         result = {
+            **({"scores": ensemble_scores(rows, args.target)} if args.ensemble_with else {}),
             "temperature": [round(fold["temperature"], 3) for fold in folds],
             "test": mean_std(folds, "test"),
             **({"atypical": mean_std(folds, "atypical")} if "atypical" in folds[0] else {}),
