@@ -133,7 +133,7 @@ def averaged(predictions: pd.DataFrame, others: list[Path]) -> pd.DataFrame:
 
 def ensemble_scores(rows: pd.DataFrame, target: float | None) -> dict:
     """The recipe benchmark's scores of the averaged runs, fold by fold, and their mean ± std."""
-    from recipe import _mean_std, score
+    from recipe import score, summarise_scores
 
     folds = []
     for _, fold in rows.groupby("fold"):
@@ -144,9 +144,9 @@ def ensemble_scores(rows: pd.DataFrame, target: float | None) -> dict:
         if "atypical" in pairs:
             scored["atypical"] = score(pairs["validation"], pairs["atypical"], target)
         folds.append(scored)
-    summary = _mean_std(folds)
+    summary = summarise_scores(folds)
     if "atypical" in folds[0]:
-        summary["atypical"] = _mean_std([fold["atypical"] for fold in folds])
+        summary["atypical"] = summarise_scores([fold["atypical"] for fold in folds])
     return summary
 
 

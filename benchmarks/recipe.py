@@ -243,9 +243,9 @@ def _aligned(rows: dict, source_ids: np.ndarray) -> np.ndarray:
 def summarise(runs: list[dict], served: str) -> dict:
     """Mean and std over folds of each score of the `served` (tta/plain) predictions, of the
     atypical patients' scores when there are some, and of epochs and training time."""
-    summary = _mean_std([run[served] for run in runs])
+    summary = summarise_scores([run[served] for run in runs])
     if ATYPICAL in runs[0][served]:
-        summary[ATYPICAL] = _mean_std([run[served][ATYPICAL] for run in runs])
+        summary[ATYPICAL] = summarise_scores([run[served][ATYPICAL] for run in runs])
     for name in ("epochs_run", "train_seconds"):
         values = np.array([run[name] for run in runs])
         summary[name] = {
@@ -255,7 +255,7 @@ def summarise(runs: list[dict], served: str) -> dict:
     return summary
 
 
-def _mean_std(scores: list[dict]) -> dict:
+def summarise_scores(scores: list[dict]) -> dict:
     """Mean and std of each score, at the recipe's threshold and at each validation target."""
 
     def spread(values: list[float]) -> dict:
