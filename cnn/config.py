@@ -254,7 +254,7 @@ class TrainConfig(BaseModel):
         "(off by default: the default model is calibrated already, docs/model.md)",
     )
     target_sensitivity: float | None = Field(
-        0.97,
+        0.95,
         gt=0.0,
         lt=1.0,
         description="Choose the decision threshold on the validation split to find this "
