@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from cnn.config import LabelIssueFilter, LabelIssuesConfig, TrainConfig
-from cnn.curation.folds import assign_folds, label_pool, out_of_fold_probabilities
+from cnn.curation.folds import LabelPool, assign_folds, label_pool, out_of_fold_probabilities
 from cnn.data.dataset import Dataset
 from cnn.io.storage import Location
 from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
@@ -70,6 +70,17 @@ def review_labels(
         dataset, pool, fold_of, config.variant, training, config.seed, scratch, on_progress
     )
     flagged, quality = flag_label_issues(pool.labels, probability, config.filter_by)
+    return review_table(pool, probability, quality, flagged, fold_of)
+
+
+def review_table(
+    pool: LabelPool,
+    probability: np.ndarray,
+    quality: np.ndarray,
+    flagged: np.ndarray,
+    fold_of: np.ndarray,
+) -> pd.DataFrame:
+    """The review table's columns for the pool's cells, ranked by `rank_review`."""
     table = pd.DataFrame(
         {
             "row": pool.rows,

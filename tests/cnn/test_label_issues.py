@@ -17,16 +17,16 @@ from cnn.curation.issues import (
     ReviewSummary,
     class_probabilities,
     flag_label_issues,
-    rank_review,
     read_review,
     review_labels,
     review_location,
+    review_table,
     write_review,
 )
 from cnn.data.dataset import images_at, load_split, open_dataset
 from cnn.ingest.build import build_dataset
 from cnn.io.storage import location
-from cnn.labels import LABEL_NAMES, PARASITIZED, UNINFECTED
+from cnn.labels import PARASITIZED, UNINFECTED
 from cnn.reports.figures import label_issue_gallery
 from cnn.sources.specs import SyntheticSource
 
@@ -98,21 +98,14 @@ def test_more_folds_than_patients_allow_is_refused():
 def _review_flagging(dataset, rows: list[int]) -> pd.DataFrame:
     """A review table of the dataset's pool cells with `rows` flagged."""
     pool = label_pool(dataset)
-    table = pd.DataFrame(
-        {
-            "row": pool.rows,
-            "source_id": pool.source_ids,
-            "group": pool.groups,
-            "split": pool.splits,
-            "label": pool.labels,
-            "label_name": np.asarray(LABEL_NAMES)[pool.labels],
-            "parasitized_probability": np.full(len(pool.rows), 0.5),
-            "label_quality": np.linspace(0, 1, len(pool.rows)),
-            "flagged": np.isin(pool.rows, rows),
-            "fold": np.zeros(len(pool.rows), dtype=int),
-        }
+    count = len(pool.rows)
+    return review_table(
+        pool,
+        probability=np.full(count, 0.5),
+        quality=np.linspace(0, 1, count),
+        flagged=np.isin(pool.rows, rows),
+        fold_of=np.zeros(count, dtype=int),
     )
-    return rank_review(table)
 
 
 def test_the_dataset_without_flagged_labels_drops_exactly_them(dataset, tmp_path):

@@ -268,25 +268,13 @@ def test_the_patient_table_lies_beside_the_cells_with_its_columns_and_types(
 
 
 def test_a_dataset_is_grouped_by_a_column_and_a_missing_column_is_named(dataset, tmp_path):
-    output = tmp_path / "scored.parquet"
-    _, table, _ = predict_to_file(
-        constant_model(24, 0.9),
-        0.5,
-        "m",
-        str(dataset.path),
-        str(output),
-        16,
-        PatientOptions("column:label_name"),
-    )
+    def by(grouping: str):
+        model, output = constant_model(24, 0.9), str(tmp_path / "scored.parquet")
+        options = PatientOptions(grouping)
+        return predict_to_file(model, 0.5, "m", str(dataset.path), output, 16, options)[1]
+
+    table = by("column:label_name")
     assert sorted(table["group"]) == ["parasitized", "uninfected"]
     assert table["cells"].sum() == dataset.rows and not table["flagged"].any()
     with pytest.raises(GroupingError, match="no column 'ward'"):
-        predict_to_file(
-            constant_model(24, 0.9),
-            0.5,
-            "m",
-            str(dataset.path),
-            str(output),
-            16,
-            PatientOptions("column:ward"),
-        )
+        by("column:ward")
