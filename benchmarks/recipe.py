@@ -4,10 +4,11 @@
         [--recipes "default lecture resnet@64:augment=none"] [--folds 5] [--fold-limit K]
 
 A recipe is `default` (the pipeline's own settings), `lecture` (the original course's recipe),
-`before` (the previous default), or `variant@image_size[:key=value,...]` over the
-pipeline's defaults. Keys: `epochs`, `lr`, `batch`, `wd`, `schedule`, `warmup`, `patience`
-(0: none), `augment`, `tta` (0/1), `target` (a sensitivity, or 0 for P > 0.5), `seed`, `ema`
-(a momentum), and any other key is a variant option (e.g. `resnet@64:base_filters=16`).
+`previous` (the default before stain normalization and HED jitter), `before` (the one before
+it), or `variant@image_size[:key=value,...]` over the pipeline's defaults. Keys: `epochs`,
+`lr`, `batch`, `wd`, `schedule`, `warmup`, `patience` (0: none), `augment`, `tta` (0/1),
+`target` (a sensitivity, or 0 for P > 0.5), `seed`, `ema` (a momentum), and any other key is
+a variant option (e.g. `resnet@64:base_filters=16`).
 
 `--folds 5`: patient-grouped stratified 5-fold cross-validation (`StratifiedGroupKFold`;
 each fold's validation split is a further patient-grouped tenth of its training patients);
@@ -51,8 +52,9 @@ TRAINING_KEYS = {
 NAMED_RECIPES = {
     "default": "",
     "lecture": "simple@100:epochs=50,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0",
+    "previous": "resnet@64:augment=dihedral+stain,target=0.97,stain_normalize=0",
     "before": "resnet@64:epochs=30,patience=5,schedule=constant,wd=0,augment=none,tta=0,target=0,"
-    "base_filters=32,per_image=0",
+    "base_filters=32,per_image=0,stain_normalize=0",
 }
 METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 PRIVATE = ("predictions",)

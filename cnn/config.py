@@ -240,7 +240,7 @@ class TrainConfig(BaseModel):
         "every training starts at epoch 1",
     )
     augment: AugmentName = Field(
-        "dihedral+stain", description="Augmentation policy while training (none: off)"
+        "dihedral+stain+hed", description="Augmentation policy while training (none: off)"
     )
     test_time_augmentation: bool = Field(
         True,

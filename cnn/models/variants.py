@@ -140,15 +140,15 @@ def build_resnet(
     depth: int = 18,
     base_filters: int = 16,
     per_image: bool = True,
-    stain_normalize: bool = False,
+    stain_normalize: bool = True,
 ) -> keras.Model:
     """A ResNet-18/34-style network of basic residual blocks (two 3×3 convs, identity or
     1×1 projection shortcut), global average pooling and one sigmoid output.
 
     `base_filters` is the first stage's width (ResNet's own is 64; narrower trains much
-    cheaper). `per_image`: standardize each image's channels (stain and brightness
-    invariance) instead of scaling to [0, 1]; `stain_normalize`: instead, standardize the
-    optical density of the cell's own pixels (`CellStainNormalization`).
+    cheaper). `stain_normalize` (the default): standardize the optical density of the cell's
+    own pixels (`CellStainNormalization`); without it, `per_image` standardizes each image's
+    channels, or else pixels are scaled to [0, 1].
     """
     if depth not in RESNET_STAGES:
         raise ValueError(f"resnet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
@@ -298,7 +298,7 @@ VARIANTS: dict[str, Variant] = {
     "alexnet": Variant(build_alexnet, "AlexNet's 5 conv + 3 dense, half width, batch norm"),
     "resnet": Variant(
         build_resnet,
-        "ResNet-18-style residual blocks, 16 base filters, per-image standardized input",
+        "ResNet-18-style residual blocks, 16 base filters, stain-normalized input",
     ),
     "transfer": Variant(
         build_transfer,

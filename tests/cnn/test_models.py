@@ -94,7 +94,7 @@ def test_per_image_standardization_removes_a_slides_tint_and_brightness(tmp_path
     np.testing.assert_allclose(standardized.mean(axis=(1, 2)), 0, atol=1e-4)
     np.testing.assert_allclose(standardized.std(axis=(1, 2)), 1, atol=1e-3)
     np.testing.assert_allclose(standardized[0], standardized[1], atol=1e-4)
-    model = build_model("resnet", (32, 32, 3), base_filters=8, per_image=True)
+    model = build_model("resnet", (32, 32, 3), base_filters=8, stain_normalize=False)
     model.save(tmp_path / "model.keras")
     assert isinstance(
         keras.models.load_model(tmp_path / "model.keras").layers[1], PerImageStandardization
@@ -112,7 +112,8 @@ def test_stain_normalization_standardizes_the_cell_and_divides_out_a_darker_stai
     assert not normalized[:, :4].any()  # the border stays 0
     darker = np.asarray(CellStainNormalization()(cells * np.float32(0.6)))
     assert np.median(np.abs(darker - normalized)) < 0.02  # stain strength divides out
-    model = build_model("resnet", (32, 32, 3), stain_normalize=True)
+    model = build_model("resnet", (32, 32, 3))  # stain normalization is the default
+    assert isinstance(model.layers[1], CellStainNormalization)
     model.save(tmp_path / "m.keras")
     reloaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(reloaded.predict(cells, verbose=0), model.predict(cells, verbose=0))
