@@ -238,7 +238,8 @@ def test_feature_maps_show_all_of_fewer_filters_four_to_a_row():
 
 
 def test_feature_maps_of_resnet_are_its_stride_2_stem_on_the_scaled_cell():
-    resnet = build_model("resnet", (SIDE, SIDE, 3), base_filters=32, per_image=False)
+    scaled = {"per_image": False, "stain_normalize": False}  # pixels / 255 into the stem
+    resnet = build_model("resnet", (SIDE, SIDE, 3), base_filters=32, **scaled)
     cell = _cells(1)[0][0]
     stem_kernel = resnet.get_layer("stem").kernel
     expected = keras.ops.conv(cell[None].astype("float32") / 255, stem_kernel, 2, "same")
