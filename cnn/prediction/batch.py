@@ -41,7 +41,7 @@ from cnn.io.storage import Location, location
 from cnn.io.writes import OutputPathError, check_output_file
 from cnn.labels import LABEL_NAMES, PARASITIZED
 from cnn.prediction.patients import (
-    cell_groups,
+    cell_grouper,
     patient_frame,
     patient_table_bytes,
     patients_location,
@@ -201,11 +201,12 @@ def predict_to_file(
     patients_output = patients_location(output_path)
     if location(patients_output).is_local:  # refused before the scoring, not after it
         check_output_file(location(patients_output).path)
+    groups_of = cell_grouper(patients.grouping, input_path)
     report = InputReport()
     batches = iter_input_batches(input_path, model_image_size(model), batch_size, report)
     table = score_batches(model, batches, threshold)
     labels = table.column("predicted_label").to_numpy()
-    groups = cell_groups(table.column("source_id").to_pylist(), patients.grouping, input_path)
+    groups = groups_of(table.column("source_id").to_pylist())
     per_patient = patient_frame(groups, labels == PARASITIZED, patients.rates, patients.flag_above)
     metadata = {"model_uri": model_uri, "input": input_path}
     write_predictions(table, output_path, metadata)

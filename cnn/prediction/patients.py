@@ -1,6 +1,7 @@
 """Batch prediction per patient (or slide): which group each scored cell belongs to, and the
 per-group table written beside the cell table as `<output stem>.patients.parquet`."""
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -43,20 +44,25 @@ def patients_location(output: str) -> str:
     return f"{head}{slash}{stem}{PATIENTS_SUFFIX}"
 
 
-def cell_groups(source_ids: list[str], grouping: str, input_path: str) -> np.ndarray:
-    """The group of each scored cell, in order."""
+def cell_grouper(grouping: str, input_path: str) -> Callable[[list[str]], np.ndarray]:
+    """What gives each scored cell its group, in order, from its source id. A `column:NAME`
+    grouping reads the column now, so a missing one is named before any scoring."""
     if grouping == "prefix":
-        return np.array([patient_group(PurePosixPath(i).name) for i in source_ids], dtype=object)
+        return lambda ids: np.array([patient_group(PurePosixPath(i).name) for i in ids], object)
     if grouping == "folder":
-        return np.array([PurePosixPath(i).parent.name or "." for i in source_ids], dtype=object)
+        return lambda ids: np.array([PurePosixPath(i).parent.name or "." for i in ids], object)
     column = grouping.removeprefix(COLUMN_GROUPING)
     by_id = _column_by_source_id(input_path, column)
-    missing = [i for i in source_ids if i not in by_id]
-    if missing:
-        raise GroupingError(
-            f"input {input_path!r}: column {column!r} has no value for {missing[0]!r}"
-        )
-    return np.array([by_id[i] for i in source_ids], dtype=object)
+
+    def from_column(source_ids: list[str]) -> np.ndarray:
+        missing = [i for i in source_ids if i not in by_id]
+        if missing:
+            raise GroupingError(
+                f"input {input_path!r}: column {column!r} has no value for {missing[0]!r}"
+            )
+        return np.array([by_id[i] for i in source_ids], dtype=object)
+
+    return from_column
 
 
 def _column_by_source_id(input_path: str, column: str) -> dict[str, str]:
