@@ -5,21 +5,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.stats import norm
 
 from cnn.config import DEFAULT_FLAG_PARASITEMIA
 from cnn.labels import PARASITIZED
 
-PATIENT_COLUMNS = (
-    "group",
-    "cells",
-    "predicted_parasitized",
-    "parasitemia",
-    "parasitemia_low",
-    "parasitemia_high",
-    "flagged",
+PATIENT_SCHEMA = pa.schema(
+    [
+        ("group", pa.string()),
+        ("cells", pa.int64()),
+        ("predicted_parasitized", pa.int64()),
+        ("parasitemia", pa.float64()),
+        ("parasitemia_low", pa.float64()),
+        ("parasitemia_high", pa.float64()),
+        ("flagged", pa.bool_()),
+    ]
 )
-"""The per-patient table, in this order."""
+"""The per-patient table's columns and types, in this order."""
+PATIENT_COLUMNS = tuple(PATIENT_SCHEMA.names)
 CONFIDENCE = 0.95
 
 

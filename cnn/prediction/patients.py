@@ -14,22 +14,11 @@ from cnn.config import COLUMN_GROUPING
 from cnn.data.dataset import open_dataset
 from cnn.data.manifest import manifest_path
 from cnn.errors import InputError
-from cnn.evaluation.parasitemia import ErrorRates, patient_table
+from cnn.evaluation.parasitemia import PATIENT_SCHEMA, ErrorRates, patient_table
 from cnn.io.storage import location
 from cnn.sources.records import patient_group
 
 PATIENTS_SUFFIX = ".patients.parquet"
-PATIENT_SCHEMA = pa.schema(
-    [
-        ("group", pa.string()),
-        ("cells", pa.int64()),
-        ("predicted_parasitized", pa.int64()),
-        ("parasitemia", pa.float64()),
-        ("parasitemia_low", pa.float64()),
-        ("parasitemia_high", pa.float64()),
-        ("flagged", pa.bool_()),
-    ]
-)
 
 
 class GroupingError(InputError):
