@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import RESULTS_DIR
 
+from cnn.curation.issues import class_probabilities
 from cnn.evaluation.calibration import fit_temperature, reliability, with_temperature
 from cnn.evaluation.metrics import evaluate_predictions, threshold_for_sensitivity
 from cnn.evaluation.parasitemia import ErrorRates, evaluated_patients, parasitemia_error
@@ -93,12 +94,9 @@ def label_issues(test: pd.DataFrame) -> pd.DataFrame:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    probability = test.probability.to_numpy()
-    by_class = np.zeros((len(test), 2))
-    by_class[:, PARASITIZED] = probability
-    by_class[:, 1 - PARASITIZED] = 1 - probability
+    by_class = class_probabilities(test.probability.to_numpy())
     labels = test.label.to_numpy()
-    flagged = find_label_issues(labels, by_class)
+    flagged = find_label_issues(labels, by_class, n_jobs=1)  # no fork of a threaded process
     quality = get_label_quality_scores(labels, by_class)
     ranked = test.assign(flagged=flagged, quality=quality)
     return ranked[ranked.flagged].sort_values("quality")

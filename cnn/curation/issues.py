@@ -50,7 +50,9 @@ def flag_label_issues(
 
     labels = np.asarray(labels, dtype=int).ravel()
     pred_probs = class_probabilities(parasitized_probability)
-    flagged = find_label_issues(labels, pred_probs, filter_by=filter_by)
+    # n_jobs=1: cleanlab's process pool forks, and a fork of this threaded process (Keras,
+    # Prefect) can hang in its child; on tens of thousands of cells one process is enough
+    flagged = find_label_issues(labels, pred_probs, filter_by=filter_by, n_jobs=1)
     return np.asarray(flagged, dtype=bool), get_label_quality_scores(labels, pred_probs)
 
 
