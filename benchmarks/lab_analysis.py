@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import RESULTS_DIR
 
 from cnn.curation.issues import class_probabilities
-from cnn.evaluation.calibration import fit_temperature, reliability, with_temperature
-from cnn.evaluation.metrics import evaluate_predictions, threshold_for_sensitivity
+from cnn.evaluation.calibration import reliability, with_temperature
+from cnn.evaluation.metrics import evaluate_predictions
+from cnn.evaluation.operating_point import choose_on_validation
 from cnn.evaluation.parasitemia import ErrorRates, evaluated_patients, parasitemia_error
 from cnn.labels import LABEL_NAMES, PARASITIZED
 
@@ -40,11 +41,9 @@ def fold_scores(rows: pd.DataFrame, target: float) -> dict:
     """One fold: calibration before/after and parasitemia error on its test and atypical
     patients, with the operating point chosen on its validation split."""
     validation = rows[rows.split == "validation"]
-    temperature = fit_temperature(validation.label, validation.probability)
-    calibrated = with_temperature(validation.probability, temperature)
-    threshold = threshold_for_sensitivity(validation.label, calibrated, target)
-    at_threshold = evaluate_predictions(validation.label, calibrated, threshold)
-    rates = ErrorRates(at_threshold.sensitivity, at_threshold.specificity)
+    choice = choose_on_validation(validation.label, validation.probability, True, target)
+    temperature, threshold = choice.temperature, choice.threshold
+    rates = ErrorRates(choice.sensitivity, choice.specificity)
     scores = {"temperature": temperature, "threshold": threshold}
     for split in ("test", "atypical"):
         cells = rows[rows.split == split]

@@ -14,12 +14,7 @@ import numpy as np
 from cnn.config import PREDICT_BATCH, TrainConfig
 from cnn.data.batches import SplitBatches
 from cnn.data.dataset import Dataset, load_split
-from cnn.evaluation.calibration import fit_temperature, with_temperature
-from cnn.evaluation.metrics import (
-    DEFAULT_THRESHOLD,
-    evaluate_predictions,
-    threshold_for_sensitivity,
-)
+from cnn.evaluation.operating_point import choose_on_validation
 from cnn.evaluation.scoring import predict_split
 from cnn.models.augmentation import named_augmenter, serving_model, with_augmentation
 from cnn.models.variants import build_model, unfreeze_top_layers
@@ -408,23 +403,18 @@ def operating_point(
     validation = predict_split(
         serving_model(network, test_time_augmentation), dataset, "validation"
     )
-    labels, probability = validation.labels, validation.parasitized_probability
-    temperature = fit_temperature(labels, probability) if config.calibrate else None
-    if temperature is not None:
-        probability = with_temperature(probability, temperature)
-    target = config.target_sensitivity
-    threshold = (
-        DEFAULT_THRESHOLD
-        if target is None
-        else threshold_for_sensitivity(labels, probability, target)
+    choice = choose_on_validation(
+        validation.labels,
+        validation.parasitized_probability,
+        config.calibrate,
+        config.target_sensitivity,
     )
-    rates = evaluate_predictions(labels, probability, threshold)
     return OperatingPoint(
-        served=serving_model(network, test_time_augmentation, temperature),
-        threshold=threshold,
-        temperature=temperature,
-        sensitivity=rates.sensitivity,
-        specificity=rates.specificity,
+        served=serving_model(network, test_time_augmentation, choice.temperature),
+        threshold=choice.threshold,
+        temperature=choice.temperature,
+        sensitivity=choice.sensitivity,
+        specificity=choice.specificity,
     )
 
 
