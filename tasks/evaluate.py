@@ -8,10 +8,11 @@ from cnn.data.dataset import open_dataset, split_groups
 from cnn.evaluation.lab_scores import LabScores
 from cnn.evaluation.metrics import evaluate_predictions
 from cnn.evaluation.scoring import predict_split
+from cnn.serving import threshold_of
 from tasks.keys import artifact_key
 from tasks.retry import IO_RETRIES
-from tracking.evaluation import log_evaluation, test_lab_scores
-from tracking.models import load_keras_model, model_threshold
+from tracking.evaluation import log_evaluation, model_lab_scores
+from tracking.models import load_keras_model, model_metadata
 from tracking.runs import link_to_run
 from tracking.store import tracking_uri
 
@@ -32,9 +33,10 @@ def evaluate_model(model_uri: str, dataset_path: str, run_id: str, label: str) -
             "The model takes %d px images; the dataset's %d px test images were resized",
             *(model.input_shape[1], scores.resized_from),
         )
-    threshold = model_threshold(model_uri)
+    metadata = model_metadata(model_uri)  # one lookup: threshold, temperature, error rates
+    threshold = threshold_of(metadata)
     evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
-    lab, note = test_lab_scores(model_uri, scores, split_groups(dataset, "test"))
+    lab, note = model_lab_scores(metadata, scores, split_groups(dataset, "test"))
     confusion = log_evaluation(run_id, dataset, scores, evaluation, threshold, lab)
     logger.info(
         "Test accuracy %.3f (threshold %.3f) on %d images; confusion (rows true:yes/no, "

@@ -24,7 +24,7 @@ from cnn.evaluation.scoring import SplitScores, fit_images, model_image_size, sp
 from cnn.reports.figures import confusion_heatmap, reliability_figure, roc_curve_figure
 from cnn.reports.report import build_run_report, report_cell_positions
 from cnn.serving import threshold_of
-from tracking.models import load_keras_model, model_metadata, model_threshold
+from tracking.models import load_keras_model, model_metadata
 from tracking.runs import run_link
 from tracking.training import (
     AUGMENTATION_DIR,
@@ -113,13 +113,12 @@ def load_test_predictions(artifact_uri: str) -> tuple[SplitScores, np.ndarray]:
     return scores, table["group"].to_numpy(object)
 
 
-def test_lab_scores(
-    model_uri: str, scores: SplitScores, groups: np.ndarray
+def model_lab_scores(
+    metadata: dict, scores: SplitScores, groups: np.ndarray
 ) -> tuple[LabScores, str | None]:
-    """Calibration and per-patient parasitemia of the model's test scores, from what its
-    metadata records (threshold, temperature, validation error rates); and a note when the
-    parasitemia cannot be corrected."""
-    metadata = model_metadata(model_uri)
+    """Calibration and per-patient parasitemia of a model's test scores, from what its
+    metadata (`tracking.models.model_metadata`) records: threshold, temperature, validation
+    error rates; and a note when the parasitemia cannot be corrected."""
     rates, note = model_error_rates(metadata)
     labels, probability = scores.labels, scores.parasitized_probability
     threshold, temperature = threshold_of(metadata), metadata.get("temperature")
@@ -144,10 +143,11 @@ def log_run_report(
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     model = load_keras_model(model_uri)
-    threshold = model_threshold(model_uri)
+    metadata = model_metadata(model_uri)
+    threshold = threshold_of(metadata)
     dataset = open_dataset(dataset_path)
     scores, groups = load_test_predictions(run.info.artifact_uri)
-    lab, _ = test_lab_scores(model_uri, scores, groups)
+    lab, _ = model_lab_scores(metadata, scores, groups)
     positions = report_cell_positions(scores.labels, scores.parasitized_probability, threshold)
     images = fit_images(split_images(dataset, "test", positions), model_image_size(model))
     evaluation = evaluate_predictions(scores.labels, scores.parasitized_probability, threshold)
