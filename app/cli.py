@@ -121,6 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from cnn.config import (
         DEFAULT_FLAG_PARASITEMIA,
         DEFAULT_GROUPING,
+        FOLD_TRAINING_IGNORES,
         PREDICT_BATCH,
         IngestConfig,
         LabelIssuesConfig,
@@ -159,7 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "label-issues", help="find likely label errors among a dataset's train and validation cells"
     )
     review.add_argument("--dataset", required=True, help="path of an ingested dataset")
-    not_for_folds = {"exclude_label_issues", "ensemble", "registered_model"}
+    not_for_folds = FOLD_TRAINING_IGNORES | {"registered_model"}
     add_config_options(
         review,
         LabelIssuesConfig,

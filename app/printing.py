@@ -25,6 +25,7 @@ def print_human(command: str, result: dict[str, Any]) -> None:
         print(
             f"{result['flagged']} of {result['cells_checked']} labels flagged "
             f"({result['flagged_share']:.1%}) → {result['review_table']}"
+            + (" (reused)" if result.get("reused") else "")
         )
     elif command == "evaluate":
         print(

@@ -358,6 +358,11 @@ class LabelIssuesConfig(BaseModel):
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the folds")
 
 
+FOLD_TRAINING_IGNORES = frozenset({"exclude_label_issues", "ensemble"})
+"""Training fields a label review's fold trainings do not use (each fold trains one model on
+the whole pool's other folds)."""
+
+
 PredictBatch = Annotated[int, Field(ge=1, le=4096, description="Images scored per batch")]
 PREDICT_BATCH = 256
 """Images scored at once wherever a model predicts (evaluation, thresholds, `predict`)."""

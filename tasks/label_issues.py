@@ -6,13 +6,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cnn.config import LabelIssuesConfig, TrainConfig
 from cnn.curation.exclusion import EXCLUDED_FIELD, without_label_issues
-from cnn.curation.issues import (
-    REVIEW_DIR,
-    ReviewSummary,
-    review_labels,
-    review_location,
-    write_review,
-)
+from cnn.curation.issues import ReviewSummary, current_review, review_location
 from cnn.data.dataset import images_at, open_dataset
 from cnn.reports.figures import label_issue_gallery
 from cnn.settings import data_dir, datasets_dir
@@ -39,24 +33,25 @@ def review_dataset_labels(
     dataset_path: str, config: LabelIssuesConfig, training: TrainConfig, run_id: str
 ) -> ReviewSummary:
     """Score every train and validation cell out of fold, flag likely label errors, write the
-    review table beside the data, log it and the gallery to the run `run_id`, and leave the
-    `label-issues` table and `label-issues-summary` markdown artifacts."""
+    review table beside the data (or reuse the one there, made of the same dataset with the
+    same settings), log it and the gallery to the run `run_id`, and leave the `label-issues`
+    table and `label-issues-summary` markdown artifacts."""
     dataset, folder = open_dataset(dataset_path), data_dir()
     described = f"Share of {config.folds} folds of {dataset.name} trained and scored"
     with TaskProgress("label-issues-progress", "label issues", described) as progress:
-        review = review_labels(dataset, config, training, folder / REVIEW_DIR / "folds", progress)
+        review, reused = current_review(dataset, config, training, folder, progress)
         progress.finish()
     where = review_location(folder, dataset.name)
-    write_review(review, where, dataset, config.model_dump(mode="json"))
-    summary = ReviewSummary.of(review, dataset, where)
+    summary = ReviewSummary.of(review, dataset, where, reused)
     top = review.head(config.gallery_size)
     gallery = label_issue_gallery(
         images_at(dataset, top["row"]), top["label"], top["parasitized_probability"]
     )
     gallery_uri = log_label_review(run_id, dataset, config, training, review, summary, gallery)
     _review_artifacts(review, summary, run_id, gallery_uri)
+    state = "reused" if reused else "written"
     get_run_logger().info(
-        "%d of %d labels flagged → %s", *(summary.flagged, len(review), where.uri)
+        "%d of %d labels flagged → %s (%s)", summary.flagged, len(review), where.uri, state
     )
     return summary
 

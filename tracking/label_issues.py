@@ -38,6 +38,7 @@ def log_label_review(
                 "cells_checked": summary.cells_checked,
                 "flagged": summary.flagged,
                 "flagged_share": summary.flagged_share,
+                "reused": int(summary.reused),
                 **{f"flagged_{name}": count for name, count in summary.flagged_by_label.items()},
             }
         )
@@ -56,7 +57,8 @@ def review_markdown(summary: ReviewSummary, tracking_uri: str, run_id: str, gall
             f"- dataset: `{summary.dataset}`",
             f"- {summary.flagged} of {summary.cells_checked} train and validation cells "
             f"flagged ({summary.flagged_share:.1%}; given labels: {counts})",
-            f"- review table: `{summary.review_table}` (and `{REVIEW_ARTIFACT}` in the run)",
+            f"- review table: `{summary.review_table}` (and `{REVIEW_ARTIFACT}` in the run)"
+            + (", reused: same dataset, same settings" if summary.reused else ""),
             f"- gallery: `{gallery}`",
             f"- MLflow run: {link_to_run(tracking_uri, run_id)}",
             "",

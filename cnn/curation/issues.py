@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from cnn.config import LabelIssueFilter, LabelIssuesConfig, TrainConfig
+from cnn.config import FOLD_TRAINING_IGNORES, LabelIssueFilter, LabelIssuesConfig, TrainConfig
 from cnn.curation.folds import LabelPool, assign_folds, label_pool, out_of_fold_probabilities
 from cnn.data.dataset import Dataset
 from cnn.io.storage import Location
@@ -54,6 +54,36 @@ def flag_label_issues(
     # Prefect) can hang in its child; on tens of thousands of cells one process is enough
     flagged = find_label_issues(labels, pred_probs, filter_by=filter_by, n_jobs=1)
     return np.asarray(flagged, dtype=bool), get_label_quality_scores(labels, pred_probs)
+
+
+def current_review(
+    dataset: Dataset,
+    config: LabelIssuesConfig,
+    training: TrainConfig,
+    data_dir: Location,
+    on_progress: Progress | None = None,
+) -> tuple[pd.DataFrame, bool]:
+    """The dataset's review table and whether it was reused: the one kept beside the data is
+    read back when it reviewed this very dataset (its fingerprint) with these settings; else
+    the labels are reviewed (one training per fold) and the new table written in its place."""
+    where = review_location(data_dir, dataset.name)
+    settings = review_settings(config, training)
+    if where.is_file():
+        table, reviewed = read_review(where)
+        if reviewed == _reviewed(dataset, settings):
+            return table, True
+    table = review_labels(dataset, config, training, data_dir / REVIEW_DIR / "folds", on_progress)
+    write_review(table, where, dataset, settings)
+    return table, False
+
+
+def review_settings(config: LabelIssuesConfig, training: TrainConfig) -> dict[str, Any]:
+    """What a review's outcome depends on besides the dataset: its own settings and how
+    its fold models train."""
+    return {
+        "review": config.model_dump(mode="json"),
+        "training": training.model_dump(mode="json", exclude=set(FOLD_TRAINING_IGNORES)),
+    }
 
 
 def review_labels(
@@ -115,13 +145,18 @@ class ReviewSummary(BaseModel):
     flagged: int
     flagged_share: float
     flagged_by_label: dict[str, int]
+    reused: bool = False
+    """The review kept beside the data was read back (same dataset, same settings)."""
 
     @classmethod
-    def of(cls, table: pd.DataFrame, dataset: Dataset, where: Location) -> "ReviewSummary":
+    def of(
+        cls, table: pd.DataFrame, dataset: Dataset, where: Location, reused: bool = False
+    ) -> "ReviewSummary":
         flagged = table[table["flagged"]]
         return cls(
             dataset=dataset.uri,
             review_table=where.uri,
+            reused=reused,
             cells_checked=len(table),
             flagged=len(flagged),
             flagged_share=round(len(flagged) / max(len(table), 1), 6),
@@ -137,11 +172,15 @@ def write_review(
     """Write the review table at `where` at once (atomically), recording the dataset it
     reviewed (name and fingerprint) and the `settings` it was made with."""
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    reviewed = {"dataset": dataset.name, "fingerprint": dataset.manifest.fingerprint, **settings}
-    metadata = {**(arrow.schema.metadata or {}), REVIEW_METADATA_KEY: json.dumps(reviewed)}
+    reviewed = json.dumps(_reviewed(dataset, settings))
+    metadata = {**(arrow.schema.metadata or {}), REVIEW_METADATA_KEY: reviewed}
     buffer = pa.BufferOutputStream()
     pq.write_table(arrow.replace_schema_metadata(metadata), buffer)
     where.write_bytes(buffer.getvalue().to_pybytes())
+
+
+def _reviewed(dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": dataset.name, "fingerprint": dataset.manifest.fingerprint, **settings}
 
 
 def read_review(where: Location) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -16,6 +16,7 @@ from cnn.curation.folds import FoldError, assign_folds, fold_splits, label_pool
 from cnn.curation.issues import (
     ReviewSummary,
     class_probabilities,
+    current_review,
     flag_label_issues,
     read_review,
     review_labels,
@@ -183,3 +184,21 @@ def test_review_scores_every_pool_cell_out_of_fold(dataset, tmp_path):
     assert sorted(review["row"]) == pool.rows.tolist()
     assert review["parasitized_probability"].between(0, 1).all()
     assert shares[-1] == pytest.approx(1.0) and not list(tmp_path.iterdir())  # folds removed
+
+
+def test_a_kept_review_is_reused_only_for_the_same_dataset_and_settings(dataset, tmp_path):
+    config = LabelIssuesConfig(folds=2, variant="simple")
+    training = TrainConfig(epochs=1, batch_size=32, augment="none", test_time_augmentation=False)
+    data_dir = location(tmp_path)
+    first, reused_first = current_review(dataset, config, training, data_dir)
+    kept = review_location(data_dir, dataset.name).read_bytes()
+    again, reused_again = current_review(dataset, config, training, data_dir)
+    assert (reused_first, reused_again) == (False, True)
+    pd.testing.assert_frame_equal(again, first)
+    assert review_location(data_dir, dataset.name).read_bytes() == kept  # not rewritten
+    # the ensemble size is not a fold training's setting; the epochs are
+    bigger_ensemble = training.model_copy(update={"ensemble": 3, "exclude_label_issues": True})
+    assert current_review(dataset, config, bigger_ensemble, data_dir)[1]
+    longer = training.model_copy(update={"epochs": 2})
+    assert not current_review(dataset, config, longer, data_dir)[1]
+    assert not current_review(dataset, config.model_copy(update={"seed": 7}), longer, data_dir)[1]

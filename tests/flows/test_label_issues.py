@@ -181,3 +181,15 @@ def _cells(dataset) -> pd.DataFrame:
 
 def _test_cells(cells: pd.DataFrame) -> list[str]:
     return cells[cells["split"] == "test"]["source_id"].tolist()
+
+
+def test_a_second_review_of_the_same_dataset_reuses_the_kept_table(reviewed):
+    dataset, summary, _, uri, tracking, _ = reviewed
+    review_config = LabelIssuesConfig(folds=2, variant="simple", gallery_size=8)
+    again = label_issues(dataset.uri, review_config, TRAINING, tracking)
+    assert again.reused and not summary.reused
+    assert again.model_dump(exclude={"reused"}) == summary.model_dump(exclude={"reused"})
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("label-issues-test")
+    runs = client.search_runs([experiment.experiment_id], "metrics.reused = 1")
+    assert [run.data.params["dataset"] for run in runs] == [dataset.name]
