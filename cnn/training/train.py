@@ -42,13 +42,13 @@ class TrainingResult:
     batch_size: int
     """The global batch: images per step over all devices."""
     device: str
+    operating_point: "OperatingPoint"
+    """The model to register and how it decides (chosen on the validation split)."""
     devices: int = 1
     """How many devices trained one replica each."""
     fine_tuned_layers: int = 0
     resumed_epochs: int = 0
     """Epochs taken from a checkpoint rather than trained in this call."""
-    operating_point: "OperatingPoint | None" = None
-    """The model to register and how it decides (chosen on the validation split)."""
 
 
 @dataclass(frozen=True)
