@@ -51,12 +51,16 @@ NIH_PATIENTS = (
 def prefect_harness():
     """A real, temporary Prefect server and database for the session."""
     from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     # Now, not in a test's first flow run: its console handler would keep writing to that
     # test's `capsys` stream, closed when the test ends.
     setup_logging()
-    with prefect_test_harness(server_startup_timeout=120):
+    # No test reads flow-run logs back from the API; shipping them loaded the test server and
+    # the harness drained the backlog at the end of the session (92 s seen on one worker).
+    no_api_logs = {PREFECT_LOGGING_TO_API_ENABLED: False}
+    with temporary_settings(updates=no_api_logs), prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -67,7 +67,7 @@ def current_review(
     read back when it reviewed this very dataset (its fingerprint) with these settings; else
     the labels are reviewed (one training per fold) and the new table written in its place."""
     where = review_location(data_dir, dataset.name)
-    settings = review_settings(config, training)
+    settings = _review_settings(config, training)
     if where.is_file():
         table, reviewed = read_review(where)
         if reviewed == _reviewed(dataset, settings):
@@ -77,7 +77,7 @@ def current_review(
     return table, False
 
 
-def review_settings(config: LabelIssuesConfig, training: TrainConfig) -> dict[str, Any]:
+def _review_settings(config: LabelIssuesConfig, training: TrainConfig) -> dict[str, Any]:
     """What a review's outcome depends on besides the dataset: its own settings and how
     its fold models train."""
     return {
