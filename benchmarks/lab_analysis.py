@@ -27,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _measure import RESULTS_DIR
 
-from cnn.curation.issues import class_probabilities
+from cnn.config import LabelIssuesConfig
+from cnn.curation.issues import flag_label_issues
 from cnn.evaluation.calibration import reliability, with_temperature
 from cnn.evaluation.metrics import evaluate_predictions
 from cnn.evaluation.operating_point import choose_on_validation
 from cnn.evaluation.parasitemia import ErrorRates, evaluated_patients, parasitemia_error
 from cnn.labels import LABEL_NAMES, PARASITIZED
+from cnn.reports.figures import tile_grid
 
 GALLERY = 50
 
@@ -89,31 +91,23 @@ def mean_std(folds: list[dict], split: str) -> dict:
 
 
 def label_issues(test: pd.DataFrame) -> pd.DataFrame:
-    """cleanlab's likely label errors among out-of-fold test cells, most doubtful first."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    by_class = class_probabilities(test.probability.to_numpy())
-    labels = test.label.to_numpy()
-    flagged = find_label_issues(labels, by_class, n_jobs=1)  # no fork of a threaded process
-    quality = get_label_quality_scores(labels, by_class)
+    """cleanlab's likely label errors among out-of-fold test cells (the pipeline's rule and
+    filter), most doubtful first."""
+    labels, probability = test.label.to_numpy(), test.probability.to_numpy()
+    flagged, quality = flag_label_issues(labels, probability, LabelIssuesConfig().filter_by)
     ranked = test.assign(flagged=flagged, quality=quality)
     return ranked[ranked.flagged].sort_values("quality")
 
 
 def gallery(issues: pd.DataFrame, folder: Path, path: Path) -> None:
     """The most doubtful cells in a grid, each titled with its given label and P(parasitized)."""
-    from matplotlib.figure import Figure
     from PIL import Image
 
     shown = issues.head(GALLERY)
-    columns = 10
-    figure = Figure(figsize=(columns * 1.3, -(-len(shown) // columns) * 1.5), layout="constrained")
-    for index, row in enumerate(shown.itertuples()):
-        ax = figure.add_subplot(-(-len(shown) // columns), columns, index + 1)
+    figure, axes = tile_grid(len(shown), columns=10, inches=1.3)
+    for index, (ax, row) in enumerate(zip(axes, shown.itertuples(), strict=True)):
         ax.imshow(Image.open(folder / row.source_id).convert("RGB"))
         ax.set_title(f"{index + 1}. {LABEL_NAMES[row.label][:4]} {row.probability:.2f}", fontsize=7)
-        ax.axis("off")
     figure.savefig(path, dpi=110)
 
 
